@@ -1,0 +1,3 @@
+"""specgen: local speculative generation over llama.cpp."""
+
+__version__ = "0.1.0"

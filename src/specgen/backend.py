@@ -1,0 +1,253 @@
+"""A thin, typed layer over llama-cpp-python's low-level (ctypes) API.
+
+Only this module and `pair` touch llama.cpp.  It exists so that the engine can
+say "decode these tokens at these positions and give me row i of the logits"
+without ctypes noise, and so that logits are read in place (no copies of
+150k-float rows we never look at).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import SpecgenError
+from .gguf import GGUFInfo, read_gguf
+
+_init_lock = threading.Lock()
+_log_callback = None  # must outlive every llama.cpp call
+
+
+def _llama():
+    """Import llama_cpp once, with llama.cpp's own logging silenced.
+
+    llama.cpp writes hundreds of lines to stderr on load; our users get one
+    clear line on error instead.  SPECGEN_LLAMA_LOG=1 turns it back on.
+    """
+    global _log_callback
+    import llama_cpp
+
+    with _init_lock:
+        if _log_callback is None:
+            _log_callback = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+            if not os.environ.get("SPECGEN_LLAMA_LOG"):
+                llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+    return llama_cpp
+
+
+def supports_gpu_offload() -> bool:
+    return bool(_llama().llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return _llama().llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+def backend_name() -> str:
+    """'CUDA', 'Metal', 'Vulkan'... or 'CPU', read from llama.cpp's system info."""
+    info = system_info().upper()
+    for name in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
+        if f"{name} :" in info or f"{name} =" in info or name in info.split(" | ")[0]:
+            return name.capitalize() if name in ("METAL", "VULKAN") else name
+    return "CPU" if not supports_gpu_offload() else "GPU"
+
+
+@dataclass
+class ModelOptions:
+    gpu_layers: int = -1
+    """-1: every layer when the build supports GPU offload (ignored on CPU builds)."""
+    use_mmap: bool = True
+    vocab_only: bool = False
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary."""
+
+    def __init__(self, path: str | os.PathLike[str], options: ModelOptions | None = None,
+                 info: GGUFInfo | None = None):
+        options = options or ModelOptions()
+        self.info = info or read_gguf(path)  # fail with one clear line before llama.cpp
+        self.path = self.info.path
+        lib = _llama()
+        mp = lib.llama_model_default_params()
+        n_layer = int(self.info.metadata.get(f"{self.info.architecture}.block_count", 999))
+        mp.n_gpu_layers = (n_layer + 1 if options.gpu_layers < 0 else options.gpu_layers) \
+            if lib.llama_supports_gpu_offload() else 0
+        self.gpu_layers = min(mp.n_gpu_layers, n_layer + 1)
+        self.n_layer = n_layer
+        mp.use_mmap = options.use_mmap
+        mp.vocab_only = options.vocab_only
+        self._lib = lib
+        self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
+        if not self.ptr:
+            raise SpecgenError(f"{self.path}: llama.cpp could not load this GGUF "
+                               "(corrupt, or an architecture this llama.cpp build does not know)")
+        self.vocab = lib.llama_model_get_vocab(self.ptr)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.bos = int(lib.llama_vocab_bos(self.vocab))
+        self.eos = int(lib.llama_vocab_eos(self.vocab))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
+        self.vocab_type = int(lib.llama_vocab_type(self.vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.ptr))
+        self._eog = np.array([bool(lib.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._lib.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def eog_tokens(self) -> np.ndarray:
+        return np.flatnonzero(self._eog)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._eog[token]) if 0 <= token < self.n_vocab else False
+
+    def token_text(self, token: int) -> str:
+        return self._lib.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        raw = text.encode("utf-8")
+        cap = len(raw) + 16
+        buf = (ctypes.c_int32 * cap)()
+        n = self._lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = self._lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token contributes to the text (special tokens render empty)."""
+        got = self._pieces.get(token)
+        if got is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            got = self._pieces[token] = buf.raw[:n]
+        return got
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        raw = self._lib.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+
+class Context:
+    """One llama.cpp context (KV cache) for a model, sequence 0 only."""
+
+    def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None, n_batch: int = 512):
+        lib = self._lib = model._lib
+        self.model = model
+        cp = lib.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = self.n_batch = min(n_batch, n_ctx)
+        cp.n_seq_max = 1
+        threads = n_threads or default_threads()
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.no_perf = True
+        self.ptr = lib.llama_init_from_model(model.ptr, cp)
+        if not self.ptr:
+            raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
+                               "(out of memory? try a smaller --ctx)")
+        self.n_ctx = int(lib.llama_n_ctx(self.ptr))
+        self._mem = lib.llama_get_memory(self.ptr)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._n_vocab = model.n_vocab
+        self.n_past = 0  # tokens whose KV entries are in the cache
+        self._rows_offset = 0
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
+        """Append *tokens* at positions n_past.. to the KV cache.
+
+        logits: "all" (one row per token, for verification), "last" or "none".
+        Rows are then read with `logits_row(i)`, i counted within this call.
+        All or nothing: on any error or interrupt the cache is rolled back to
+        where it was, so callers' token bookkeeping stays true.
+        """
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger --ctx")
+        start_past = self.n_past
+        b = self._batch
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start:start + self.n_batch]
+                last_chunk = start + len(chunk) == len(tokens)
+                for i, tok in enumerate(chunk):
+                    b.token[i] = tok
+                    b.pos[i] = self.n_past + i
+                    b.n_seq_id[i] = 1
+                    b.seq_id[i][0] = 0
+                    b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
+                b.n_tokens = len(chunk)
+                rc = self._lib.llama_decode(self.ptr, b)
+                if rc != 0:
+                    raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")
+                self.n_past += len(chunk)
+                self._rows_offset = start
+        except BaseException:
+            self.rollback_to(start_past)
+            raise
+
+    def logits_row(self, i: int) -> np.ndarray:
+        """Row i of the last decode call's logits (-1: its last row), as a view into llama.cpp's buffer."""
+        ptr = self._lib.llama_get_logits_ith(self.ptr, i if i < 0 else i - self._rows_offset)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def rollback_to(self, n: int) -> None:
+        """Drop KV entries at positions >= n (rejected draft tokens, an edited history)."""
+        self._lib.llama_memory_seq_rm(self._mem, 0, n, -1)
+        self.n_past = min(self.n_past, n)
+
+
+def default_threads() -> int:
+    # llama.cpp's own default: physical cores, which os.cpu_count() overstates
+    # on SMT machines; half the logical count, at least 1, is closer.
+    n = os.cpu_count() or 2
+    return max(1, n // 2) if n > 4 else n
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def file_path(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser()

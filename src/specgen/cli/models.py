@@ -1,0 +1,142 @@
+"""`specgen pull / list / rm / pair add`: model pairs from models.yaml and the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import hub
+from ..errors import SpecgenError
+from ..registry import ModelEntry, add_pair, load_registry, parse_draft_max, parse_model_spec, user_path
+from . import app
+
+pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
+app.add_typer(pair_app, name="pair")
+
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(
+        metavar="PAIR|REPO[:QUANT]",
+        help="A pair from `specgen list`, a model id, or a Hugging Face repo with an optional quant (default Q4_K_M).")],
+) -> None:
+    """Download a pair (or one model) into the Hugging Face cache, check it, print the local paths."""
+    registry = load_registry()
+    if name in registry.pairs:
+        got = hub.pull_pair(registry, name)
+        files = got.target + (got.draft or [])
+        what = f"pair {name}"
+        downloaded = got.downloaded
+    else:
+        if name in registry.models:
+            model = registry.models[name]
+        elif "/" in name:
+            spec = parse_model_spec(name, registry)
+            if spec.path is not None:
+                raise SpecgenError(f"{name} is a local file; nothing to pull (use it with --target/--draft)")
+            model = registry.find_model(spec.repo, quant=spec.quant or "Q4_K_M") or \
+                ModelEntry(id=name, repo=spec.repo, quant=spec.quant or "Q4_K_M")
+        else:
+            registry.pair(name)  # unknown pair, with close matches
+            return
+        pulled = hub.pull_models([model])[0]
+        files, what, downloaded = pulled.files, model.spec, pulled.downloaded
+    status = f"downloaded {hub.human_size(downloaded)}" if downloaded else "already downloaded"
+    _err.print(f"{what}: {status}, checked")
+    for f in files:
+        print(f)
+
+
+@app.command("list")
+def list_pairs(
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """Show the model pairs: sizes, whether downloaded, whether verified."""
+    registry = load_registry()
+    statuses = hub.pair_statuses(registry)
+    if json_out:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        return
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=200)  # piped: no wrapping
+    cols = ["pair", "target", "draft", "quant", "size", "downloaded", "verified"]
+    if out.width < 110:
+        cols.remove("quant")
+    if out.width >= 150:
+        cols.append("note")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in cols:
+        table.add_column(col, no_wrap=col in ("quant", "size", "downloaded", "verified"),
+                         overflow="fold")
+    for s in statuses:
+        t, d, exact = s.sizes()
+        size = hub.human_size((t or 0) + (d or 0)) if t is not None and d is not None else "?"
+        quants = {s.target.quant or "-", s.draft.quant or "-"}
+        row = [s.name + (" *" if s.default else "") + (" (yours)" if s.user else ""),
+               _model_label(s.target), _model_label(s.draft),
+               "/".join(sorted(quants)) if len(quants) > 1 else quants.pop(),
+               size if exact or size == "?" else "~" + size, s.downloaded, "yes" if s.verified else "no", s.note]
+        if "quant" not in cols:
+            del row[3]
+        table.add_row(*row[:len(cols)])
+    out.print(table)
+    out.print(f"* default pair; ~ approximate size until downloaded; cache {hub.cache_dir()}; "
+              f"your pairs: {user_path()}", style="dim")
+
+
+def _model_label(m: ModelEntry) -> str:
+    if m.path is not None:
+        return m.path.name
+    return m.id + (" (gated)" if m.gated else "")
+
+
+@app.command()
+def rm(
+    name: Annotated[str, typer.Argument(metavar="PAIR", help="A pair from `specgen list`.")],
+) -> None:
+    """Delete a pair's downloaded files that no other downloaded pair uses."""
+    registry = load_registry()
+    registry.pair(name)
+    done = hub.remove_pair(registry, name)
+    if not done.removed and not done.kept:
+        _err.print(f"pair {name}: nothing downloaded, nothing removed")
+        return
+    for f in done.removed:
+        print(f"removed {f}")
+    for f in done.kept:
+        print(f"kept {f} (used by another downloaded pair)")
+    _err.print(f"pair {name}: freed {hub.human_size(done.freed)}")
+
+
+@pair_app.command("add")
+def pair_add(
+    name: Annotated[str, typer.Argument(help="Name for the pair.")],
+    target: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path.")],
+    draft: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path (same vocabulary).")],
+    drafter: Annotated[Optional[str], typer.Option(help="model | ngram | none (default model).")] = None,
+    draft_max: Annotated[str, typer.Option(help="Most draft tokens per step, or auto.")] = "auto",
+    note: Annotated[Optional[str], typer.Option(help="One line shown by `specgen list`.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default pair.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a pair of the same name.")] = False,
+) -> None:
+    """Add a pair to your models.yaml; `specgen pull NAME` then downloads it."""
+    try:
+        dm = parse_draft_max(int(draft_max) if draft_max.isdigit() else draft_max)
+    except ValueError:
+        raise SpecgenError(f"--draft-max must be a number or 'auto', not {draft_max!r}") from None
+    path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=dm, note=note,
+                              default=default, force=force)
+    have = hub.local_pair(registry, name)
+    if have is not None:
+        hub.check_pair_files(have.target[0], have.draft[0])
+    t, d = registry.pair_models(name)
+    _err.print(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}")
+    if have is None:
+        _err.print(f"run `specgen pull {name}` to download it")

@@ -1,0 +1,112 @@
+"""Engine and sampling flags shared by run, chat and bench, declared once.
+
+`engine_command` appends these parameters to a command's signature and hands
+the command one `EngineFlags` object, so each command lists only its own flags.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from ..errors import SpecgenError
+from ..loader import EngineOptions
+from ..sampling import SamplingParams
+
+M, D, S = "Models", "Drafting", "Sampling"
+
+
+@dataclass
+class EngineFlags:
+    target: Annotated[Optional[Path], typer.Option(help="Target GGUF.", rich_help_panel=M)] = None
+    draft: Annotated[Optional[Path], typer.Option(help="Draft GGUF (same vocabulary).", rich_help_panel=M)] = None
+    pair: Annotated[Optional[str], typer.Option(
+        help="A pair from models.yaml (see `specgen list`); default: the default pair.", rich_help_panel=M)] = None
+    no_download: Annotated[bool, typer.Option(
+        "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.", rich_help_panel=M)] = False
+    drafter: Annotated[Optional[str], typer.Option(
+        help="model | ngram | none (default: model when a draft is given, else ngram).", rich_help_panel=D)] = None
+    draft_max: Annotated[str, typer.Option(
+        help="Most draft tokens per step, or 'auto' to size each draft from measured costs.",
+        rich_help_panel=D)] = "auto"
+    draft_p_min: Annotated[float, typer.Option(
+        help="Stop drafting when the draft model's top probability falls below this.",
+        rich_help_panel=D)] = 0.0
+    ctx: Annotated[int, typer.Option(help="Context size in tokens.", rich_help_panel=M)] = 4096
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads.", rich_help_panel=M)] = None
+    gpu_layers: Annotated[int, typer.Option(
+        help="Target layers to offload (-1: all, when the build supports a GPU).", rich_help_panel=M)] = -1
+    draft_gpu_layers: Annotated[int, typer.Option(
+        help="Draft layers to offload (-1: all). A draft left on the CPU loses the speedup.",
+        rich_help_panel=M)] = -1
+    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
+                                          rich_help_panel=M)] = False
+    temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
+                                               rich_help_panel=S)] = 0.0
+    top_k: Annotated[int, typer.Option(rich_help_panel=S)] = 40
+    top_p: Annotated[float, typer.Option(rich_help_panel=S)] = 0.95
+    min_p: Annotated[float, typer.Option(rich_help_panel=S)] = 0.05
+    repeat_penalty: Annotated[float, typer.Option(rich_help_panel=S)] = 1.0
+    seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
+
+    def engine_options(self) -> EngineOptions:
+        from ..resolve import resolve_models  # models.yaml and downloads
+
+        r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
+        draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
+            else r.draft_max
+        return EngineOptions(
+            target=r.target, draft=r.draft, drafter=self.drafter or r.drafter, draft_max=draft_max,
+            draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
+            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
+
+    def sampling(self) -> SamplingParams:
+        if self.temperature < 0:
+            raise SpecgenError("--temperature must be 0 or more")
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
+
+
+def parse_draft_max(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
+    if n < 0:
+        raise SpecgenError("--draft-max must be 0 or more")
+    return n
+
+
+def engine_command(fn: Callable) -> Callable:
+    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags."""
+    # Resolve string annotations (from __future__ import annotations) so typer sees
+    # the real Annotated[...] metadata of both the command's own and the shared flags.
+    own_hints = typing.get_type_hints(fn, include_extras=True)
+    flag_hints = typing.get_type_hints(EngineFlags, include_extras=True)
+    sig = inspect.signature(fn)
+    own = [p.replace(annotation=own_hints.get(p.name, p.annotation))
+           for p in sig.parameters.values() if p.name != "flags"]
+    names = [f.name for f in fields(EngineFlags)]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(EngineFlags, n),
+                               annotation=flag_hints[n]) for n in names]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        flags = EngineFlags(**{n: kwargs.pop(n) for n in names})
+        return fn(flags=flags, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra, return_annotation=inspect.Signature.empty)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    del wrapper.__wrapped__  # typer must read __signature__, not the original function
+    return wrapper
+
+
+__all__ = ["EngineFlags", "engine_command", "parse_draft_max"]

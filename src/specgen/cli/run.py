@@ -1,0 +1,89 @@
+"""`specgen run`: one prompt in, the target's text out; made for pipes and scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+
+from ..engine import Piece, Summary
+from ..errors import SpecgenError
+from ..loader import load_engine
+from ..prompt import chat_tokens, messages_for
+from . import app
+from .options import EngineFlags, engine_command
+
+
+def read_prompt(arg: str | None) -> str:
+    """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
+    parts = []
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            parts.append(piped.rstrip("\n"))
+    if arg:
+        parts.append(arg)
+    if not parts:
+        raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
+    return "\n\n".join(parts)
+
+
+def summary_line(s: Summary) -> str:
+    line = (f"{s.generated_tokens} tokens in {s.decode_seconds:.2f}s, {s.decode_tps:.1f} tok/s"
+            f" | prompt {s.prompt_tokens} tokens in {s.prompt_seconds:.2f}s")
+    if s.drafted:
+        line += (f" | accepted {s.accepted}/{s.drafted} drafted ({s.acceptance_rate:.0%}),"
+                 f" {s.mean_accepted:.2f} tokens/step")
+    return line
+
+
+@app.command()
+@engine_command
+def run(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; piped stdin is placed before it.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 512,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    stop: Annotated[Optional[List[str]], typer.Option(help="Stop when this string appears (repeatable).")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-generation "
+                                             "(fixed-length runs for timing).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with text and stats.")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Print the summary line (on stderr) when piped.")] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Don't colour accepted draft text.")] = False,
+    *,
+    flags: EngineFlags,
+) -> None:
+    """Generate a reply to PROMPT with speculative decoding."""
+    text_in = read_prompt(prompt)
+    sampling = flags.sampling()
+    opts = flags.engine_options()
+    engine = load_engine(opts)
+    tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)
+    events = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or (),
+                             ignore_eos=ignore_eos)
+
+    if json_out:
+        summary = next(e for e in events if isinstance(e, Summary))
+        print(json.dumps({"text": summary.text, "target": str(opts.target),
+                          "draft": str(opts.draft) if opts.draft else None,
+                          "drafter": engine.drafter.name, "stats": summary.stats()}))
+        return
+
+    tty = sys.stdout.isatty()
+    color = tty and not no_color and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, force_terminal=color or None,
+                  no_color=not color)
+    err = Console(stderr=True, highlight=False, markup=False)
+    for ev in events:
+        if isinstance(ev, Piece):
+            out.print(ev.text, style="green" if ev.from_draft and color else None, end="")
+            out.file.flush()
+        elif isinstance(ev, Summary):
+            if not ev.text.endswith("\n"):
+                out.print()
+            if tty or stats:
+                err.print(summary_line(ev), style="dim" if tty else None)

@@ -1,0 +1,69 @@
+"""The drafter interface: propose the next few tokens, cheaply.
+
+A drafter sees the whole token history (prompt + generated so far) and
+returns up to `n_max` guesses.  It keeps whatever state it likes (a KV cache,
+an n-gram index) and re-syncs from the history on every call, so the engine
+never has to tell it what was accepted or rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..sampling import SamplingParams
+
+
+KeepGoing = Callable[[Sequence[float]], bool]
+"""Asked before each costly draft token, with the confidences so far: draft another?"""
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)
+    q: list[np.ndarray] | None = None
+    """The distribution each token was sampled from; None for a deterministic drafter."""
+    confidence: list[float] = field(default_factory=list)
+    """The drafter's own probability for each token (its top-1 prob, or a match score)."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class Drafter(Protocol):
+    name: str
+
+    def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
+              rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
+        """Guess up to n_max tokens that follow *history*.
+
+        A drafter whose tokens cost time (a model) asks `keep_going` before
+        each one; a free one (lookup) may return all it has and let the
+        engine's controller cut the draft.
+        """
+        ...
+
+    def prefill(self, history: Sequence[int]) -> None:
+        """Catch up on a new prompt before generation starts (counted as prompt time)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class NoDrafter:
+    """Plain decoding through the same engine: the fair baseline."""
+
+    name = "none"
+
+    def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
+              rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
+        return Draft()
+
+    def prefill(self, history: Sequence[int]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,77 @@
+"""Draft with a second, smaller GGUF that shares the target's vocabulary."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..backend import Context, Model, common_prefix
+from ..sampling import SamplingParams, distribution, sample
+from .base import Draft, KeepGoing
+
+
+class ModelDrafter:
+    name = "model"
+
+    def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None,
+                 p_min: float = 0.0, n_vocab: int | None = None):
+        self.model = model
+        self.ctx = Context(model, n_ctx, n_threads)
+        self.p_min = p_min
+        self.n_vocab = n_vocab or model.n_vocab  # ids shared with the target
+        self.cached: list[int] = []  # tokens whose KV is in self.ctx
+
+    def _sync(self, history: Sequence[int]) -> None:
+        """Bring the draft KV cache to *history*, decoding only what it lacks.
+
+        After a verify step the cache holds the accepted prefix of the last
+        draft; everything past the common prefix is rolled back.  The last
+        history token is decoded with logits so drafting can start.
+        """
+        keep = min(common_prefix(self.cached, history), len(history) - 1, self.ctx.n_past)
+        self.ctx.rollback_to(keep)
+        self.cached = self.cached[:keep]
+        self.ctx.decode(history[keep:], logits="last")
+        self.cached = list(history)
+
+    def prefill(self, history: Sequence[int]) -> None:
+        self._sync(history)
+
+    def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
+              rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
+        out = Draft(q=None if params.greedy else [])
+        if n_max <= 0:
+            return out
+        if keep_going and not keep_going([]):
+            return out
+        self._sync(history)
+        while True:
+            logits = self.ctx.logits_row(-1)[: self.n_vocab]
+            if params.greedy:
+                tok = int(np.argmax(logits))
+                top = _top_prob(logits, tok) if self.p_min > 0 else 1.0
+            else:
+                q = distribution(logits, list(history) + out.tokens, params)
+                tok = sample(q, rng)
+                top = float(q.max())
+                out.q.append(q)
+            if top < self.p_min:  # as llama.cpp: an unsure guess costs a verify row for nothing
+                if out.q:
+                    out.q.pop()
+                break
+            out.tokens.append(tok)
+            out.confidence.append(top)
+            if len(out.tokens) >= n_max or (keep_going and not keep_going(out.confidence)):
+                break
+            self.ctx.decode([tok], logits="last")
+            self.cached.append(tok)
+        return out
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _top_prob(logits: np.ndarray, top: int) -> float:
+    m = float(logits[top])
+    return 1.0 / float(np.exp(logits - m, dtype=np.float32).sum())

@@ -1,0 +1,266 @@
+"""The speculative engine: a generator of events over a target and a drafter.
+
+Each step drafts a few tokens, verifies them with the target in one batch,
+keeps the longest accepted run plus one token of the target's own, and rolls
+the rejected rows out of the KV caches.  Front ends (run, chat, bench) only
+consume the events; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+from .backend import Context, Model, common_prefix
+from .controller import Controller
+from .drafters.base import Draft, Drafter
+from .errors import SpecgenError
+from .sampling import SamplingParams, accept_or_resample, argmax, distribution, sample
+from .textstream import TextStream
+
+
+class ContextOverflow(SpecgenError):
+    pass
+
+
+@dataclass
+class Piece:
+    """Text ready to show; `from_draft` when it came from accepted draft tokens."""
+    text: str
+    from_draft: bool
+
+
+@dataclass
+class Prefill:
+    tokens: int
+    """Prompt tokens decoded now (the rest were reused from the KV cache)."""
+    reused: int
+    seconds: float
+
+
+@dataclass
+class Step:
+    """One target verify pass."""
+    drafter: str
+    drafted: int
+    accepted: int
+    draft_seconds: float
+    verify_seconds: float
+
+    @property
+    def emitted(self) -> int:
+        return self.accepted + 1
+
+
+@dataclass
+class Summary:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    stop_reason: str = "max_tokens"
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    drafter_steps: dict[str, int] = field(default_factory=dict)
+    draft_lengths: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def decode_tps(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.generated_tokens / self.steps if self.steps else 0.0
+
+    def add(self, step: Step) -> None:
+        self.steps += 1
+        self.drafted += step.drafted
+        self.accepted += step.accepted
+        self.generated_tokens += step.emitted
+        self.draft_seconds += step.draft_seconds
+        self.verify_seconds += step.verify_seconds
+        name = step.drafter if step.drafted else "none"
+        self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
+        self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
+
+    def stats(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "prompt_seconds": round(self.prompt_seconds, 4),
+            "decode_seconds": round(self.decode_seconds, 4),
+            "decode_tps": round(self.decode_tps, 2),
+            "steps": self.steps,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_accepted": round(self.mean_accepted, 4),
+            "reused_tokens": self.reused_tokens,
+            "draft_seconds": round(self.draft_seconds, 4),
+            "verify_seconds": round(self.verify_seconds, 4),
+            "stop_reason": self.stop_reason,
+            "drafter_steps": dict(self.drafter_steps),
+            "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
+        }
+
+
+Event = Union[Piece, Prefill, Step, Summary]
+
+
+class Engine:
+    def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
+                 n_threads: int | None = None, controller: Controller | None = None,
+                 draft_model: Model | None = None):
+        self.target = target
+        self.draft_model = draft_model
+        self.drafter = drafter
+        self.ctx = Context(target, n_ctx, n_threads)
+        self.n_ctx = self.ctx.n_ctx
+        self.controller = controller or Controller()
+        self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
+        self._banned: np.ndarray | None = None
+
+    def close(self) -> None:
+        self.drafter.close()
+        self.ctx.close()
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.target.tokenize(text, add_special=add_special, parse_special=True)
+
+    def generate(self, prompt: Sequence[int], *, max_tokens: int = 256,
+                 sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
+                 ignore_eos: bool = False) -> Iterator[Event]:
+        """Generate up to *max_tokens* after *prompt*, as a stream of events.
+
+        *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
+        for benchmarks that need a fixed length.
+        """
+        self._banned = self.target.eog_tokens if ignore_eos else None
+        tokens = list(prompt)
+        if not tokens:
+            raise SpecgenError("empty prompt")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
+                                  "shorten it or raise --ctx")
+        rng = np.random.default_rng(sampling.seed)
+        summary = Summary(prompt_tokens=len(tokens))
+
+        t0 = time.perf_counter()
+        summary.reused_tokens = self._prefill(tokens)
+        self.drafter.prefill(tokens)
+        summary.prompt_seconds = time.perf_counter() - t0
+        yield Prefill(len(tokens) - summary.reused_tokens, summary.reused_tokens, summary.prompt_seconds)
+
+        history = tokens
+        text = TextStream(stop)
+        t0 = time.perf_counter()
+        while True:
+            # Never draft past max_tokens or the context: every step emits accepted + 1.
+            room = min(max_tokens - summary.generated_tokens, self.n_ctx - len(history)) - 1
+            if room < 0:
+                summary.stop_reason = "max_tokens" if summary.generated_tokens >= max_tokens else "context"
+                break
+            emitted, step = self._step(history, room, sampling, rng)
+            history.extend(emitted)
+            self._kv = history[:-1]
+            summary.add(step)
+            for i, tok in enumerate(emitted):
+                if self.target.is_eog(tok):
+                    summary.stop_reason = "eos"
+                    break
+                for piece, from_draft in text.push(self.target.piece(tok), i < step.accepted):
+                    yield Piece(piece, from_draft)
+                if text.stopped:
+                    summary.stop_reason = "stop"
+                    break
+            yield step
+            if summary.stop_reason in ("eos", "stop"):
+                break
+        for piece, from_draft in text.flush():
+            yield Piece(piece, from_draft)
+        summary.decode_seconds = time.perf_counter() - t0
+        summary.text = text.text
+        summary.tokens = history[len(prompt):]
+        yield summary
+
+    def _prefill(self, tokens: list[int]) -> int:
+        """Decode the prompt (all but its last token), reusing the cached prefix."""
+        # ctx.n_past is the truth if an interrupt cut the last generation short.
+        keep = min(common_prefix(self._kv, tokens[:-1]), self.ctx.n_past)
+        self.ctx.rollback_to(keep)
+        self._kv = self._kv[:keep]
+        self.ctx.decode(tokens[keep:-1], logits="none")
+        self._kv = tokens[:-1]
+        return keep
+
+    def _step(self, history: list[int], room: int, params: SamplingParams,
+              rng: np.random.Generator) -> tuple[list[int], Step]:
+        """Draft, verify in one batch, accept, roll back."""
+        name = self.drafter.name
+        t0 = time.perf_counter()
+        draft = self._draft(history, room, params, rng)
+        t1 = time.perf_counter()
+        self.ctx.decode([history[-1], *draft.tokens], logits="all")
+        accepted, token = self._verify(draft, history, params, rng)
+        self.ctx.rollback_to(len(history) + accepted)
+        t2 = time.perf_counter()
+        self.controller.observe(name, len(draft), accepted, t1 - t0, t2 - t1)
+        return draft.tokens[:accepted] + [token], Step(name, len(draft), accepted, t1 - t0, t2 - t1)
+
+    def _draft(self, history: list[int], room: int, params: SamplingParams,
+               rng: np.random.Generator) -> Draft:
+        ctl = self.controller
+        n_max = min(room, ctl.cap)
+        if n_max <= 0:
+            return Draft()
+        draft = self.drafter.draft(history, n_max, params, rng,
+                                   keep_going=lambda conf: ctl.worth_drafting_more(self.drafter.name, conf))
+        # Leave end-of-generation to the target, so every step emits accepted + 1.
+        n = next((i for i, t in enumerate(draft.tokens) if self.target.is_eog(t)), len(draft))
+        n = min(n, ctl.best_length(self.drafter.name, draft.confidence[:n]).n)
+        return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n])
+
+    def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
+                rng: np.random.Generator) -> tuple[int, int]:
+        """Rows 0..n of the verify batch judge draft tokens 1..n, row n gives the bonus token.
+
+        Greedy: keep a draft token while it is the target's argmax.  Sampling:
+        speculative sampling, so the output is distributed exactly as the target's.
+        """
+        # Only the repeat penalty looks at the past; skip copying it when it is off.
+        seen = history + draft.tokens if params.repeat_penalty != 1.0 else []
+        for i, x in enumerate(draft.tokens):
+            row, past = self._row(i), seen[: len(history) + i]
+            if params.greedy:
+                best = argmax(row, past, params)
+                if best != x:
+                    return i, best
+            else:
+                p = distribution(row, past, params)
+                ok, tok = accept_or_resample(p, draft.q[i] if draft.q is not None else None, x, rng)
+                if not ok:
+                    return i, tok
+        n = len(draft)
+        row, past = self._row(n), seen[: len(history) + n]
+        if params.greedy:
+            return n, argmax(row, past, params)
+        return n, sample(distribution(row, past, params), rng)
+
+    def _row(self, i: int) -> np.ndarray:
+        row = self.ctx.logits_row(i)
+        if self._banned is not None:
+            row[self._banned] = -np.inf  # llama.cpp's buffer; nobody else reads this row
+        return row

@@ -1,0 +1,157 @@
+"""Read and validate a GGUF file's header without llama.cpp.
+
+llama.cpp aborts or prints pages of log on a file that is not a GGUF, and on a
+truncated one it may only notice deep inside loading.  Checking the magic, the
+header and that every tensor's bytes lie inside the file lets us fail with one
+clear line before llama.cpp ever sees the file.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecgenError
+
+MAGIC = b"GGUF"
+
+# ggml type id -> (bytes per block, elements per block); from ggml.h / ggml.c.
+_TYPE_SIZES: dict[int, tuple[int, int]] = {
+    0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32),
+    8: (34, 32), 9: (36, 32), 10: (84, 256), 11: (110, 256), 12: (144, 256),
+    13: (176, 256), 14: (210, 256), 15: (292, 256), 16: (66, 256), 17: (74, 256),
+    18: (98, 256), 19: (50, 256), 20: (18, 32), 21: (110, 256), 22: (82, 256),
+    23: (136, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1),
+    29: (56, 256), 30: (2, 1), 34: (54, 256), 35: (66, 256), 39: (17, 32),
+}
+
+# GGUF value type id -> struct format for scalars.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFError(SpecgenError):
+    """The file is missing, unreadable, not a GGUF, or damaged."""
+
+
+@dataclass
+class GGUFInfo:
+    path: Path
+    version: int
+    size: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Scalar keys as values; array keys as their length (token lists are big)."""
+    n_tensors: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("general.name") or self.path.stem)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "?"))
+
+
+class _Reader:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise GGUFError(f"{self.path}: truncated GGUF header (file ends at byte {len(self.buf)})")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.take("<Q")
+        if self.pos + n > len(self.buf):
+            raise GGUFError(f"{self.path}: truncated GGUF header (string of {n} bytes runs past the end)")
+        raw = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int) -> Any:
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            itype, count = self.take("<I"), self.take("<Q")
+            if itype in _SCALARS:  # skip fixed-size items without decoding them
+                self.pos += struct.calcsize(_SCALARS[itype]) * count
+                if self.pos > len(self.buf):
+                    raise GGUFError(f"{self.path}: truncated GGUF header (array runs past the end)")
+            elif itype == _STRING:  # vocabularies: 150k strings, skipped by length
+                for _ in range(count):
+                    n = self.take("<Q")
+                    self.pos += n
+                if self.pos > len(self.buf):
+                    raise GGUFError(f"{self.path}: truncated GGUF header (array runs past the end)")
+            else:
+                for _ in range(count):
+                    self.value(itype)
+            return count
+        raise GGUFError(f"{self.path}: corrupt GGUF header (unknown value type {vtype})")
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Parse the header of *path* and check that the tensor data fits the file.
+
+    Raises GGUFError with a one-line message for every way a file can be bad.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise GGUFError(f"{p}: no such file")
+    if p.is_dir():
+        raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 4 or f.read(4) != MAGIC:
+                raise GGUFError(f"{p}: not a GGUF file (bad magic; expected 'GGUF')")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse(_Reader(buf, p), p, size)
+    except PermissionError:
+        raise GGUFError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise GGUFError(f"{p}: cannot read ({e.strerror or e})") from None
+
+
+def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
+    r.pos = 4
+    version = r.take("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"{p}: unsupported GGUF version {version}")
+    n_tensors, n_kv = r.take("<Q"), r.take("<Q")
+    if n_tensors > 1 << 24 or n_kv > 1 << 24:
+        raise GGUFError(f"{p}: corrupt GGUF header (implausible counts)")
+    info = GGUFInfo(path=p, version=version, size=size, n_tensors=n_tensors)
+    for _ in range(n_kv):
+        key = r.string()
+        info.metadata[key] = r.value(r.take("<I"))
+    end = 0
+    for _ in range(n_tensors):
+        r.string()
+        n_dims = r.take("<I")
+        if n_dims > 8:
+            raise GGUFError(f"{p}: corrupt GGUF header (tensor with {n_dims} dimensions)")
+        n_elems = 1
+        for _ in range(n_dims):
+            n_elems *= r.take("<Q")
+        ttype, offset = r.take("<I"), r.take("<Q")
+        block_bytes, block_elems = _TYPE_SIZES.get(ttype, (0, 1))
+        end = max(end, offset + n_elems // block_elems * block_bytes)
+    align = int(info.metadata.get("general.alignment", 32)) or 32
+    data_start = (r.pos + align - 1) // align * align
+    if data_start + end > size:
+        raise GGUFError(
+            f"{p}: truncated GGUF ({size} bytes, tensor data needs {data_start + end}); "
+            "re-download it")
+    return info

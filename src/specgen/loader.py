@@ -1,0 +1,77 @@
+"""Build a ready Engine from options: load models, check the pair, pick the drafter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import Model, ModelOptions, backend_name
+from .controller import Controller
+from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from .engine import Engine
+from .errors import SpecgenError
+from .gguf import read_gguf
+from .pair import check_compatible
+
+DRAFTERS = ("model", "ngram", "none")
+
+
+@dataclass
+class EngineOptions:
+    target: str | Path
+    draft: str | Path | None = None
+    drafter: str | None = None
+    """model | ngram | none; None: model when a draft is given, else ngram."""
+    draft_max: int | None = None
+    """A fixed cap on draft length; None lets the controller size each draft."""
+    draft_p_min: float = 0.0
+    n_ctx: int = 4096
+    threads: int | None = None
+    gpu_layers: int = -1
+    draft_gpu_layers: int = -1
+    use_mmap: bool = True
+
+    def drafter_name(self) -> str:
+        name = self.drafter or ("model" if self.draft else "ngram")
+        if name not in DRAFTERS:
+            raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+        return name
+
+
+def load_engine(opts: EngineOptions) -> Engine:
+    drafter_name = opts.drafter_name()
+    if drafter_name == "model" and not opts.draft:
+        raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or use --drafter ngram)")
+    if opts.draft_max is not None and opts.draft_max < 0:
+        raise SpecgenError("--draft-max must be 0 or more")
+    # Validate both files before loading either: a bad draft should not cost a target load.
+    target_info = read_gguf(opts.target)
+    draft_info = read_gguf(opts.draft) if opts.draft and drafter_name == "model" else None
+
+    target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap), info=target_info)
+    n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
+    drafter: Drafter
+    draft_model = None
+    if drafter_name == "model":
+        draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap), info=draft_info)
+        check_compatible(target, draft_model)
+        drafter = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
+                               n_vocab=min(target.n_vocab, draft_model.n_vocab))
+    elif drafter_name == "ngram":
+        drafter = NgramDrafter()
+    else:
+        drafter = NoDrafter()
+    controller = Controller(fixed=opts.draft_max)
+    return Engine(target, drafter, n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
+                  draft_model=draft_model)
+
+
+def describe_backend(engine: Engine) -> str:
+    """'CPU' or e.g. 'CUDA, target 29/29 layers, draft 25/25 layers'."""
+    name = backend_name()
+    if name == "CPU":
+        return name
+    parts = [f"target {engine.target.gpu_layers}/{engine.target.n_layer + 1} layers"]
+    if engine.draft_model is not None:
+        parts.append(f"draft {engine.draft_model.gpu_layers}/{engine.draft_model.n_layer + 1} layers")
+    return f"{name}, " + ", ".join(parts)

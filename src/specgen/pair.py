@@ -1,0 +1,38 @@
+"""Can this draft model draft for this target?  llama.cpp's rules, clearer errors.
+
+Mirrors `common_speculative_are_compatible`: same vocabulary type, same BOS/EOS
+handling, vocabulary sizes within 128 (Qwen pads some sizes), and identical
+token texts from id 5 on.  The error names the first token that differs.
+"""
+
+from __future__ import annotations
+
+from .backend import Model
+from .errors import SpecgenError
+
+VOCAB_MAX_SIZE_DIFFERENCE = 128
+VOCAB_CHECK_START_TOKEN_ID = 5
+
+
+class IncompatiblePair(SpecgenError):
+    pass
+
+
+def check_compatible(target: Model, draft: Model) -> None:
+    def fail(what: str) -> None:
+        raise IncompatiblePair(f"draft {draft.path.name} cannot draft for target {target.path.name}: {what}")
+
+    if target.vocab_type != draft.vocab_type:
+        fail(f"vocabulary types differ (target {target.vocab_type}, draft {draft.vocab_type})")
+    if (target.add_bos, target.bos) != (draft.add_bos, draft.bos):
+        fail(f"BOS handling differs (target add_bos={target.add_bos} bos={target.bos}, "
+             f"draft add_bos={draft.add_bos} bos={draft.bos})")
+    if target.eos != draft.eos:
+        fail(f"EOS token differs (target {target.eos}, draft {draft.eos})")
+    if abs(target.n_vocab - draft.n_vocab) > VOCAB_MAX_SIZE_DIFFERENCE:
+        fail(f"vocabulary sizes differ by more than {VOCAB_MAX_SIZE_DIFFERENCE} "
+             f"(target {target.n_vocab}, draft {draft.n_vocab})")
+    for i in range(VOCAB_CHECK_START_TOKEN_ID, min(target.n_vocab, draft.n_vocab)):
+        t, d = target.token_text(i), draft.token_text(i)
+        if t != d:
+            fail(f"token {i} differs (target {t!r}, draft {d!r})")

@@ -1,0 +1,76 @@
+"""Turn a user prompt into target tokens, through the GGUF's own chat template.
+
+Chat templates are code shipped inside a downloaded file, so they are rendered
+in Jinja's immutable sandbox: no attribute access to Python internals, no
+mutation of our objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Sequence
+
+from .backend import Model
+from .errors import SpecgenError
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+class TemplateError(SpecgenError):
+    pass
+
+
+def _environment():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(f"the model's chat template refused the conversation: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def render_chat(template: str, messages: Sequence[Message], bos_token: str = "",
+                eos_token: str = "", add_generation_prompt: bool = True) -> str:
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        tmpl = _environment().from_string(template)
+        return tmpl.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                           bos_token=bos_token, eos_token=eos_token)
+    except TemplateError:
+        raise
+    except SecurityError as e:
+        raise TemplateError(f"the model's chat template tried something unsafe and was stopped: {e}") from None
+    except JinjaError as e:
+        raise TemplateError(f"the model's chat template failed to render: {e}") from None
+
+
+def chat_tokens(model: Model, messages: Sequence[Message], raw: bool = False) -> list[int]:
+    """Tokens for *messages*, ending where the assistant's reply begins.
+
+    raw=True (or a GGUF without a template) feeds the text as it is, as a
+    base model expects.
+    """
+    template = None if raw else model.chat_template()
+    if template is None:
+        text = "\n\n".join(m["content"] for m in messages if m["content"])
+        return model.tokenize(text, add_special=True)
+    bos = model.token_text(model.bos) if model.bos >= 0 else ""
+    eos = model.token_text(model.eos) if model.eos >= 0 else ""
+    text = render_chat(template, messages, bos, eos)
+    # Templates often write the BOS themselves; don't add a second one.
+    add_special = not (bos and text.startswith(bos))
+    return model.tokenize(text, add_special=add_special)
+
+
+def messages_for(prompt: str, system: str | None = None) -> list[Message]:
+    msgs: list[Message] = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": prompt})
+    return msgs

@@ -1,0 +1,106 @@
+"""Token distributions and the speculative accept/resample rule.
+
+The target distribution p and the draft distribution q are both built by
+`distribution()` from the same parameters, which is what makes speculative
+sampling lossless: the output follows p exactly (Leviathan et al. 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def penalized(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:
+    """llama.cpp's repeat penalty over the last `repeat_last_n` tokens (a copy if applied)."""
+    if params.repeat_penalty == 1.0 or not history:
+        return logits
+    recent = np.unique(np.asarray(history[-params.repeat_last_n:], dtype=np.int64))
+    recent = recent[recent < logits.shape[0]]
+    out = np.array(logits, dtype=np.float32)
+    vals = out[recent]
+    out[recent] = np.where(vals > 0, vals / params.repeat_penalty, vals * params.repeat_penalty)
+    return out
+
+
+def argmax(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> int:
+    return int(np.argmax(penalized(logits, history, params)))
+
+
+def distribution(logits: np.ndarray, history: Sequence[int], params: SamplingParams,
+                 n_vocab: int | None = None) -> np.ndarray:
+    """The full-vocabulary probabilities after penalty, temperature, top-k, min-p, top-p.
+
+    `n_vocab` truncates the row so that a draft and a target whose vocabularies
+    differ by padding compare over the same ids.
+    """
+    row = penalized(logits, history, params)
+    if n_vocab is not None:
+        row = row[:n_vocab]
+    n = row.shape[0]
+    if params.greedy:
+        p = np.zeros(n)
+        p[int(np.argmax(row))] = 1.0
+        return p
+    k = params.top_k if 0 < params.top_k < n else n
+    idx = np.argpartition(-row, k - 1)[:k] if k < n else np.arange(n)
+    idx = idx[np.argsort(-row[idx], kind="stable")]
+    z = row[idx].astype(np.float64) / params.temperature
+    probs = np.exp(z - z[0])
+    probs /= probs.sum()
+    keep = len(probs)
+    if params.min_p > 0:
+        keep = min(keep, int(np.searchsorted(-probs, -params.min_p * probs[0], side="right")))
+    if params.top_p < 1.0:
+        keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
+    keep = max(keep, 1)
+    p = np.zeros(n)
+    p[idx[:keep]] = probs[:keep] / probs[:keep].sum()
+    return p
+
+
+def sample(p: np.ndarray, rng: np.random.Generator) -> int:
+    # Inverse-CDF sampling: one uniform per token, so a seed reproduces a run.
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+
+
+def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
+                       rng: np.random.Generator) -> tuple[bool, int]:
+    """Speculative sampling for one draft token x drawn from q.
+
+    Accept x with probability min(1, p(x)/q(x)); otherwise return a token drawn
+    from norm(max(0, p - q)).  q=None means a deterministic drafter (q is a
+    point mass on x), so x is kept with probability p(x).
+    Returns (accepted, token).
+    """
+    qx = 1.0 if q is None else float(q[x])
+    if qx > 0 and rng.random() < min(1.0, float(p[x]) / qx):
+        return True, x
+    if q is None:
+        residual = p.copy()
+        residual[x] = 0.0
+    else:
+        if len(q) < len(p):  # the draft's vocabulary is shorter: it gives the rest zero
+            q = np.pad(q, (0, len(p) - len(q)))
+        residual = np.maximum(p - q[: len(p)], 0.0)
+    if residual.sum() <= 0:  # p == q: rejection has probability zero, numerically possible only
+        residual = p
+    return False, sample(residual, rng)

@@ -1,0 +1,259 @@
+"""The engine on real weights: speculative output is the target's own.
+
+Target: SmolLM2-135M-Instruct Q4_1.  Draft: the same model requantized to Q2_K,
+so it agrees often but not always and every rejection path runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specgen.backend import Context
+from specgen.engine import ContextOverflow, Piece, Prefill, Step, Summary
+from specgen.loader import EngineOptions, load_engine
+from specgen.prompt import chat_tokens, messages_for
+from specgen.sampling import SamplingParams
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List three primary colours.",
+    "Explain what a hash table is in two sentences.",
+    "Translate 'good morning' into Spanish.",
+    "Write a haiku about autumn.",
+    "What is 12 times 12?",
+    "Give me a short recipe for pancakes.",
+    "Summarize the plot of Romeo and Juliet in one paragraph.",
+    "Write a SQL query that selects all users older than 30.",
+    "Why is the sky blue?",
+    "Name five animals that live in the ocean.",
+    "Write a JavaScript function that reverses a string.",
+    "What does HTTP stand for?",
+    "Describe the water cycle.",
+    "Repeat after me: the quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.",
+    "Write a bash one-liner that counts lines in all .py files.",
+    "What are the benefits of exercise?",
+    "Convert 100 degrees Fahrenheit to Celsius.",
+    "Write a Python class for a stack with push and pop.",
+    "Tell me a fun fact about octopuses.",
+    "Copy this list exactly: apple, banana, cherry, date, elderberry, fig, grape.",
+]
+N_TOKENS = 48
+NEAR_TIE = 0.3  # logits; batched vs single-token kernels round differently (NOTES.md)
+
+
+@pytest.fixture(scope="module")
+def engines(target_path, draft_path):
+    made = {
+        "none": load_engine(EngineOptions(target_path, drafter="none", n_ctx=2048)),
+        "model": load_engine(EngineOptions(target_path, draft_path, drafter="model", draft_max=6, n_ctx=2048)),
+        "ngram": load_engine(EngineOptions(target_path, drafter="ngram", draft_max=8, n_ctx=2048)),
+        "auto-model": load_engine(EngineOptions(target_path, draft_path, drafter="model", n_ctx=2048)),
+        "auto-ngram": load_engine(EngineOptions(target_path, drafter="ngram", n_ctx=2048)),
+    }
+    yield made
+    for e in made.values():
+        e.close()
+
+
+def run(engine, prompt_tokens, **kw) -> tuple[Summary, list]:
+    events = list(engine.generate(prompt_tokens, **kw))
+    assert isinstance(events[-1], Summary)
+    return events[-1], events
+
+
+def top2_gap(engine, tokens: list[int]) -> float:
+    """The target's top-2 logit gap after *tokens*, decoded one token at a time at the end."""
+    ctx = Context(engine.target, 2048)
+    try:
+        ctx.decode(tokens[:-1], logits="none")
+        ctx.decode(tokens[-1:], logits="last")
+        row = np.sort(np.array(ctx.logits_row(-1), dtype=np.float64))
+        return float(row[-1] - row[-2])
+    finally:
+        ctx.close()
+
+
+def assert_same_or_near_tie(engine, prompt, plain: list[int], spec: list[int]) -> bool:
+    """True when equal; a divergence passes only at a measured near-tie of the plain run."""
+    if plain == spec:
+        return True
+    k = next((i for i, (a, b) in enumerate(zip(plain, spec)) if a != b), min(len(plain), len(spec)))
+    gap = top2_gap(engine, prompt + plain[:k])
+    assert gap < NEAR_TIE, (f"speculative output diverged at token {k} where the target was sure "
+                            f"(top-2 gap {gap:.3f}): plain {plain[k:k + 5]} vs spec {spec[k:k + 5]}")
+    return False
+
+
+@pytest.fixture(scope="module")
+def plain_runs(engines) -> dict[str, tuple[list[int], Summary]]:
+    out = {}
+    for text in PROMPTS:
+        prompt = chat_tokens(engines["none"].target, messages_for(text))
+        out[text] = prompt, run(engines["none"], prompt, max_tokens=N_TOKENS)[0]
+    return out
+
+
+@pytest.mark.parametrize("drafter", ["model", "ngram", "auto-model", "auto-ngram"])
+def test_greedy_output_equals_plain(engines, plain_runs, drafter):
+    spec_engine, plain_engine = engines[drafter], engines["none"]
+    diverged, drafted = 0, 0
+    for text in PROMPTS:
+        prompt, plain = plain_runs[text]
+        spec, _ = run(spec_engine, prompt, max_tokens=N_TOKENS)
+        drafted += spec.drafted
+        diverged += not assert_same_or_near_tie(plain_engine, prompt, plain.tokens, spec.tokens)
+    assert drafted > 0, "the drafter never drafted: the comparison proves nothing"
+    assert diverged <= 3, f"{diverged}/{len(PROMPTS)} prompts diverged (each at a near-tie)"
+
+
+def test_draft_model_gets_rejections_and_acceptances(engines):
+    prompt = chat_tokens(engines["model"].target, messages_for(PROMPTS[1]))
+    s, _ = run(engines["model"], prompt, max_tokens=64)
+    assert 0 < s.accepted < s.drafted
+
+
+def test_bookkeeping_adds_up(engines):
+    for name in ("model", "ngram", "none"):
+        prompt = chat_tokens(engines[name].target, messages_for(PROMPTS[15]))
+        s, events = run(engines[name], prompt, max_tokens=40)
+        steps = [e for e in events if isinstance(e, Step)]
+        assert s.generated_tokens == s.accepted + s.steps == len(s.tokens)
+        assert s.steps == len(steps)
+        assert s.drafted == sum(st.drafted for st in steps)
+        assert s.accepted == sum(st.accepted for st in steps)
+        assert all(0 <= st.accepted <= st.drafted for st in steps)
+        assert s.verify_seconds == pytest.approx(sum(st.verify_seconds for st in steps))
+        assert "".join(e.text for e in events if isinstance(e, Piece)) == s.text
+        assert sum(1 for e in events if isinstance(e, Prefill)) == 1
+        if name == "none":
+            assert s.drafted == 0 and s.mean_accepted == 1.0
+        stats = s.stats()
+        assert stats["steps"] == s.steps and stats["generated_tokens"] == s.generated_tokens
+
+
+def test_draft_pieces_are_flagged(engines):
+    prompt = chat_tokens(engines["model"].target, messages_for(PROMPTS[15]))
+    s, events = run(engines["model"], prompt, max_tokens=40)
+    flags = {e.from_draft for e in events if isinstance(e, Piece) and e.text}
+    assert s.accepted > 0 and flags == {True, False}
+
+
+def test_500_tokens_keep_the_kv_caches_consistent(engines):
+    """Long enough for many rollbacks in both contexts; the output must still be the target's."""
+    prompt = chat_tokens(engines["none"].target, messages_for("Write a long story about a lighthouse keeper."))
+    plain, _ = run(engines["none"], prompt, max_tokens=500, ignore_eos=True)
+    spec, _ = run(engines["model"], prompt, max_tokens=500, ignore_eos=True)
+    assert plain.generated_tokens == spec.generated_tokens == 500
+    assert spec.accepted < spec.drafted  # rollbacks happened
+    assert_same_or_near_tie(engines["none"], prompt, plain.tokens, spec.tokens)
+
+
+def test_second_generation_reuses_the_prompt_cache(engines):
+    e = engines["model"]
+    prompt = chat_tokens(e.target, messages_for(PROMPTS[0]))
+    first, _ = run(e, prompt, max_tokens=8)
+    longer = prompt + first.tokens + e.tokenize(" More please.", add_special=False)
+    second, events = run(e, longer, max_tokens=8)
+    prefill = next(ev for ev in events if isinstance(ev, Prefill))
+    assert prefill.reused >= len(prompt) - 1
+    assert prefill.tokens <= len(longer) - len(prompt) + 1
+
+
+def test_max_tokens_is_never_exceeded(engines):
+    prompt = chat_tokens(engines["model"].target, messages_for(PROMPTS[15]))
+    for n in (1, 2, 3, 7):
+        s, _ = run(engines["model"], prompt, max_tokens=n, ignore_eos=True)
+        assert s.generated_tokens == n and s.stop_reason == "max_tokens"
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(engines):
+    prompt = chat_tokens(engines["ngram"].target, messages_for(PROMPTS[21]))
+    full, _ = run(engines["none"], prompt, max_tokens=48)
+    assert "banana" in full.text
+    s, _ = run(engines["ngram"], prompt, max_tokens=48, stop=["banana"])
+    assert s.stop_reason == "stop"
+    assert "banana" not in s.text and full.text.startswith(s.text)
+
+
+def test_end_of_generation_stops(engines):
+    prompt = chat_tokens(engines["model"].target, messages_for("Say just the word yes."))
+    s, _ = run(engines["model"], prompt, max_tokens=200)
+    assert s.stop_reason == "eos" and s.generated_tokens < 200
+    assert not any(engines["model"].target.is_eog(t) for t in s.tokens[:-1])
+
+
+def test_prompt_longer_than_the_context(target_path):
+    e = load_engine(EngineOptions(target_path, drafter="none", n_ctx=64))
+    try:
+        with pytest.raises(ContextOverflow, match=f"context holds {e.n_ctx}"):
+            list(e.generate(e.tokenize("word " * 1000), max_tokens=4))
+    finally:
+        e.close()
+
+
+def test_generation_stops_cleanly_when_the_context_fills(target_path, draft_path):
+    e = load_engine(EngineOptions(target_path, draft_path, n_ctx=256))
+    try:
+        prompt = e.tokenize("Once upon a time " * 10)
+        s, _ = run(e, prompt, max_tokens=1000, ignore_eos=True)
+        assert s.stop_reason == "context" and len(prompt) + s.generated_tokens == e.n_ctx
+    finally:
+        e.close()
+
+
+def test_seed_makes_sampling_reproducible(engines):
+    prompt = chat_tokens(engines["model"].target, messages_for(PROMPTS[5]))
+    params = SamplingParams(temperature=0.9, seed=1234)
+    a, _ = run(engines["model"], prompt, max_tokens=32, sampling=params)
+    b, _ = run(engines["model"], prompt, max_tokens=32, sampling=params)
+    c, _ = run(engines["model"], prompt, max_tokens=32, sampling=SamplingParams(temperature=0.9, seed=99))
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+
+
+@pytest.mark.parametrize("drafter", ["model", "ngram"])
+def test_first_token_frequencies_follow_the_target_softmax(engines, target_path, drafter):
+    """End to end at temperature 1: the first emitted token (an accepted draft token or
+    a resampled one) is distributed as the target's own softmax."""
+    engine = engines[drafter]
+    # A raw prompt whose next token is uncertain, and (for ngram) that ends on a
+    # repeated bigram so the lookup always drafts.
+    text = "My favourite colours are red and blue. My favourite colours are"
+    prompt = engine.tokenize(text)
+    ctx = Context(engine.target, 256)
+    ctx.decode(prompt, logits="last")
+    logits = np.array(ctx.logits_row(-1), dtype=np.float64)
+    ctx.close()
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+
+    draws, n, drafted, accepted = {}, 1000, 0, 0
+    rng_seeds = np.random.default_rng(0).integers(0, 2**31, n)
+    for seed in rng_seeds:
+        s, _ = run(engine, prompt, max_tokens=2, sampling=SamplingParams(
+            temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=int(seed)), ignore_eos=True)
+        draws[s.tokens[0]] = draws.get(s.tokens[0], 0) + 1
+        first = min(1, s.drafted)
+        drafted += first
+        accepted += first and s.accepted > 0
+    assert drafted > n * 0.9, "the first step should be speculative"
+    assert 0 < accepted < drafted, "both accept and reject paths must run"
+    # Bins: every token with expected count >= 5, the rest pooled.
+    order = np.argsort(-p)
+    big = [int(t) for t in order if p[t] * n >= 5]
+    exp = [p[t] * n for t in big] + [n * (1 - sum(p[t] for t in big))]
+    obs = [draws.get(t, 0) for t in big] + [n - sum(draws.get(t, 0) for t in big)]
+    if exp[-1] < 5:  # merge a tiny tail into the last big bin
+        exp[-2] += exp.pop()
+        obs[-2] += obs.pop()
+    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
+    assert len(exp) >= 3, "the prompt should give a spread-out first token"
+    assert stat < chi2_999(len(exp) - 1), (stat, list(zip(obs, [round(e) for e in exp])))
+
+
+def chi2_999(df: int) -> float:
+    """Upper 0.1% point of chi-square (Wilson-Hilferty; within 1% for df >= 3)."""
+    z = 3.0902
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3

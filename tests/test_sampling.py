@@ -1,0 +1,85 @@
+"""The accept/resample rule keeps the target's distribution exactly (no model needed)."""
+
+import numpy as np
+import pytest
+
+from specgen.sampling import SamplingParams, accept_or_resample, distribution, sample
+
+# Upper 0.1% points of chi-square: a correct sampler fails this 1 time in 1000.
+CHI2_999 = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 9: 27.88}
+
+
+def chi2(counts: np.ndarray, p: np.ndarray) -> float:
+    n = counts.sum()
+    mask = p > 0
+    assert counts[~mask].sum() == 0, "drew a token the target gives zero probability"
+    exp = n * p[mask]
+    return float(((counts[mask] - exp) ** 2 / exp).sum())
+
+
+def speculative_draws(p, q, n, rng):
+    """One speculative position: x ~ q, then accept or resample."""
+    out = np.zeros(len(p), dtype=np.int64)
+    accepted = 0
+    for _ in range(n):
+        x = sample(q, rng) if q is not None else DETERMINISTIC_X
+        ok, tok = accept_or_resample(p, q, x, rng)
+        accepted += ok
+        out[tok] += 1
+    return out, accepted / n
+
+
+DETERMINISTIC_X = 3
+
+
+@pytest.mark.parametrize("case", ["skewed", "disjoint-ish", "equal"])
+def test_speculative_sampling_matches_target(case):
+    rng = np.random.default_rng(1234)
+    p = np.array([0.05, 0.30, 0.10, 0.25, 0.02, 0.08, 0.20, 0.0, 0.0, 0.0])
+    q = {
+        "skewed": np.array([0.40, 0.05, 0.05, 0.05, 0.20, 0.05, 0.05, 0.05, 0.05, 0.05]),
+        "disjoint-ish": np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.33, 0.33, 0.33]),
+        "equal": p.copy(),
+    }[case]
+    counts, rate = speculative_draws(p, q, 40000, rng)
+    assert chi2(counts, p) < CHI2_999[int((p > 0).sum()) - 1]
+    # Acceptance rate of speculative sampling is sum(min(p, q)).
+    assert abs(rate - np.minimum(p, q).sum()) < 0.015
+
+
+def test_deterministic_draft_is_lossless_and_accepts_with_p_of_x():
+    rng = np.random.default_rng(7)
+    p = np.array([0.1, 0.2, 0.15, 0.4, 0.15])
+    counts, rate = speculative_draws(p, None, 40000, rng)
+    assert chi2(counts, p) < CHI2_999[4]
+    assert abs(rate - p[DETERMINISTIC_X]) < 0.015
+
+
+def test_draft_vocab_shorter_than_target():
+    rng = np.random.default_rng(3)
+    p = np.array([0.2, 0.3, 0.1, 0.2, 0.2])
+    q = np.array([0.5, 0.25, 0.25])  # draft knows only ids 0..2
+    counts = np.zeros(5, dtype=np.int64)
+    for _ in range(30000):
+        x = sample(q, rng)
+        _, tok = accept_or_resample(p, q, x, rng)
+        counts[tok] += 1
+    assert chi2(counts, p) < CHI2_999[4]
+
+
+def test_distribution_transforms():
+    logits = np.array([2.0, 1.0, 0.0, -1.0, -8.0], dtype=np.float32)
+    greedy = distribution(logits, [], SamplingParams(temperature=0))
+    assert greedy.tolist() == [1, 0, 0, 0, 0]
+    p = distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
+    soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert np.allclose(p, soft)
+    assert (distribution(logits, [], SamplingParams(temperature=1.0, top_k=2, top_p=1, min_p=0)) > 0).sum() == 2
+    # min-p 0.2 keeps tokens with at least 20% of the top probability: e^-1 and e^-2 relative -> 2 kept
+    assert (distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1, min_p=0.2)) > 0).sum() == 2
+    # top-p keeps the smallest prefix reaching the mass
+    tp = distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=0.7, min_p=0))
+    assert (tp > 0).sum() == 2 and abs(tp.sum() - 1) < 1e-9
+    # repeat penalty lowers a positive logit of a recent token
+    pen = distribution(logits, [0], SamplingParams(temperature=1.0, top_k=0, top_p=1, min_p=0, repeat_penalty=2.0))
+    assert pen[0] < p[0]
