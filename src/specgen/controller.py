@@ -99,12 +99,20 @@ class Choice:
 class Controller:
     """Sizes each draft; `fixed` turns it into a plain --draft-max N cap."""
 
+    MAX_CAP = 32
+
     def __init__(self, costs: CostModel | None = None, fixed: int | None = None, cap: int = 16):
         self.costs = costs or CostModel()
-        self.fixed = fixed
-        self.cap = fixed if fixed is not None else cap
-        self.position_drafted = [0] * self.cap
-        self.position_accepted = [0] * self.cap
+        self.auto_cap = cap
+        self.set_fixed(fixed)
+        # Per-position acceptance over the session: drafted[i] counts drafts that
+        # reached position i, accepted[i] those accepted there.
+        self.position_drafted = [0] * self.MAX_CAP
+        self.position_accepted = [0] * self.MAX_CAP
+
+    def set_fixed(self, fixed: int | None) -> None:
+        self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)
+        self.cap = self.fixed if self.fixed is not None else self.auto_cap
 
     def best_length(self, drafter: str, confidence: Sequence[float]) -> Choice:
         """The prefix of a draft worth verifying (0: decode plainly this step)."""
@@ -146,6 +154,6 @@ class Controller:
                 verify_seconds: float) -> None:
         self.costs.observe_verify(drafted + 1, verify_seconds)
         self.costs.observe_draft(drafter, drafted, draft_seconds)
-        for i in range(min(drafted, self.cap)):
+        for i in range(min(drafted, self.MAX_CAP)):
             self.position_drafted[i] += 1
             self.position_accepted[i] += i < accepted

@@ -123,10 +123,12 @@ Event = Union[Piece, Prefill, Step, Summary]
 class Engine:
     def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
                  n_threads: int | None = None, controller: Controller | None = None,
-                 draft_model: Model | None = None):
+                 draft_model: Model | None = None, drafters: dict[str, Drafter] | None = None):
         self.target = target
         self.draft_model = draft_model
         self.drafter = drafter
+        # Every drafter this engine can switch to (chat's /drafter), by name.
+        self.drafters: dict[str, Drafter] = {**(drafters or {}), drafter.name: drafter}
         self.ctx = Context(target, n_ctx, n_threads)
         self.n_ctx = self.ctx.n_ctx
         self.controller = controller or Controller()
@@ -134,8 +136,22 @@ class Engine:
         self._banned: np.ndarray | None = None
 
     def close(self) -> None:
-        self.drafter.close()
+        for d in self.drafters.values():
+            d.close()
         self.ctx.close()
+
+    def set_drafter(self, name: str) -> None:
+        """Switch drafters between generations (chat's /drafter)."""
+        if name not in self.drafters:
+            raise SpecgenError(f"drafter {name!r} is not available here; choose one of {', '.join(self.drafters)}"
+                               + ("" if "model" in self.drafters else " (start with --draft for 'model')"))
+        self.drafter = self.drafters[name]
+
+    def set_draft_max(self, n: int | None) -> None:
+        """A fixed draft length, or None to let the controller choose each step."""
+        if n is not None and n < 0:
+            raise SpecgenError("draft length must be 0 or more")
+        self.controller.set_fixed(n)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)

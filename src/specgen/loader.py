@@ -50,20 +50,16 @@ def load_engine(opts: EngineOptions) -> Engine:
 
     target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
-    drafter: Drafter
+    drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
     draft_model = None
     if drafter_name == "model":
         draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap), info=draft_info)
         check_compatible(target, draft_model)
-        drafter = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
-                               n_vocab=min(target.n_vocab, draft_model.n_vocab))
-    elif drafter_name == "ngram":
-        drafter = NgramDrafter()
-    else:
-        drafter = NoDrafter()
+        drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
+                                         n_vocab=min(target.n_vocab, draft_model.n_vocab))
     controller = Controller(fixed=opts.draft_max)
-    return Engine(target, drafter, n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
-                  draft_model=draft_model)
+    return Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
+                  draft_model=draft_model, drafters=drafters)
 
 
 def describe_backend(engine: Engine) -> str:
