@@ -33,7 +33,8 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
 
 
 def test_json_has_the_documented_schema(target_path, draft_path):
-    r = specgen("run", "--target", str(target_path), "--draft", str(draft_path), "--draft-max", "4",
+    r = specgen("run", "--target", str(target_path), "--draft", str(draft_path), "--drafter", "model",
+                "--draft-max", "4",
                 "--max-tokens", "24", "--json", "Name three fruits.")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -49,6 +50,18 @@ def test_json_has_the_documented_schema(target_path, draft_path):
     assert st["mean_accepted"] == pytest.approx(st["generated_tokens"] / st["steps"], abs=1e-3)
     assert st["acceptance_rate"] == pytest.approx(st["accepted"] / st["drafted"], abs=1e-3)
     assert out["text"]
+    assert sum(st["drafter_steps"].values()) == st["steps"]
+
+
+def test_auto_is_the_default_and_reports_its_choices(target_path, draft_path):
+    r = specgen("run", "--target", str(target_path), "--draft", str(draft_path), "--max-tokens", "48", "--json",
+                "Copy this list exactly: apple, banana, cherry, date, elderberry, fig, grape.")
+    out = json.loads(r.stdout)
+    assert out["drafter"] == "auto"
+    st = out["stats"]
+    assert set(st["drafter_steps"]) <= {"none", "ngram", "model"}
+    assert sum(st["drafter_steps"].values()) == st["steps"]
+    assert sum(st["draft_lengths"].values()) == st["steps"]
 
 
 def test_piped_stdin_goes_before_the_argument(target_path):

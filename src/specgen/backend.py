@@ -167,6 +167,7 @@ class Context:
         cp.n_seq_max = 1
         threads = n_threads or default_threads()
         cp.n_threads = cp.n_threads_batch = threads
+        self.n_threads = threads
         cp.no_perf = True
         self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:

@@ -41,6 +41,15 @@ class CostModel:
     step, assumed before any wide batch has been measured (a CPU-like guess:
     it errs towards short drafts until the machine shows otherwise)."""
 
+    def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
+        """Start from a measured curve (calibrate.py); steps then keep it current."""
+        for n, sec in verify.items():
+            self.verify[n] = EMA()
+            self.verify[n].add(sec)
+        for name, sec in draft.items():
+            self.draft[name] = EMA()
+            self.draft[name].add(sec)
+
     def observe_verify(self, n: int, seconds: float) -> None:
         self.verify.setdefault(n, EMA()).add(seconds)
 
@@ -81,12 +90,79 @@ class CostModel:
         return not got or got.count < 2
 
 
-def expected_tokens(confidence: Sequence[float], n: int) -> float:
+def expected_tokens(survival: Sequence[float], n: int) -> float:
+    """1 + P_1 + ... + P_n, where P_i is the product of the first i survival probabilities."""
     e, p = 1.0, 1.0
-    for c in confidence[:n]:
+    for c in survival[:n]:
         p *= c
         e += p
     return e
+
+
+class Beta:
+    """A Beta(a, b) belief about an acceptance probability."""
+
+    def __init__(self, mean: float, strength: float = 2.0):
+        self.a, self.b = mean * strength, (1.0 - mean) * strength
+
+    def add(self, accepted: bool) -> None:
+        if accepted:
+            self.a += 1.0
+        else:
+            self.b += 1.0
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
+
+
+# Confidence bins for calibration: a drafter's own probability is a ranking,
+# not a promise (a small draft model is overconfident on hard tokens).
+_CONF_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995)
+
+
+def _conf_bin(c: float) -> int:
+    return sum(c >= e for e in _CONF_EDGES)
+
+
+class AcceptanceModel:
+    """How likely each draft token is to be accepted, learned per drafter from the session.
+
+    Each draft token that was judged (every earlier one accepted) updates the
+    bin of its own confidence; the estimate for a new token is that bin's
+    posterior, which starts at the confidence itself and moves to what this
+    target actually accepts.  `next_token` estimates a token not drafted yet
+    from the per-position rate at that position.
+    """
+
+    def __init__(self) -> None:
+        self.bins: dict[str, list[Beta]] = {}
+        self.positions: dict[str, list[Beta]] = {}
+
+    def _bins(self, drafter: str) -> list[Beta]:
+        if drafter not in self.bins:
+            mids = [0.15, 0.4, 0.6, 0.75, 0.85, 0.925, 0.965, 0.99, 0.998]
+            self.bins[drafter] = [Beta(m, 3.0) for m in mids]
+        return self.bins[drafter]
+
+    def _positions(self, drafter: str) -> list[Beta]:
+        return self.positions.setdefault(drafter, [Beta(0.6, 2.0) for _ in range(Controller.MAX_CAP)])
+
+    def survival(self, drafter: str, confidence: Sequence[float]) -> list[float]:
+        bins = self._bins(drafter)
+        return [bins[_conf_bin(c)].mean for c in confidence]
+
+    def next_token(self, drafter: str, position: int) -> float:
+        pos = self._positions(drafter)
+        return pos[min(position, len(pos) - 1)].mean
+
+    def observe(self, drafter: str, confidence: Sequence[float], accepted: int) -> None:
+        bins, pos = self._bins(drafter), self._positions(drafter)
+        for i, c in enumerate(confidence[: accepted + 1]):
+            ok = i < accepted
+            bins[_conf_bin(c)].add(ok)
+            if i < len(pos):
+                pos[i].add(ok)
 
 
 @dataclass
@@ -95,18 +171,27 @@ class Choice:
     expected_tokens: float
     expected_seconds: float
 
+    @property
+    def rate(self) -> float:
+        return self.expected_tokens / self.expected_seconds
+
 
 class Controller:
-    """Sizes each draft; `fixed` turns it into a plain --draft-max N cap."""
+    """Sizes each draft from measured costs and learned acceptance.
+
+    `fixed` turns it into a plain --draft-max N: every draft is cut to N and
+    nothing is second-guessed.
+    """
 
     MAX_CAP = 32
 
     def __init__(self, costs: CostModel | None = None, fixed: int | None = None, cap: int = 16):
         self.costs = costs or CostModel()
+        self.acceptance = AcceptanceModel()
         self.auto_cap = cap
         self.set_fixed(fixed)
-        # Per-position acceptance over the session: drafted[i] counts drafts that
-        # reached position i, accepted[i] those accepted there.
+        # Per-position acceptance over the session (for display): drafted[i]
+        # counts drafts that reached position i, accepted[i] those accepted there.
         self.position_drafted = [0] * self.MAX_CAP
         self.position_accepted = [0] * self.MAX_CAP
 
@@ -114,46 +199,57 @@ class Controller:
         self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)
         self.cap = self.fixed if self.fixed is not None else self.auto_cap
 
+    def plain(self) -> Choice:
+        return Choice(0, 1.0, self.costs.verify_cost(1))
+
     def best_length(self, drafter: str, confidence: Sequence[float]) -> Choice:
         """The prefix of a draft worth verifying (0: decode plainly this step)."""
         t_d = self.costs.draft_cost(drafter)
-        best = Choice(0, 1.0, self.costs.verify_cost(1))
         if self.fixed is not None:
             n = min(self.fixed, len(confidence))
             return Choice(n, expected_tokens(confidence, n), self.costs.verify_cost(n + 1) + n * t_d)
+        survival = self.acceptance.survival(drafter, confidence)
+        best = self.plain()
         for n in range(1, min(len(confidence), self.cap) + 1):
-            e = expected_tokens(confidence, n)
-            t = self.costs.verify_cost(n + 1) + n * t_d
-            if e / t > best.expected_tokens / best.expected_seconds:
-                best = Choice(n, e, t)
+            c = Choice(n, expected_tokens(survival, n), self.costs.verify_cost(n + 1) + n * t_d)
+            if c.rate > best.rate:
+                best = c
         return best
 
     def worth_drafting_more(self, drafter: str, confidence: Sequence[float]) -> bool:
         """Whether one more token from a costly drafter could raise the rate.
 
-        The next token can add at most P_n (if it were certain); it costs a
-        draft step plus one more verify row.  Stop as soon as that cannot beat
-        the best rate reachable with the tokens already drafted.
+        The next token is expected to survive as often as this drafter's
+        tokens at that position have; it costs a draft step plus one more
+        verify row.  Also true when drafting further might pay later (the
+        verify cost curve can flatten), by looking a few tokens ahead.
         """
         n = len(confidence)
         if self.fixed is not None:
             return n < self.fixed
         if n >= self.cap:
             return False
+        survival = self.acceptance.survival(drafter, confidence)
         best = self.best_length(drafter, confidence)
-        rate = best.expected_tokens / best.expected_seconds
-        p_n = 1.0
-        for c in confidence:
-            p_n *= c
         t_d = self.costs.draft_cost(drafter)
-        e_more = expected_tokens(confidence, n) + p_n
-        t_more = self.costs.verify_cost(n + 2) + (n + 1) * t_d
-        return e_more / t_more > rate
+        p_n = 1.0
+        for c in survival:
+            p_n *= c
+        e = expected_tokens(survival, n)
+        for extra in range(1, min(4, self.cap - n) + 1):
+            p_n *= self.acceptance.next_token(drafter, n + extra - 1)
+            e += p_n
+            t = self.costs.verify_cost(n + extra + 1) + (n + extra) * t_d
+            if e / t > best.rate:
+                return True
+        return False
 
     def observe(self, drafter: str, drafted: int, accepted: int, draft_seconds: float,
-                verify_seconds: float) -> None:
+                verify_seconds: float, confidence: Sequence[float] = ()) -> None:
         self.costs.observe_verify(drafted + 1, verify_seconds)
         self.costs.observe_draft(drafter, drafted, draft_seconds)
+        if drafted:
+            self.acceptance.observe(drafter, confidence[:drafted], accepted)
         for i in range(min(drafted, self.MAX_CAP)):
             self.position_drafted[i] += 1
             self.position_accepted[i] += i < accepted

@@ -49,6 +49,12 @@ class Step:
     accepted: int
     draft_seconds: float
     verify_seconds: float
+    judged: int = 0
+    """Sampling only: draft tokens judged, and the sums over them of the chance that
+    speculative sampling (min(1, p/q)) and that exact matching (p(x), llama.cpp's
+    rule) would accept them: the two rules compared on the same drafts."""
+    p_speculative: float = 0.0
+    p_exact: float = 0.0
 
     @property
     def emitted(self) -> int:
@@ -72,6 +78,9 @@ class Summary:
     tokens: list[int] = field(default_factory=list)
     drafter_steps: dict[str, int] = field(default_factory=dict)
     draft_lengths: dict[int, int] = field(default_factory=dict)
+    judged: int = 0
+    p_speculative: float = 0.0
+    p_exact: float = 0.0
 
     @property
     def decode_tps(self) -> float:
@@ -95,9 +104,12 @@ class Summary:
         name = step.drafter if step.drafted else "none"
         self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
         self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
+        self.judged += step.judged
+        self.p_speculative += step.p_speculative
+        self.p_exact += step.p_exact
 
     def stats(self) -> dict:
-        return {
+        out = {
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "prompt_seconds": round(self.prompt_seconds, 4),
@@ -115,6 +127,11 @@ class Summary:
             "drafter_steps": dict(self.drafter_steps),
             "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
         }
+        if self.judged:
+            out["sampling_acceptance"] = {"judged": self.judged,
+                                          "speculative": round(self.p_speculative / self.judged, 4),
+                                          "exact_match": round(self.p_exact / self.judged, 4)}
+        return out
 
 
 Event = Union[Piece, Prefill, Step, Summary]
@@ -225,32 +242,34 @@ class Engine:
     def _step(self, history: list[int], room: int, params: SamplingParams,
               rng: np.random.Generator) -> tuple[list[int], Step]:
         """Draft, verify in one batch, accept, roll back."""
-        name = self.drafter.name
         t0 = time.perf_counter()
-        draft = self._draft(history, room, params, rng)
+        draft, name = self._draft(history, room, params, rng)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
-        accepted, token = self._verify(draft, history, params, rng)
+        step = Step(name, len(draft), 0, t1 - t0, 0.0)
+        accepted, token = self._verify(draft, history, params, rng, step)
         self.ctx.rollback_to(len(history) + accepted)
-        t2 = time.perf_counter()
-        self.controller.observe(name, len(draft), accepted, t1 - t0, t2 - t1)
-        return draft.tokens[:accepted] + [token], Step(name, len(draft), accepted, t1 - t0, t2 - t1)
+        step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
+        self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
+                                draft.confidence)
+        return draft.tokens[:accepted] + [token], step
 
     def _draft(self, history: list[int], room: int, params: SamplingParams,
-               rng: np.random.Generator) -> Draft:
+               rng: np.random.Generator) -> tuple[Draft, str]:
         ctl = self.controller
         n_max = min(room, ctl.cap)
         if n_max <= 0:
-            return Draft()
+            return Draft(), self.drafter.name
         draft = self.drafter.draft(history, n_max, params, rng,
                                    keep_going=lambda conf: ctl.worth_drafting_more(self.drafter.name, conf))
+        name = draft.source or self.drafter.name
         # Leave end-of-generation to the target, so every step emits accepted + 1.
         n = next((i for i, t in enumerate(draft.tokens) if self.target.is_eog(t)), len(draft))
-        n = min(n, ctl.best_length(self.drafter.name, draft.confidence[:n]).n)
-        return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n])
+        n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
+        return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n]), name
 
     def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
-                rng: np.random.Generator) -> tuple[int, int]:
+                rng: np.random.Generator, step: Step) -> tuple[int, int]:
         """Rows 0..n of the verify batch judge draft tokens 1..n, row n gives the bonus token.
 
         Greedy: keep a draft token while it is the target's argmax.  Sampling:
@@ -266,7 +285,12 @@ class Engine:
                     return i, best
             else:
                 p = distribution(row, past, params)
-                ok, tok = accept_or_resample(p, draft.q[i] if draft.q is not None else None, x, rng)
+                q = draft.q[i] if draft.q is not None else None
+                qx = 1.0 if q is None else float(q[x]) if x < len(q) else 0.0
+                step.judged += 1
+                step.p_speculative += min(1.0, float(p[x]) / qx) if qx > 0 else 0.0
+                step.p_exact += float(p[x])
+                ok, tok = accept_or_resample(p, q, x, rng)
                 if not ok:
                     return i, tok
         n = len(draft)

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from .backend import Model, ModelOptions, backend_name
 from .controller import Controller
-from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from .calibrate import cached_costs
+from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
 from .errors import SpecgenError
 from .gguf import read_gguf
 from .pair import check_compatible
 
-DRAFTERS = ("model", "ngram", "none")
+DRAFTERS = ("auto", "model", "ngram", "none")
 
 
 @dataclass
@@ -21,7 +22,7 @@ class EngineOptions:
     target: str | Path
     draft: str | Path | None = None
     drafter: str | None = None
-    """model | ngram | none; None: model when a draft is given, else ngram."""
+    """auto | model | ngram | none; None: auto (n-gram copies, the draft model when it pays)."""
     draft_max: int | None = None
     """A fixed cap on draft length; None lets the controller size each draft."""
     draft_p_min: float = 0.0
@@ -30,9 +31,11 @@ class EngineOptions:
     gpu_layers: int = -1
     draft_gpu_layers: int = -1
     use_mmap: bool = True
+    calibrate: bool = True
+    """Seed the controller with measured verify/draft costs (cached per model and machine)."""
 
     def drafter_name(self) -> str:
-        name = self.drafter or ("model" if self.draft else "ngram")
+        name = self.drafter or "auto"
         if name not in DRAFTERS:
             raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
         return name
@@ -45,21 +48,28 @@ def load_engine(opts: EngineOptions) -> Engine:
     if opts.draft_max is not None and opts.draft_max < 0:
         raise SpecgenError("--draft-max must be 0 or more")
     # Validate both files before loading either: a bad draft should not cost a target load.
+    use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)
-    draft_info = read_gguf(opts.draft) if opts.draft and drafter_name == "model" else None
+    draft_info = read_gguf(opts.draft) if use_draft else None
 
     target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
+    controller = Controller(fixed=opts.draft_max)
     drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
     draft_model = None
-    if drafter_name == "model":
+    if use_draft:
         draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap), info=draft_info)
         check_compatible(target, draft_model)
         drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
                                          n_vocab=min(target.n_vocab, draft_model.n_vocab))
-    controller = Controller(fixed=opts.draft_max)
-    return Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
-                  draft_model=draft_model, drafters=drafters)
+    drafters["auto"] = AutoDrafter(controller, drafters["ngram"], drafters.get("model"))
+    engine = Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
+                    draft_model=draft_model, drafters=drafters)
+    if opts.calibrate and drafter_name != "none":
+        model = drafters.get("model")
+        verify, per_token = cached_costs(engine.ctx, model.ctx if model else None)
+        controller.costs.seed(verify, {"model": per_token} if per_token is not None else {})
+    return engine
 
 
 def describe_backend(engine: Engine) -> str:

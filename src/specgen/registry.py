@@ -25,7 +25,7 @@ import yaml
 
 from .errors import SpecgenError
 
-DRAFTERS = ("model", "ngram", "none")
+DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -553,7 +553,7 @@ def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
     models.update(new_models)
     raw["models"] = models
     pairs = raw.get("pairs") or {}
-    entry: dict[str, Any] = {"target": ids[0], "draft": ids[1], "drafter": drafter or "model",
+    entry: dict[str, Any] = {"target": ids[0], "draft": ids[1], "drafter": drafter or "auto",
                              "draft_max": "auto" if draft_max is None else draft_max}
     if note:
         entry["note"] = note

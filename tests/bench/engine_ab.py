@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from specgen.backend import default_threads
 from specgen.engine import Step, Summary
 from specgen.loader import EngineOptions, load_engine
 from specgen.prompt import chat_tokens, messages_for
@@ -94,7 +95,7 @@ def main() -> None:
     if "llama" in only:
         from llama_cpp import Llama
 
-        llm = Llama(a.target, n_ctx=4096, n_threads=a.threads or plain.ctx.n_threads, use_mmap=False,
+        llm = Llama(a.target, n_ctx=4096, n_threads=a.threads or default_threads(), use_mmap=False,
                     verbose=False)
         # Here A is the engine, B the reference; the table reports engine / Llama.
         def check(s, toks):

@@ -31,7 +31,9 @@ class EngineFlags:
     no_download: Annotated[bool, typer.Option(
         "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.", rich_help_panel=M)] = False
     drafter: Annotated[Optional[str], typer.Option(
-        help="model | ngram | none (default: model when a draft is given, else ngram).", rich_help_panel=D)] = None
+        help="auto | model | ngram | none. auto (the default) copies with n-gram lookup when the text "
+             "repeats, drafts with the model when that pays on this machine, else decodes plainly.",
+        rich_help_panel=D)] = None
     draft_max: Annotated[str, typer.Option(
         help="Most draft tokens per step, or 'auto' to size each draft from measured costs.",
         rich_help_panel=D)] = "auto"

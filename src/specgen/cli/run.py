@@ -38,6 +38,8 @@ def summary_line(s: Summary) -> str:
     if s.drafted:
         line += (f" | accepted {s.accepted}/{s.drafted} drafted ({s.acceptance_rate:.0%}),"
                  f" {s.mean_accepted:.2f} tokens/step")
+    if len(s.drafter_steps) > 1:  # auto: show what it chose
+        line += " | steps " + ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items()))
     return line
 
 
@@ -77,7 +79,7 @@ def run(
     color = tty and not no_color and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
     out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, force_terminal=color or None,
                   no_color=not color)
-    err = Console(stderr=True, highlight=False, markup=False)
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     for ev in events:
         if isinstance(ev, Piece):
             out.print(ev.text, style="green" if ev.from_draft and color else None, end="")

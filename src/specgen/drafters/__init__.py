@@ -3,5 +3,6 @@
 from .base import Draft, Drafter, KeepGoing, NoDrafter
 from .model import ModelDrafter
 from .ngram import NgramDrafter
+from .auto import AutoDrafter
 
-__all__ = ["Draft", "Drafter", "KeepGoing", "NoDrafter", "ModelDrafter", "NgramDrafter"]
+__all__ = ["Draft", "Drafter", "KeepGoing", "NoDrafter", "ModelDrafter", "NgramDrafter", "AutoDrafter"]

@@ -27,6 +27,8 @@ class Draft:
     """The distribution each token was sampled from; None for a deterministic drafter."""
     confidence: list[float] = field(default_factory=list)
     """The drafter's own probability for each token (its top-1 prob, or a match score)."""
+    source: str | None = None
+    """Which drafter made it, when a drafter delegates (auto); None: the drafter itself."""
 
     def __len__(self) -> int:
         return len(self.tokens)

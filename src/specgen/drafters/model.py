@@ -50,7 +50,7 @@ class ModelDrafter:
             logits = self.ctx.logits_row(-1)[: self.n_vocab]
             if params.greedy:
                 tok = int(np.argmax(logits))
-                top = _top_prob(logits, tok) if self.p_min > 0 else 1.0
+                top = _top_prob(logits, tok)  # the controller calibrates it into a survival estimate
             else:
                 q = distribution(logits, list(history) + out.tokens, params)
                 tok = sample(q, rng)

@@ -1,0 +1,116 @@
+"""Measure, once per model file and machine, what a verify batch and a draft token cost.
+
+The controller learns costs from every step, but only for the batch sizes it
+tries; without a starting curve it could never discover that wide batches
+are cheap on a GPU.  So at load we time one decode of n tokens for a few n
+(about a second for a 1.5B model on a CPU, far less on a GPU) and cache the
+result under the user's cache directory, keyed by the model file, the
+llama.cpp build and the settings that change speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from . import __version__
+from .backend import Context, system_info
+
+SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
+PREFIX = 64  # verify costs are taken at a realistic, not empty, context
+REPEATS = 3
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "specgen" / "costs.json"
+
+
+def _key(ctx: Context, what: str) -> str:
+    st = ctx.model.path.stat()
+    ident = [what, str(ctx.model.path.resolve()), st.st_size, st.st_mtime_ns, ctx.model.gpu_layers,
+             ctx.n_threads, system_info(), __version__]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
+
+
+def _filler(ctx: Context, n: int) -> list[int]:
+    # Ordinary text tokens; their identity doesn't change the cost.
+    toks = ctx.model.tokenize("The quick brown fox jumps over the lazy dog. " * 16, add_special=False)
+    return (toks * (n // max(len(toks), 1) + 1))[:n]
+
+
+def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES) -> dict[int, float]:
+    """Seconds for one decode of n tokens with logits for every row, as the engine verifies."""
+    sizes = tuple(n for n in sizes if PREFIX + n < ctx.n_ctx)
+    ctx.rollback_to(0)
+    ctx.decode(_filler(ctx, PREFIX), logits="none")
+    batch = _filler(ctx, max(sizes))
+    ctx.decode(batch[:4], logits="all")  # warm-up: first calls allocate
+    ctx.rollback_to(PREFIX)
+    out: dict[int, float] = {}
+    for n in sizes:
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            ctx.decode(batch[:n], logits="all")
+            times.append(time.perf_counter() - t0)
+            ctx.rollback_to(PREFIX)
+        out[n] = statistics.median(times)
+    ctx.rollback_to(0)
+    return out
+
+
+def measure_draft(ctx: Context) -> float:
+    """Seconds per drafted token: a one-token decode and reading its logits."""
+    ctx.rollback_to(0)
+    toks = _filler(ctx, PREFIX + 6)
+    ctx.decode(toks[:PREFIX], logits="last")
+    times = []
+    for t in toks[PREFIX:]:
+        t0 = time.perf_counter()
+        ctx.decode([t], logits="last")
+        ctx.logits_row(-1).max()
+        times.append(time.perf_counter() - t0)
+    ctx.rollback_to(0)
+    return statistics.median(times[1:])
+
+
+def cached_costs(target: Context, draft: Context | None) -> tuple[dict[int, float], float | None]:
+    """(verify seconds by batch size, draft seconds per token or None), measured or from the cache."""
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    tk = _key(target, "verify")
+    if tk not in cache:
+        cache[tk] = {str(n): s for n, s in measure_verify(target).items()}
+        changed = True
+    verify = {int(n): float(s) for n, s in cache[tk].items()}
+    draft_cost = None
+    if draft is not None:
+        dk = _key(draft, "draft")
+        if dk not in cache:
+            cache[dk] = measure_draft(draft)
+            changed = True
+        draft_cost = float(cache[dk])
+    if changed:
+        _write_atomic(path, cache)
+    return verify, draft_cost
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-measure next time
