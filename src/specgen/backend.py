@@ -82,7 +82,10 @@ class Model:
             if lib.llama_supports_gpu_offload() else 0
         self.gpu_layers = min(mp.n_gpu_layers, n_layer + 1)
         self.n_layer = n_layer
-        mp.use_mmap = options.use_mmap
+        if "load_mode" in dict(type(mp)._fields_):  # llama.cpp 2026: an enum replaced the flags
+            mp.load_mode = lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+        else:
+            mp.use_mmap = options.use_mmap
         mp.vocab_only = options.vocab_only
         self._lib = lib
         self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
