@@ -195,7 +195,7 @@ def test_add_pair_writes_models_and_pair(config, tmp_path):
     p = reg.pairs["mine"]
     t, d = reg.pair_models("mine")
     assert (t.repo, t.quant, d.path, p.draft_max, p.drafter) == (
-        "bartowski/Qwen2.5-7B-Instruct-GGUF", "Q5_K_M", gguf.resolve(), 5, "model")
+        "bartowski/Qwen2.5-7B-Instruct-GGUF", "Q5_K_M", gguf.resolve(), 5, "auto")
     again = load_registry(config)
     assert again.pairs["mine"] == p and again.models[t.id] == t
     # An existing model is reused rather than duplicated.

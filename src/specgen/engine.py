@@ -157,6 +157,13 @@ class Engine:
             d.close()
         self.ctx.close()
 
+    def reset_cache(self) -> None:
+        """Forget every cached prefix, so the next prompt is decoded in full (a cold start)."""
+        self.ctx.rollback_to(0)
+        self._kv = []
+        for d in self.drafters.values():
+            d.prefill([])
+
     def set_drafter(self, name: str) -> None:
         """Switch drafters between generations (chat's /drafter)."""
         if name not in self.drafters:

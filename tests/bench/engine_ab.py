@@ -15,7 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from specgen.backend import default_threads
+import numpy as np
+
+from specgen.backend import Context, default_threads
 from specgen.engine import Step, Summary
 from specgen.loader import EngineOptions, load_engine
 from specgen.prompt import chat_tokens, messages_for
@@ -31,6 +33,7 @@ CODE_EDIT = ("Rewrite this module with two renames: the class `Inventory` become
 def engine_rate(engine, prompt, n) -> tuple[float, Summary]:
     t_first = t_last = None
     count = 0
+    summary = None
     for ev in engine.generate(prompt, max_tokens=n):
         if isinstance(ev, Step):
             now = time.perf_counter()
@@ -40,6 +43,7 @@ def engine_rate(engine, prompt, n) -> tuple[float, Summary]:
             count += ev.emitted
         elif isinstance(ev, Summary):
             summary = ev
+            summary.prompt_ids = list(prompt)
     return (count - first_emitted) / (t_last - t_first), summary
 
 
@@ -56,6 +60,22 @@ def llama_rate(llm, prompt, n) -> tuple[float, list[int]]:
         if len(out) >= n:
             break
     return (len(out) - 1) / (now - t_first), out
+
+
+def divergence(plain, s_plain: Summary, s: Summary) -> str:
+    """Where greedy outputs part, and the plain run's top-2 logit gap there (a near-tie is legitimate)."""
+    k = next((i for i, (x, y) in enumerate(zip(s_plain.tokens, s.tokens)) if x != y),
+             min(len(s.tokens), len(s_plain.tokens)))
+    prompt = s_plain.prompt_ids
+    ctx = Context(plain.target, 4096)
+    try:
+        seq = prompt + s_plain.tokens[:k]
+        ctx.decode(seq[:-1], logits="none")
+        ctx.decode(seq[-1:], logits="last")
+        row = np.sort(np.array(ctx.logits_row(-1), dtype=np.float64))
+    finally:
+        ctx.close()
+    return f"differs from token {k} (plain top-2 gap {row[-1] - row[-2]:.3f})"
 
 
 def main() -> None:
@@ -99,8 +119,9 @@ def main() -> None:
                     verbose=False)
         # Here A is the engine, B the reference; the table reports engine / Llama.
         def check(s, toks):
-            same = toks[: len(s.tokens)] == s.tokens
-            return f"same tokens: {same}"
+            if toks[: len(s.tokens)] == s.tokens:
+                return "same tokens"
+            return "Llama's tokens " + divergence(plain, s, Summary(tokens=toks)).removeprefix("differs")
         ab("llama-cpp-python Llama.generate", "code-write", write, lambda p, n: llama_rate(llm, p, n), check)
         del llm
 
@@ -111,7 +132,7 @@ def main() -> None:
         return go
 
     def acc(s_plain, s):
-        same = "same" if s.tokens == s_plain.tokens else "DIFFERENT"
+        same = "same" if s.tokens == s_plain.tokens else divergence(plain, s_plain, s)
         return (f"{same} output, accepted {s.accepted}/{s.drafted}, {s.mean_accepted:.2f} tok/step, "
                 f"steps by drafter {s.drafter_steps}")
 

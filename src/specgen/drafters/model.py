@@ -36,6 +36,10 @@ class ModelDrafter:
         self.cached = list(history)
 
     def prefill(self, history: Sequence[int]) -> None:
+        if not history:  # the engine's reset_cache: drop everything
+            self.ctx.rollback_to(0)
+            self.cached = []
+            return
         self._sync(history)
 
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,

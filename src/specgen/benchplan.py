@@ -1,0 +1,233 @@
+"""What `specgen bench` runs: questions (Spec-Bench's question.jsonl format) and configurations.
+
+A prompt file has one JSON object a line, `{"question_id", "category",
+"turns": [...]}`; multi-turn questions are asked as one conversation.  The
+built-in suites ship as such files in `specgen/suites/`.  Every problem with a
+file is reported as one line naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import SpecgenError
+
+BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
+
+
+class SuiteError(SpecgenError):
+    pass
+
+
+# ---------------------------------------------------------------- questions
+
+@dataclass(frozen=True)
+class Question:
+    question_id: int | str
+    category: str
+    turns: tuple[str, ...]
+
+
+def builtin_suites() -> dict[str, Path]:
+    folder = Path(str(resources.files("specgen").joinpath("suites")))
+    found = {p.stem: p for p in folder.glob("*.jsonl")}
+    ordered = [n for n in BUILTIN_ORDER if n in found] + sorted(n for n in found if n not in BUILTIN_ORDER)
+    return {n: found[n] for n in ordered}
+
+
+def load_questions(specs: str | Sequence[str]) -> list[Question]:
+    """Questions from `builtin:NAME`, `builtin:all` or Spec-Bench question.jsonl files, in order."""
+    paths: list[Path] = []
+    for spec in [specs] if isinstance(specs, str) else specs:
+        if spec.startswith("builtin:"):
+            name = spec.split(":", 1)[1]
+            suites = builtin_suites()
+            if name == "all":
+                paths += suites.values()
+            elif name in suites:
+                paths.append(suites[name])
+            else:
+                raise SuiteError(f"unknown built-in suite {name!r}; choose one of {', '.join([*suites, 'all'])}")
+        else:
+            paths.append(Path(spec).expanduser())
+    questions: list[Question] = []
+    seen: set[tuple[str, str]] = set()
+    for path in paths:
+        for lineno, q in read_jsonl(path):
+            key = (q.category, str(q.question_id))
+            if key in seen:
+                raise SuiteError(f"{path}:{lineno}: question_id {q.question_id!r} appears twice in "
+                                 f"category {q.category!r}")
+            seen.add(key)
+            questions.append(q)
+    return questions
+
+
+def read_jsonl(path: Path) -> list[tuple[int, Question]]:
+    """(line number, question) for each line of a question.jsonl file, validated."""
+    try:
+        if path.is_dir():
+            raise SuiteError(f"{path}: is a directory, not a .jsonl file")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such file (give a .jsonl of questions or builtin:NAME)") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: {e.strerror or e}") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SuiteError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        out.append((lineno, _question(obj, where)))
+    if not out:
+        raise SuiteError(f"{path}: no questions in this file")
+    return out
+
+
+def _question(obj: Any, where: str) -> Question:
+    if not isinstance(obj, dict):
+        raise SuiteError(f"{where}: expected a JSON object like "
+                         '{"question_id": 1, "category": "chat", "turns": ["..."]}')
+    qid = obj.get("question_id")
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)) or qid == "":
+        raise SuiteError(f"{where}: `question_id` must be a number or a string")
+    cat = obj.get("category")
+    if not isinstance(cat, str) or not cat.strip():
+        raise SuiteError(f"{where}: `category` must be a non-empty string")
+    turns = obj.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise SuiteError(f"{where}: `turns` must be a non-empty list of prompts")
+    if not all(isinstance(t, str) and t.strip() for t in turns):
+        raise SuiteError(f"{where}: every entry of `turns` must be a non-empty string")
+    return Question(qid, cat.strip(), tuple(turns))
+
+
+def categories_of(questions: Iterable[Question]) -> list[str]:
+    return list(dict.fromkeys(q.category for q in questions))
+
+
+def select(questions: list[Question], categories: Sequence[str] | None = None,
+           limit: int | None = None) -> list[Question]:
+    """Keep the *categories* asked for (all when None), at most *limit* questions each."""
+    available = categories_of(questions)
+    if categories:
+        unknown = [c for c in categories if c not in available]
+        if unknown:
+            raise SuiteError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{', '.join(map(repr, unknown))}; these prompts have: {', '.join(available)}")
+        questions = [q for q in questions if q.category in categories]
+    if limit is not None:
+        if limit < 1:
+            raise SuiteError("--limit must be 1 or more")
+        count: dict[str, int] = {}
+        kept = []
+        for q in questions:
+            count[q.category] = count.get(q.category, 0) + 1
+            if count[q.category] <= limit:
+                kept.append(q)
+        questions = kept
+    return questions
+
+
+# ---------------------------------------------------------------- configurations
+
+@dataclass(frozen=True)
+class Config:
+    drafter: str
+    draft_max: int | None
+    """None: auto (the controller sizes each draft)."""
+
+    @property
+    def baseline(self) -> bool:
+        return self.drafter == "none"
+
+    @property
+    def draft_max_label(self) -> int | str:
+        return "auto" if self.draft_max is None else self.draft_max
+
+    @property
+    def label(self) -> str:
+        return "none" if self.baseline else f"{self.drafter}/{self.draft_max_label}"
+
+    def flags(self) -> str:
+        if self.baseline:
+            return "--drafter none"
+        return f"--drafter {self.drafter} --draft-max {self.draft_max_label}"
+
+
+BASELINE = Config("none", 0)
+
+
+def split_list(values: Sequence[str] | None) -> list[str]:
+    """`--x a,b --x c` -> [a, b, c], without duplicates."""
+    out: list[str] = []
+    for v in values or ():
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return list(dict.fromkeys(out))
+
+
+def parse_draft_maxes(values: Sequence[str]) -> list[int | None]:
+    out: list[int | None] = []
+    for v in values:
+        if v == "auto":
+            out.append(None)
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            raise SpecgenError(f"--draft-max takes numbers or auto, not {v!r}") from None
+        if n < 0:
+            raise SpecgenError("--draft-max must be 0 or more")
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def parse_temperatures(values: Sequence[str]) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            t = float(v)
+        except ValueError:
+            raise SpecgenError(f"--temperature takes numbers, not {v!r}") from None
+        if not math.isfinite(t) or t < 0:
+            raise SpecgenError(f"--temperature must be 0 or more, not {v}")
+        out.append(t)
+    return list(dict.fromkeys(out))
+
+
+def make_configs(drafters: Sequence[str], draft_maxes: Sequence[int | None]) -> list[Config]:
+    configs = [Config(d, m) for d in drafters if d != "none" for m in draft_maxes]
+    if not configs:
+        raise SpecgenError("nothing to compare with plain decoding: give --drafter something besides none")
+    return configs
+
+
+@dataclass
+class Plan:
+    questions: list[Question]
+    configs: list[Config]
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    max_tokens: int = 128
+    repeat: int = 1
+    warmup_tokens: int = 8
+    seed: int = 0
+
+    def drafters(self) -> list[str]:
+        return list(dict.fromkeys(["none", *(c.drafter for c in self.configs)]))
+
+    def generations(self) -> int:
+        """Generations one pair runs (one per turn), for progress and ETA."""
+        warm = len(self.drafters()) * len(self.questions)
+        turns = sum(len(q.turns) for q in self.questions)
+        return warm + turns * len(self.temperatures) * self.repeat * (2 * len(self.configs) + 1)

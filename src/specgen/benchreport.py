@@ -1,0 +1,360 @@
+"""Render and store `specgen bench` results: tables, JSON/CSV/Markdown, bar charts, comparisons.
+
+Everything here reads the result dict built by `bench.build_result` (or a
+JSON file of it), so a result can be re-rendered or compared long after the
+run, on another machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .bench import FORMAT, best_row, recommend
+from .errors import SpecgenError
+
+
+# ---------------------------------------------------------------- shared shape
+
+@dataclass
+class Block:
+    """The summary rows of one pair at one temperature: one leaderboard table."""
+    pair: str
+    temperature: float
+    categories: list[str]
+    """Per-category columns, in run order, without "overall"."""
+    configs: list[str]
+    rows: dict[tuple[str, str], dict]
+    """(config label, category) -> summary row."""
+
+    def get(self, config: str, category: str) -> dict | None:
+        return self.rows.get((config, category))
+
+
+def blocks(summary: Iterable[dict]) -> list[Block]:
+    out: dict[tuple[str, float], Block] = {}
+    for s in summary:
+        b = out.setdefault((s["pair"], s["temperature"]), Block(s["pair"], s["temperature"], [], [], {}))
+        if s["category"] != "overall" and s["category"] not in b.categories:
+            b.categories.append(s["category"])
+        if s["config"] not in b.configs:
+            b.configs.append(s["config"])
+        b.rows[(s["config"], s["category"])] = s
+    return list(out.values())
+
+
+def mode(temperature: float) -> str:
+    return "greedy" if temperature == 0 else f"T={temperature:g}"
+
+
+def _x(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}x"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0%}"
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "—" if not v else f"{v:.{digits}f}"
+
+
+def leaderboard(block: Block, best: str | None) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and footnotes of a Spec-Bench-shaped table (speedup per category, overall, #MAT)."""
+    header = ["config", *block.categories, "overall", "#mean accepted", "accepted", "decode tok/s", "draft time",
+              "prompt tok/s"]
+    rows, notes = [], []
+    for cfg in block.configs:
+        ov = block.get(cfg, "overall")
+        label = cfg + (" ★" if cfg == best else "")
+        if ov.get("n_diverged"):
+            label += " ≠"
+        cells = [label, *(_x(block.get(cfg, c)["speedup"]) if block.get(cfg, c) else "—" for c in block.categories),
+                 _x(ov["speedup"]), f"{ov['mean_accepted']:.2f}",
+                 "—" if ov["drafter"] == "none" else _pct(ov["acceptance_rate"]),
+                 _num(ov["decode_tps"]), "—" if ov["drafter"] == "none" else _pct(ov["draft_share"]),
+                 _num(ov["prompt_tps"], 0)]
+        rows.append(cells)
+    if best:
+        notes.append("★ fastest overall" if best != "none" else "★ no configuration beat plain decoding")
+    diverged = sum(block.get(c, "overall").get("n_diverged") or 0 for c in block.configs)
+    if diverged:
+        notes.append(f"≠ output differed from plain decoding in {diverged} run(s): near-ties that batched and "
+                     "single-token kernels round differently, or a bug")
+    return header, rows, notes
+
+
+def _title(block: Block, result: dict) -> str:
+    base = block.get("none", "overall")
+    extra = f", plain decoding {base['decode_tps']:.1f} tok/s" if base else ""
+    rss = max((r.get("peak_rss_mb") or 0 for r in block.rows.values()), default=0)
+    if rss:
+        extra += f", peak RSS {rss:.0f} MB"
+    n = (base or next(iter(block.rows.values())))["n_prompts"]
+    return (f"{block.pair} — {mode(block.temperature)}, {result['settings'].get('max_tokens', '?')} tokens, "
+            f"{n} prompts{extra}")
+
+
+def _best(result: dict, block: Block) -> str | None:
+    """The configuration to highlight: the fastest one, or plain decoding when none beats it."""
+    row = best_row(result["summary"], block.pair, block.temperature)
+    if row is None:
+        return None
+    return row["config"] if row["speedup"] > 1.0 else "none"
+
+
+# ---------------------------------------------------------------- terminal
+
+def partial_note(result: dict) -> str | None:
+    if not result["settings"].get("interrupted"):
+        return None
+    return f"interrupted: partial results from the {len(result['runs'])} runs that finished"
+
+
+def tables(result: dict) -> Group:
+    parts: list[Any] = []
+    if partial_note(result):
+        parts.append(Text(partial_note(result), style="bold yellow"))
+    for block in blocks(result["summary"]):
+        best = _best(result, block)
+        header, rows, notes = leaderboard(block, best)
+        # The title as its own line: a table title would wrap at the table's width.
+        parts.append(Text(_title(block, result), style="bold"))
+        table = Table(header_style="bold", box=None, pad_edge=False, caption=" · ".join(notes) or None,
+                      caption_justify="left")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        for cfg, cells in zip(block.configs, rows):
+            table.add_row(*cells, style="bold green" if cfg == best else ("dim" if cfg == "none" else None))
+        parts += [table, Text("")]
+    for line in recommendation_lines(result):
+        parts.append(Text(line, style="bold"))
+    return Group(*parts)
+
+
+def recommendation_lines(result: dict) -> list[str]:
+    recs = result.get("recommendations") or []
+    many = len(recs) > 1
+    out = []
+    for r in recs:
+        rec = recommend(result["summary"], r["pair"])
+        if rec is not None:
+            out.append(rec.line(with_pair=many))
+    return out
+
+
+def bar_chart(result: dict, width: int = 40) -> Group:
+    """Speedup per category and configuration as text bars; the tick marks 1.00x (plain decoding)."""
+    parts: list[Any] = []
+    for block in blocks(result["summary"]):
+        configs = [c for c in block.configs if c != "none"]
+        values = [block.get(c, cat)["speedup"] for cat in [*block.categories, "overall"] for c in configs
+                  if block.get(c, cat)]
+        top = max([1.0, *values]) * 1.05
+        one = round(width / top)
+        parts.append(Text(f"speedup over plain decoding — {block.pair}, {mode(block.temperature)}", style="bold"))
+        pad = max(len(c) for c in configs)
+        for cat in [*block.categories, "overall"]:
+            parts.append(Text(f"  {cat}", style="bold" if cat == "overall" else None))
+            for c in configs:
+                row = block.get(c, cat)
+                if row is None:
+                    continue
+                n = min(round(row["speedup"] / top * width), width)
+                fill = "green" if row["speedup"] >= 1 else "red"
+                bar = Text(f"    {c:<{pad}} ")
+                bar.append("█" * min(n, one), style=fill)
+                if n > one:
+                    bar.append("┃", style="bold")
+                    bar.append("█" * (n - one - 1), style=fill)
+                    bar.append(" " * (width - n))
+                else:
+                    bar.append(" " * (one - n))
+                    bar.append("│", style="bold")
+                    bar.append(" " * (width - one - 1))
+                bar.append(f" {row['speedup']:.2f}x")
+                parts.append(bar)
+        parts.append(Text(""))
+    return Group(*parts)
+
+
+# ---------------------------------------------------------------- files
+
+def check_output_path(path: Path | None, flag: str) -> None:
+    """Fail before a long run, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise SpecgenError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise SpecgenError(f"{flag} {path}: folder {parent} does not exist")
+
+
+def write_json(result: dict, path: Path) -> None:
+    """Indented, except one line per run and summary row (runs carry their tokens)."""
+    parts = []
+    for key, value in result.items():
+        if key in ("runs", "summary") and value:
+            body = "[\n" + ",\n".join("  " + json.dumps(v) for v in value) + "\n ]"
+        else:
+            body = json.dumps(value, indent=1).replace("\n", "\n ")
+        parts.append(f" {json.dumps(key)}: {body}")
+    path.write_text("{\n" + ",\n".join(parts) + "\n}\n", encoding="utf-8")
+
+
+CSV_FIELDS = ["pair", "config", "drafter", "draft_max", "temperature", "category", "n_prompts", "n_runs",
+              "speedup", "decode_tps", "baseline_tps", "acceptance_rate", "mean_accepted", "prompt_tps",
+              "draft_seconds", "verify_seconds", "draft_share", "generated_tokens", "steps", "drafted", "accepted",
+              "n_diverged", "drafter_steps", "peak_rss_mb"]
+
+
+def write_csv(result: dict, path: Path) -> None:
+    """The summary rows, one per pair x configuration x temperature x category."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for s in result["summary"]:
+            row = dict(s)
+            row["drafter_steps"] = " ".join(f"{k}:{v}" for k, v in sorted(s["drafter_steps"].items()))
+            w.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = ["# specgen bench", ""]
+    lines.append(f"- machine: {m.get('cpu')}, {m.get('cores_physical') or '?'} cores "
+                 f"({m.get('cores_logical')} logical), {m.get('threads')} threads, "
+                 f"{m.get('backend_detail') or m.get('backend')}, {m.get('platform')}")
+    lines.append(f"- specgen {m.get('specgen')}, llama-cpp-python {m.get('llama_cpp_python')}, "
+                 f"started {m.get('started')}, {m.get('seconds')} s")
+    for p in m.get("pairs", []):
+        models = [f"{p['target']['path']} (sha256 {p['target']['sha256'][:12]}…)"]
+        if p.get("draft"):
+            models.append(f"{p['draft']['path']} (sha256 {p['draft']['sha256'][:12]}…)")
+        lines.append(f"- {p['pair']}: " + " + ".join(models))
+    lines += [f"- command: `{m.get('command')}`", ""]
+    if partial_note(result):
+        lines += [f"**{partial_note(result)}**", ""]
+    for block in blocks(result["summary"]):
+        best = _best(result, block)
+        header, rows, notes = leaderboard(block, best)
+        lines += [f"## {_title(block, result)}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for cfg, cells in zip(block.configs, rows):
+            if cfg == best:
+                cells = [f"**{c}**" for c in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [n + "  " for n in notes]
+        if notes:
+            lines.append("")
+    lines += [f"**{line}**" for line in recommendation_lines(result)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    path.write_text(markdown(result), encoding="utf-8")
+
+
+def check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SpecgenError("--plot needs matplotlib: pip install 'specgen[plot]' "
+                           "(without --plot a bar chart is printed in the terminal)") from None
+
+
+def write_plot(result: dict, path: Path) -> None:
+    """Speedup per category (x) and configuration (bars), one panel per pair and temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    bl = blocks(result["summary"])
+    fig, axes = plt.subplots(len(bl), 1, figsize=(max(6.0, 1.4 * (len(bl[0].categories) + 1) + 2), 3.6 * len(bl)),
+                             squeeze=False)
+    for ax, block in zip(axes[:, 0], bl):
+        cats = [*block.categories, "overall"]
+        configs = [c for c in block.configs if c != "none"]
+        width = 0.8 / max(len(configs), 1)
+        for i, cfg in enumerate(configs):
+            xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(cats))]
+            ys = [(block.get(cfg, c) or {}).get("speedup") or 0.0 for c in cats]
+            ax.bar(xs, ys, width, label=cfg)
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels(cats, rotation=20, ha="right")
+        ax.set_ylabel("speedup over plain")
+        ax.set_title(f"{block.pair} — {mode(block.temperature)}")
+        ax.legend(fontsize="small", ncol=min(len(configs), 4))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- compare
+
+def load_result(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecgenError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecgenError(f"{path}: not a JSON file ({e})") from None
+    except OSError as e:
+        raise SpecgenError(f"{path}: {e.strerror or e}") from None
+    if not isinstance(data, dict) or not {"machine", "summary", "runs"} <= set(data):
+        raise SpecgenError(f"{path}: not a `specgen bench --json` result (needs machine, runs and summary)")
+    if data.get("specgen_bench", FORMAT) > FORMAT:
+        raise SpecgenError(f"{path}: written by a newer specgen (format {data['specgen_bench']}); upgrade to read it")
+    need = {"pair", "config", "temperature", "category", "speedup", "decode_tps", "mean_accepted"}
+    for i, s in enumerate(data["summary"]):
+        if not isinstance(s, dict) or not need <= set(s):
+            raise SpecgenError(f"{path}: summary row {i} lacks {', '.join(sorted(need - set(s or {})))}")
+    data.setdefault("settings", {})
+    return data
+
+
+def _machine_line(name: str, path: Path, r: dict) -> str:
+    m = r["machine"]
+    return (f"{name}: {path} — {m.get('cpu')}, {m.get('threads')} threads, "
+            f"{m.get('backend_detail') or m.get('backend')}, {m.get('started', '?')}")
+
+
+def compare(a: dict, b: dict, path_a: Path, path_b: Path) -> Group:
+    """Side by side: each cell is A → B, for every pair, temperature and configuration in either file."""
+    parts: list[Any] = [Text(_machine_line("A", path_a, a)), Text(_machine_line("B", path_b, b)), Text("")]
+    ba = {(x.pair, x.temperature): x for x in blocks(a["summary"])}
+    bb = {(x.pair, x.temperature): x for x in blocks(b["summary"])}
+    for key in dict.fromkeys([*ba, *bb]):
+        xa, xb = ba.get(key), bb.get(key)
+        cats = list(dict.fromkeys([*(xa.categories if xa else []), *(xb.categories if xb else [])]))
+        configs = list(dict.fromkeys([*(xa.configs if xa else []), *(xb.configs if xb else [])]))
+        where = "" if xa and xb else f" (only in {'A' if xa else 'B'})"
+        table = Table(title=f"{key[0]} — {mode(key[1])}: A → B{where}", title_justify="left", header_style="bold",
+                      box=None, pad_edge=False)
+        table.add_column("config", no_wrap=True)
+        for h in [*cats, "overall", "#mean accepted", "decode tok/s"]:
+            table.add_column(h, justify="right", no_wrap=True)
+
+        def cell(cfg: str, cat: str, field: str, fmt) -> str:
+            va = xa.get(cfg, cat) if xa else None
+            vb = xb.get(cfg, cat) if xb else None
+            return f"{fmt(va[field]) if va else '—'} → {fmt(vb[field]) if vb else '—'}"
+
+        for cfg in configs:
+            table.add_row(cfg, *(cell(cfg, c, "speedup", _x) for c in [*cats, "overall"]),
+                          cell(cfg, "overall", "mean_accepted", lambda v: f"{v:.2f}"),
+                          cell(cfg, "overall", "decode_tps", lambda v: f"{v:.1f}"),
+                          style="dim" if cfg == "none" else None)
+        parts += [table, Text("")]
+    return Group(*parts)

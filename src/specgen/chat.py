@@ -1,0 +1,451 @@
+"""A conversation over the engine: history, turns, context budget, commands, transcripts.
+
+Nothing here prints.  `Chat.send` is itself a generator: it yields the
+engine's events (after a `Prompt` event) so a screen can show them, and it
+records the turn whatever happens to the stream, an interrupt included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Union
+
+from . import __version__
+from .engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
+from .errors import SpecgenError
+from .prompt import Message, render_chat
+from .sampling import SamplingParams
+
+
+class ChatError(SpecgenError):
+    """A problem with one message or command; the conversation goes on."""
+
+
+@dataclass
+class Prompt:
+    """First event of a turn: the prompt is built and about to be read.
+
+    `dropped` oldest turns no longer fitted the context and were left out
+    (the system prompt always stays); `kept` earlier turns remain.
+    """
+    tokens: int
+    dropped: int = 0
+    kept: int = 0
+
+
+ChatEvent = Union[Event, Prompt]
+
+
+@dataclass
+class Turn:
+    user: str
+    reply: str = ""
+    summary: Summary | None = None
+    prefill: Prefill | None = None
+    interrupted: bool = False
+    drafter: str = ""
+    draft_max: str = "auto"
+    temperature: float = 0.0
+    context_used: int = 0
+
+    def stats(self) -> dict:
+        out = self.summary.stats() if self.summary else {}
+        if self.prefill:
+            out["prompt_decoded"] = self.prefill.tokens
+        out.update(drafter=self.drafter, draft_max=self.draft_max, temperature=self.temperature,
+                   context_used=self.context_used, interrupted=self.interrupted)
+        return out
+
+
+class TurnMeter:
+    """Live figures for the status area, fed one event at a time."""
+
+    WINDOW = 2.0  # seconds of recent steps behind the sliding tokens/s
+
+    def __init__(self, n_ctx: int, prompt_tokens: int, session_drafted: int = 0, session_accepted: int = 0):
+        self.n_ctx = n_ctx
+        self.summary = Summary(prompt_tokens=prompt_tokens)
+        self.session_drafted, self.session_accepted = session_drafted, session_accepted
+        self.prefill: Prefill | None = None
+        self.last_step: Step | None = None
+        self.started = time.perf_counter()
+        self._points: deque[tuple[float, int]] = deque()
+
+    def on(self, ev: ChatEvent) -> None:
+        now = time.perf_counter()
+        if isinstance(ev, Prefill):
+            self.prefill = ev
+            self.summary.reused_tokens, self.summary.prompt_seconds = ev.reused, ev.seconds
+            self.started = now
+            self._points.append((now, 0))
+        elif isinstance(ev, Step):
+            self.summary.add(ev)
+            self.summary.decode_seconds = now - self.started
+            self.last_step = ev
+            self._points.append((now, self.summary.generated_tokens))
+            while len(self._points) > 2 and self._points[1][0] <= now - self.WINDOW:
+                self._points.popleft()
+        elif isinstance(ev, Summary):
+            self.summary = ev
+
+    @property
+    def window_tps(self) -> float:
+        if len(self._points) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._points[0], self._points[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    @property
+    def avg_tps(self) -> float:
+        return self.summary.decode_tps
+
+    @property
+    def session_acceptance(self) -> float:
+        drafted = self.session_drafted + self.summary.drafted
+        return (self.session_accepted + self.summary.accepted) / drafted if drafted else 0.0
+
+    @property
+    def draft_share(self) -> float:
+        total = self.summary.draft_seconds + self.summary.verify_seconds
+        return self.summary.draft_seconds / total if total > 0 else 0.0
+
+    @property
+    def context_used(self) -> int:
+        return self.summary.prompt_tokens + self.summary.generated_tokens
+
+
+class Chat:
+    def __init__(self, engine: Engine, system: str | None = None, sampling: SamplingParams | None = None,
+                 max_tokens: int = 1024, pair: str = "", backend: str = ""):
+        self.engine = engine
+        self.model = engine.target
+        self.system = system or None
+        self.sampling = sampling or SamplingParams()
+        self.max_tokens = max_tokens
+        self.pair, self.backend = pair, backend  # for display
+        self.turns: list[Turn] = []
+        self.meter: TurnMeter | None = None  # the current (or last) turn's live figures
+        self.first_kept = 0  # turns before this one were dropped from the prompt
+        self._template = self.model.chat_template()
+        # What the KV cache holds as text and as the exact tokens decoded (the
+        # generated reply included): a next prompt that extends this text is
+        # built by appending, so its prefix matches the cache token for token.
+        self._decoded: tuple[str, list[int]] | None = None
+
+    # -- prompt -----------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self.engine.n_ctx
+
+    def reply_room(self) -> int:
+        """Tokens kept free for a reply when deciding which turns still fit."""
+        return max(1, min(self.max_tokens, self.n_ctx // 4))
+
+    def messages(self, user: str | None = None, first: int | None = None) -> list[Message]:
+        msgs: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        for t in self.turns[self.first_kept if first is None else first:]:
+            msgs += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply}]
+        if user is not None:
+            msgs.append({"role": "user", "content": user})
+        return msgs
+
+    def render(self, messages: list[Message]) -> str:
+        if self._template is None:  # a base model: plain text, as `run` does
+            return "\n\n".join(m["content"] for m in messages if m["content"])
+        m = self.model
+        return render_chat(self._template, messages, m.token_text(m.bos) if m.bos >= 0 else "",
+                           m.token_text(m.eos) if m.eos >= 0 else "")
+
+    def tokens_for(self, text: str) -> list[int]:
+        if self._decoded and text.startswith(self._decoded[0]):
+            done, tokens = self._decoded
+            return tokens + self.model.tokenize(text[len(done):], add_special=False)
+        bos = self.model.token_text(self.model.bos) if self.model.bos >= 0 else ""
+        # Templates often write the BOS themselves; don't add a second one.
+        return self.model.tokenize(text, add_special=not (bos and text.startswith(bos)))
+
+    def _fit(self, user: str) -> tuple[str, list[int], int]:
+        """The prompt for *user*, dropping the oldest turns when a reply would not have room."""
+        text = self.render(self.messages(user))
+        tokens = self.tokens_for(text)
+        if len(tokens) + self.reply_room() <= self.n_ctx:
+            return text, tokens, 0
+        alone = len(self.tokens_for(self.render(self.messages(user, first=len(self.turns)))))
+        if alone >= self.n_ctx:
+            raise ChatError(f"that message needs {alone} tokens with the system prompt but the context holds "
+                            f"{self.n_ctx}; shorten it or restart with a larger --ctx")
+        # Drop down to half the context, not just below the limit: a new prefix
+        # means re-reading the whole prompt, so do it once per several turns.
+        dropped = 0
+        while self.first_kept < len(self.turns) and len(tokens) > self.n_ctx // 2:
+            self.first_kept += 1
+            dropped += 1
+            text = self.render(self.messages(user))
+            tokens = self.tokens_for(text)
+        return text, tokens, dropped
+
+    # -- a turn -----------------------------------------------------------------
+
+    def session_summary(self) -> Summary:
+        s = Summary()
+        for t in self.turns:
+            if t.summary is None:
+                continue
+            for k in ("prompt_tokens", "reused_tokens", "prompt_seconds", "generated_tokens", "decode_seconds",
+                      "steps", "drafted", "accepted", "draft_seconds", "verify_seconds"):
+                setattr(s, k, getattr(s, k) + getattr(t.summary, k))
+            for d, src in ((s.drafter_steps, t.summary.drafter_steps), (s.draft_lengths, t.summary.draft_lengths)):
+                for k, v in src.items():
+                    d[k] = d.get(k, 0) + v
+        return s
+
+    def send(self, user: str) -> Iterator[ChatEvent]:
+        """Generate the reply to *user*; the turn is recorded even if the stream is cut short.
+
+        `self.meter` holds the live figures from the first event on.  A reply
+        cut by Ctrl+C stays in the history as far as it got (the model sees
+        what the user saw) and is marked interrupted; a turn stopped before
+        any text appeared is forgotten.
+        """
+        if not user.strip():
+            raise ChatError("empty message")
+        text, tokens, dropped = self._fit(user)
+        session = self.session_summary()
+        self.meter = meter = TurnMeter(self.n_ctx, len(tokens), session.drafted, session.accepted)
+        fixed = self.engine.controller.fixed
+        turn = Turn(user, drafter=self.engine.drafter.name, temperature=self.sampling.temperature,
+                    draft_max="auto" if fixed is None else str(fixed))
+        yield Prompt(len(tokens), dropped, len(self.turns) - self.first_kept)
+        self.turns.append(turn)
+        self._decoded = None  # until this reply is complete, only the engine knows what is cached
+        events = self.engine.generate(list(tokens), max_tokens=self.max_tokens, sampling=self.sampling)
+        try:
+            for ev in events:
+                if isinstance(ev, Piece):
+                    turn.reply += ev.text
+                elif isinstance(ev, Prefill):
+                    turn.prefill = ev
+                elif isinstance(ev, Summary):
+                    turn.summary = ev
+                    reply = ev.tokens[:-1] if ev.tokens and self.model.is_eog(ev.tokens[-1]) else ev.tokens
+                    self._decoded = (text + turn.reply, tokens + reply)
+                meter.on(ev)
+                yield ev
+        except ContextOverflow as e:  # _fit should prevent it; never let it end the session
+            raise ChatError(str(e)) from None
+        finally:
+            events.close()
+            if turn.summary is None:
+                turn.interrupted = True
+                turn.summary = meter.summary
+                if not turn.reply and self.turns and self.turns[-1] is turn:
+                    self.turns.pop()
+            turn.context_used = turn.summary.prompt_tokens + turn.summary.generated_tokens
+
+    # -- state --------------------------------------------------------------------
+
+    def clear(self) -> None:
+        self.turns.clear()
+        self.first_kept = 0
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+
+    # -- transcripts --------------------------------------------------------------
+
+    def transcript(self) -> dict:
+        return {
+            "specgen": __version__,
+            "saved": datetime.now().isoformat(timespec="seconds"),
+            "target": str(self.model.path),
+            "draft": str(self.engine.draft_model.path) if self.engine.draft_model else None,
+            "pair": self.pair,
+            "system": self.system,
+            "turns": [{"user": t.user, "assistant": t.reply, "in_context": i >= self.first_kept,
+                       "stats": t.stats()} for i, t in enumerate(self.turns)],
+            "session": self.session_summary().stats(),
+        }
+
+    def save(self, path: str) -> Path:
+        """Write the transcript as JSON (.json) or Markdown (.md, .markdown)."""
+        if not path:
+            raise ChatError("usage: /save PATH.md or /save PATH.json")
+        p = Path(path).expanduser()
+        kind = p.suffix.lower()
+        if kind not in (".json", ".md", ".markdown"):
+            raise ChatError(f"/save writes .md or .json, not {kind or 'a file without an extension'!r}")
+        data = self.transcript()
+        body = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if kind == ".json" else markdown(data)
+        try:
+            p.write_text(body, encoding="utf-8")
+        except OSError as e:
+            raise ChatError(f"cannot write {p}: {e.strerror or e}") from None
+        return p
+
+
+def stats_line(st: dict) -> str:
+    """One line of a turn's figures (for the Markdown transcript)."""
+    return " · ".join(stats_parts(st))
+
+
+def stats_parts(st: dict) -> list[str]:
+    """A turn's (or the session's) figures, as short phrases."""
+    parts = [f"{st.get('generated_tokens', 0)} tokens", f"{st.get('decode_tps', 0):.1f} tok/s"]
+    if st.get("drafted"):
+        parts.append(f"accepted {st['accepted']}/{st['drafted']} ({st['acceptance_rate']:.0%})")
+    parts.append(f"{st.get('mean_accepted', 0):.2f} tokens/step")
+    if "prompt_decoded" in st:
+        parts.append(f"prompt {st['prompt_decoded']} new + {st.get('reused_tokens', 0)} reused")
+    if st.get("drafter_steps"):
+        parts.append("steps " + ", ".join(f"{k} {v}" for k, v in sorted(st["drafter_steps"].items())))
+    if st.get("context_used"):
+        parts.append(f"context {st['context_used']} tokens")
+    if st.get("interrupted"):
+        parts.append("interrupted")
+    return parts
+
+
+def markdown(data: dict) -> str:
+    lines = ["# specgen chat", "", f"- saved: {data['saved']}", f"- target: `{data['target']}`"]
+    if data["draft"]:
+        lines.append(f"- draft: `{data['draft']}`")
+    if data["system"]:
+        lines += ["", "## System", "", data["system"]]
+    for i, t in enumerate(data["turns"], 1):
+        note = "" if t["in_context"] else " (dropped from the context)"
+        lines += ["", f"## Turn {i}{note}", "", "### You", "", t["user"], "", "### Assistant", "", t["assistant"],
+                  "", f"> {stats_line(t['stats'])}"]
+    s = data["session"]
+    lines += ["", "## Session", "", f"> {stats_line(s)}", ""]
+    return "\n".join(lines)
+
+
+def position_acceptance(drafted: list[int], accepted: list[int]) -> list[tuple[int, float, int]]:
+    """(position from 1, acceptance rate, drafts that reached it) for positions ever drafted."""
+    return [(i + 1, accepted[i] / n, n) for i, n in enumerate(drafted) if n]
+
+
+# -- commands -----------------------------------------------------------------------
+
+COMMANDS = {
+    "/help": "this list",
+    "/stats": "session summary",
+    "/draft N|auto": "draft length: a fixed N, or auto (sized from measured costs)",
+    "/drafter NAME": "switch drafter",
+    "/temp T": "sampling temperature (0 = greedy)",
+    "/system TEXT": "set the system prompt; alone: show it; '/system -': remove it",
+    "/clear": "forget the conversation (the system prompt stays)",
+    "/save PATH": "transcript with per-turn stats, as .md or .json",
+    "/color": "toggle colouring of accepted draft text",
+    "/bye, /exit": "quit (so does Ctrl+D)",
+}
+
+
+@dataclass
+class Outcome:
+    message: str = ""
+    error: bool = False
+    quit: bool = False
+    action: str | None = None
+    """Something only the screen can do: help, stats, color."""
+
+
+def run_command(chat: Chat, line: str) -> Outcome:
+    """Carry out one slash command; bad input comes back as a one-line hint, never raised."""
+    name, _, arg = line.strip().partition(" ")
+    name, arg = name.lower(), arg.strip()
+    try:
+        return _command(chat, name, arg)
+    except SpecgenError as e:
+        return Outcome(str(e), error=True)
+
+
+def _command(chat: Chat, name: str, arg: str) -> Outcome:
+    eng = chat.engine
+    if name in ("/bye", "/exit", "/quit"):
+        return Outcome(quit=True)
+    if name in ("/help", "/?"):
+        return Outcome(action="help")
+    if name == "/stats":
+        return Outcome(action="stats")
+    if name == "/color":
+        return Outcome(action="color")
+    if name == "/clear":
+        chat.clear()
+        return Outcome("conversation cleared" + (" (system prompt kept)" if chat.system else ""))
+    if name == "/draft":
+        if arg == "auto":
+            eng.set_draft_max(None)
+            return Outcome("draft length: auto")
+        try:
+            n = int(arg)
+        except ValueError:
+            raise ChatError("usage: /draft N (0 or more) or /draft auto") from None
+        if n < 0:
+            raise ChatError("usage: /draft N (0 or more) or /draft auto")
+        eng.set_draft_max(n)
+        return Outcome(f"draft length: {eng.controller.fixed}")
+    if name == "/drafter":
+        if not arg:
+            raise ChatError(f"usage: /drafter NAME, one of {', '.join(sorted(eng.drafters))} "
+                            f"(now {eng.drafter.name})")
+        eng.set_drafter(arg)
+        return Outcome(f"drafter: {eng.drafter.name}")
+    if name == "/temp":
+        try:
+            t = float(arg)
+        except ValueError:
+            raise ChatError(f"usage: /temp T, a number 0 or more (now {chat.sampling.temperature:g})") from None
+        if not t >= 0 or t == float("inf"):
+            raise ChatError("usage: /temp T, a number 0 or more")
+        chat.sampling = dataclasses.replace(chat.sampling, temperature=t)
+        return Outcome(f"temperature: {t:g}" + (" (greedy)" if t == 0 else ""))
+    if name == "/system":
+        if not arg:
+            return Outcome(f"system prompt: {chat.system}" if chat.system else "no system prompt")
+        chat.set_system(None if arg == "-" else arg)
+        return Outcome("system prompt removed" if arg == "-" else "system prompt set")
+    if name == "/save":
+        return Outcome(f"saved {chat.save(arg)}")
+    raise ChatError(f"unknown command {name}; /help lists the commands")
+
+
+def session_rows(chat: Chat) -> list[tuple[str, str]]:
+    """The /stats table: (what, value) rows over the whole session."""
+    s = chat.session_summary()
+    eng = chat.engine
+    kept = len(chat.turns) - chat.first_kept
+    rows = [("turns", f"{len(chat.turns)}" + (f" ({kept} in context)" if kept != len(chat.turns) else "")),
+            ("prompt tokens", f"{s.prompt_tokens - s.reused_tokens} decoded, {s.reused_tokens} reused from cache"),
+            ("prompt time", f"{s.prompt_seconds:.2f} s"),
+            ("generated", f"{s.generated_tokens} tokens in {s.decode_seconds:.2f} s ({s.decode_tps:.1f} tok/s)"),
+            ("verify steps", f"{s.steps} ({s.mean_accepted:.2f} tokens/step)")]
+    if s.drafted:
+        rows.append(("draft acceptance", f"{s.accepted}/{s.drafted} ({s.acceptance_rate:.0%})"))
+    if s.drafter_steps:
+        rows.append(("steps by drafter", ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items()))))
+    if s.draft_lengths:
+        rows.append(("draft lengths", ", ".join(f"{k}×{v}" for k, v in sorted(s.draft_lengths.items()))))
+    busy = s.draft_seconds + s.verify_seconds
+    if busy > 0:
+        rows.append(("time share", f"draft {s.draft_seconds / busy:.0%}, verify {s.verify_seconds / busy:.0%}"))
+    used = chat.turns[-1].context_used if chat.turns else 0
+    rows += [("context", f"{used}/{chat.n_ctx} tokens used by the last turn"),
+             ("drafter", eng.drafter.name + f" (available: {', '.join(sorted(eng.drafters))})"),
+             ("draft length", "auto" if eng.controller.fixed is None else str(eng.controller.fixed)),
+             ("temperature", f"{chat.sampling.temperature:g}"),
+             ("target", str(chat.model.path))]
+    if eng.draft_model is not None:
+        rows.append(("draft", str(eng.draft_model.path)))
+    return rows
+
+
+__all__ = ["Chat", "ChatError", "ChatEvent", "Prompt", "Turn", "TurnMeter", "COMMANDS", "Outcome",
+           "run_command", "session_rows", "stats_line", "stats_parts", "markdown", "position_acceptance"]

@@ -1,0 +1,216 @@
+"""`specgen bench` and `specgen bench compare`: measure configurations here, render the result."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from .. import bench as lib
+from .. import benchplan as workload
+from .. import benchreport as report
+from ..errors import SpecgenError
+from ..loader import DRAFTERS, EngineOptions
+from . import app
+
+bench_app = typer.Typer(no_args_is_help=False)
+app.add_typer(bench_app, name="bench")
+
+M, W, O = "Models", "Workload", "Output"
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    context: typer.Context,
+    pair: Annotated[Optional[List[str]], typer.Option(
+        metavar="NAME", help="A pair from models.yaml (repeatable); default: the default pair.",
+        rich_help_panel=M)] = None,
+    target: Annotated[Optional[Path], typer.Option(help="Target GGUF.", rich_help_panel=M)] = None,
+    draft: Annotated[Optional[Path], typer.Option(help="Draft GGUF (same vocabulary).", rich_help_panel=M)] = None,
+    drafter: Annotated[Optional[List[str]], typer.Option(
+        metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model "
+                             "(default: auto,ngram and, with a draft model, model).", rich_help_panel=W)] = None,
+    draft_max: Annotated[Optional[List[str]], typer.Option(
+        metavar="LIST", help="Draft lengths, comma-separated numbers or auto (default: auto).",
+        rich_help_panel=W)] = None,
+    temperature: Annotated[Optional[List[str]], typer.Option(
+        metavar="LIST", help="Temperatures, comma-separated (default: 0, greedy).", rich_help_panel=W)] = None,
+    prompts: Annotated[Optional[List[str]], typer.Option(
+        metavar="SUITE", help="builtin:NAME (code-writing, code-editing, chat, summarization, all) or a "
+                              "Spec-Bench question.jsonl; repeatable (default: builtin:all).",
+        rich_help_panel=W)] = None,
+    categories: Annotated[Optional[List[str]], typer.Option(
+        metavar="LIST", help="Only these categories, comma-separated.", rich_help_panel=W)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most N prompts per category.", rich_help_panel=W)] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate per turn.", rich_help_panel=W)] = 128,
+    repeat: Annotated[int, typer.Option(help="Runs of each prompt and configuration (medians are "
+                                              "reported).", rich_help_panel=W)] = 1,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write machine, runs and summary as JSON.", rich_help_panel=O)] = None,
+    csv_path: Annotated[Optional[Path], typer.Option(
+        "--csv", help="Write the summary rows as CSV.", rich_help_panel=O)] = None,
+    markdown_path: Annotated[Optional[Path], typer.Option(
+        "--markdown", help="Write the tables as Markdown.", rich_help_panel=O)] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Draw speedups to a PNG (needs matplotlib, the `plot` extra).", rich_help_panel=O)] = None,
+    save: Annotated[bool, typer.Option(
+        "--save", help="Store the recommendation as the pair's default for run and chat.", rich_help_panel=O)] = False,
+    n_ctx: Annotated[int, typer.Option("--ctx", help="Context size in tokens.", rich_help_panel=M)] = 4096,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads.", rich_help_panel=M)] = None,
+    gpu_layers: Annotated[int, typer.Option(help="Target layers to offload (-1: all).", rich_help_panel=M)] = -1,
+    draft_gpu_layers: Annotated[int, typer.Option(help="Draft layers to offload (-1: all).",
+                                                  rich_help_panel=M)] = -1,
+    draft_p_min: Annotated[float, typer.Option(
+        help="Stop drafting when the draft model's top probability falls below this.", rich_help_panel=W)] = 0.0,
+    no_mmap: Annotated[bool, typer.Option(
+        "--no-mmap", help="Read weights into memory (steadier timings on VMs).", rich_help_panel=M)] = False,
+    no_download: Annotated[bool, typer.Option(
+        "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.",
+        rich_help_panel=M)] = False,
+) -> None:
+    """Compare plain decoding with drafters and draft lengths on your prompts, on this machine.
+
+    Each prompt runs plain and with each configuration, interleaved; the table
+    shows the speedup per category (Spec-Bench's shape) and the line under it
+    what to use.  `specgen bench compare A.json B.json` puts two results side by side.
+    """
+    if context.invoked_subcommand is not None:
+        return
+    # Everything that can be wrong with the arguments fails here, before minutes of loading and running.
+    drafters = workload.split_list(drafter)
+    unknown = [d for d in drafters if d not in DRAFTERS]
+    if unknown:
+        raise SpecgenError(f"unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}")
+    draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
+    temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
+    if max_tokens < 1:
+        raise SpecgenError("--max-tokens must be 1 or more")
+    if repeat < 1:
+        raise SpecgenError("--repeat must be 1 or more")
+    prompts = prompts or ["builtin:all"]
+    questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
+    for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")):
+        report.check_output_path(path, flag)
+    if plot is not None:
+        report.check_plot_available()
+    pairs = workload.split_list(pair)
+    if target is not None and len(pairs) > 1:
+        raise SpecgenError("--target/--draft replace one side of a pair; give at most one --pair with them")
+    if save and target is not None:
+        raise SpecgenError("--save stores the recommendation under a pair name; use --pair (see `specgen list`, "
+                           "`specgen pair add`) instead of --target/--draft")
+    if draft is not None and target is None and not pairs:
+        raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
+
+    from ..resolve import resolve_models  # models.yaml and downloads
+
+    specs = []
+    for name in pairs or [None]:
+        r = resolve_models(name, target, draft, download=not no_download)
+        use = drafters or ["auto", "ngram", *(["model"] if r.draft else [])]
+        if "model" in use and r.draft is None:
+            raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or leave model out)")
+        needs_draft = any(d in ("model", "auto") for d in use)
+        loaded_draft = r.draft if needs_draft else None
+        label = r.pair or (f"{r.target.stem}+{loaded_draft.stem}" if loaded_draft else r.target.stem)
+        opts = EngineOptions(target=r.target, draft=loaded_draft,
+                             drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
+                             n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
+                             draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap)
+        specs.append((lib.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
+    # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
+    plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
+    plan = workload.Plan(questions, workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
+                         repeat)
+    if len(specs) > 1 and any("model" not in use for _, use in specs) and "model" in plan_drafters:
+        raise SpecgenError("some pairs have no draft model; leave `model` out of --drafter to compare them")
+    settings = {"prompts": prompts, "limit": limit, "drafters": plan_drafters,
+                "draft_max": [c if c is not None else "auto" for c in draft_maxes]}
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    result, interrupted = _run(err, [s for s, _ in specs], plan, settings)
+    if result is None:
+        raise KeyboardInterrupt
+
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=max(out.width, 200))  # piped: no wrapping
+    out.print(report.tables(result))
+    if plot is None:
+        out.print()
+        out.print(report.bar_chart(result))
+    for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
+                        (markdown_path, report.write_markdown), (plot, report.write_plot)):
+        if path is not None:
+            write(result, path)
+            err.print(f"wrote {path}")
+    if interrupted:
+        raise KeyboardInterrupt  # after the partial results are out; main() exits 130
+    if save:
+        from ..registry import save_local_default
+
+        for rec in result["recommendations"]:
+            draft_max_saved = None if rec["draft_max"] == "auto" else int(rec["draft_max"])
+            written = save_local_default(rec["pair"], rec["drafter"], draft_max_saved)
+            err.print(f"saved for {rec['pair']}: --drafter {rec['drafter']} --draft-max {rec['draft_max']} "
+                      f"({written})")
+
+
+def _run(err: Console, specs: list[lib.PairSpec], plan: workload.Plan,
+         settings: dict) -> tuple[dict | None, bool]:
+    """The result, and whether Ctrl+C cut it short (then it holds the runs finished so far, or is None)."""
+    total = plan.generations() * len(specs)
+    infos: list[dict] = []
+    runs: list[dict] = []
+    started = time.time()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                        transient=True, disable=not err.is_terminal)
+    try:
+        with progress:
+            task = progress.add_task("loading", total=total)
+            for ev in lib.run_bench(specs, plan, settings):
+                if isinstance(ev, lib.Finished):
+                    return ev.result, False
+                _show(ev, progress, task, plan)
+                if isinstance(ev, lib.PairLoaded):
+                    infos.append(ev.info)
+                elif isinstance(ev, lib.Run):
+                    runs.append(ev.row)
+    except KeyboardInterrupt:
+        if not runs:
+            return None, True
+        err.print(f"interrupted: reporting the {len(runs)} runs finished so far")
+        return lib.build_result(infos, runs, plan, {**settings, "interrupted": True}, started), True
+    raise SpecgenError("the benchmark ended without a result")
+
+
+def _show(ev: lib.BenchEvent, progress: Progress, task, plan: workload.Plan) -> None:
+    if isinstance(ev, lib.PairLoading):
+        progress.update(task, description=f"{ev.pair}: loading")
+    elif isinstance(ev, lib.Generating):
+        q = ev.question
+        what = "warm-up" if ev.repeat < 0 else f"T={ev.temperature:g} repeat {ev.repeat + 1}/{plan.repeat}"
+        turn = f" turn {ev.turn + 1}" if len(q.turns) > 1 else ""
+        progress.update(task, description=f"{ev.pair} · {q.category} #{q.question_id}{turn} · "
+                                          f"{ev.config.label} · {what}")
+    elif isinstance(ev, lib.Generated):
+        progress.advance(task)
+
+
+@bench_app.command("compare")
+def compare(
+    a: Annotated[Path, typer.Argument(help="A result written by `specgen bench --json`.")],
+    b: Annotated[Path, typer.Argument(help="Another one.")],
+) -> None:
+    """Print two bench results side by side (each cell: A → B)."""
+    ra, rb = report.load_result(a), report.load_result(b)
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=max(out.width, 200))
+    out.print(report.compare(ra, rb, a, b))

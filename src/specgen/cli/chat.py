@@ -1,0 +1,45 @@
+"""`specgen chat`: a conversation in the terminal that shows speculation at work."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..chat import Chat
+from ..errors import SpecgenError
+from ..loader import describe_backend, load_engine
+from ..tui import Screen, run
+from . import app
+from .options import EngineFlags, engine_command
+
+
+@app.command()
+@engine_command
+def chat(
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 1024,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Don't colour accepted draft text.")] = False,
+    *,
+    flags: EngineFlags,
+) -> None:
+    """Chat with the target; the status line shows what speculation does for each reply."""
+    if max_tokens < 1:
+        raise SpecgenError("--max-tokens must be 1 or more")
+    sampling = flags.sampling()
+    opts = flags.engine_options()
+    screen = Screen(color=not no_color)
+    done = screen.loading(f"loading {opts.target.name}" + (f" and {opts.draft.name}" if opts.draft else "") + "…")
+    try:
+        engine = load_engine(opts)
+    finally:
+        done()
+    try:
+        names = [opts.target.stem] + ([opts.draft.stem] if engine.draft_model is not None else [])
+        pair = (f"{flags.pair}: " if flags.pair else "") + " + ".join(names)
+        conv = Chat(engine, system=system, sampling=sampling, max_tokens=max_tokens, pair=pair,
+                    backend=describe_backend(engine))
+        screen.banner(conv, conv.backend)
+        run(conv, screen)
+    finally:
+        engine.close()

@@ -1,0 +1,29 @@
+"""Load-time cost calibration: measured once per model and machine, then cached."""
+
+import json
+
+from specgen.loader import EngineOptions, load_engine
+
+
+def test_costs_are_measured_once_and_seed_the_controller(target_path, draft_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    e = load_engine(EngineOptions(target_path, draft_path, drafter="auto", n_ctx=512))
+    cache = tmp_path / "specgen" / "costs.json"
+    data = json.loads(cache.read_text())
+    verify = next(v for v in data.values() if isinstance(v, dict))
+    assert set(map(int, verify)) >= {1, 2, 4, 8, 17}
+    assert all(s > 0 for s in verify.values())
+    costs = e.controller.costs
+    assert costs.verify_cost(1) == float(verify["1"]) and costs.draft_cost("model") > 0
+    e.close()
+    stamp = cache.stat().st_mtime_ns
+    e = load_engine(EngineOptions(target_path, draft_path, drafter="auto", n_ctx=512))
+    assert cache.stat().st_mtime_ns == stamp  # served from the cache, not re-measured
+    assert list(tmp_path.joinpath("specgen").iterdir()) == [cache]  # no temp files left behind
+    e.close()
+
+
+def test_plain_decoding_needs_no_calibration(target_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    load_engine(EngineOptions(target_path, drafter="none", n_ctx=512)).close()
+    assert not (tmp_path / "specgen" / "costs.json").exists()
