@@ -110,7 +110,8 @@ def main() -> None:
             note = check(s_a, extra)
         rows.append((label, prompt_name, ra, rb, note))
         print(f"{label:<40} {prompt_name:<11} none {statistics.median(ra):6.1f}  B {statistics.median(rb):6.1f}"
-              f"  B/none {statistics.median([b / x for x, b in zip(ra, rb)]):.3f}  {note}", flush=True)
+              f"  B/none {statistics.median([b / x for x, b in zip(ra, rb)]):.3f}  {note}\n"
+              f"    rounds: none {[round(x, 2) for x in ra]}  B {[round(x, 2) for x in rb]}", flush=True)
 
     if "llama" in only:
         from llama_cpp import Llama
