@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_helpers import one_line_error
 from specgen.bench import compare_tokens
 from specgen.benchplan import builtin_suites, load_questions
 from specgen.errors import SpecgenError
@@ -43,14 +44,6 @@ def specgen(*args: str, timeout: float = 240, env: dict | None = None) -> subpro
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
     return subprocess.run([EXE, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, env=full)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

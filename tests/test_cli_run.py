@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_line_error
 from hub_fixtures import _patch_token
 
 EXE = str(Path(sys.executable).parent / "specgen")
@@ -22,14 +23,6 @@ def specgen(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
     return subprocess.run([EXE, *args], input=stdin if stdin is not None else "", capture_output=True,
                           text=True, timeout=timeout, env=env)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_json_has_the_documented_schema(target_path, draft_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpecgenError
+from .loader import parse_draft_max
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 
@@ -178,19 +179,7 @@ def split_list(values: Sequence[str] | None) -> list[str]:
 
 
 def parse_draft_maxes(values: Sequence[str]) -> list[int | None]:
-    out: list[int | None] = []
-    for v in values:
-        if v == "auto":
-            out.append(None)
-            continue
-        try:
-            n = int(v)
-        except ValueError:
-            raise SpecgenError(f"--draft-max takes numbers or auto, not {v!r}") from None
-        if n < 0:
-            raise SpecgenError("--draft-max must be 0 or more")
-        out.append(n)
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(parse_draft_max(v) for v in values))
 
 
 def parse_temperatures(values: Sequence[str]) -> list[float]:

@@ -41,6 +41,19 @@ class EngineOptions:
         return name
 
 
+def parse_draft_max(value: str) -> int | None:
+    """A --draft-max value: 'auto' -> None (the controller sizes each draft), else a count >= 0."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
+    if n < 0:
+        raise SpecgenError("--draft-max must be 0 or more")
+    return n
+
+
 def load_engine(opts: EngineOptions) -> Engine:
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:

@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import SpecgenError
-from ..loader import EngineOptions
+from ..loader import EngineOptions, parse_draft_max
 from ..sampling import SamplingParams
 
 M, D, S = "Models", "Drafting", "Sampling"
@@ -75,18 +75,6 @@ class EngineFlags:
                               min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
 
 
-def parse_draft_max(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
-    if n < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
-    return n
-
-
 def engine_command(fn: Callable) -> Callable:
     """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags."""
     # Resolve string annotations (from __future__ import annotations) so typer sees
@@ -111,4 +99,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command", "parse_draft_max"]
+__all__ = ["EngineFlags", "engine_command"]
