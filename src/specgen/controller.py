@@ -84,11 +84,6 @@ class CostModel:
             return base + max(slope, 0.0) * (n - base_n)
         return max(base + self.slope_prior * one * (n - base_n), one)
 
-    def needs_probe(self, n: int) -> bool:
-        """True while batch size n has not been measured a few times."""
-        got = self.verify.get(n)
-        return not got or got.count < 2
-
 
 def expected_tokens(survival: Sequence[float], n: int) -> float:
     """1 + P_1 + ... + P_n, where P_i is the product of the first i survival probabilities."""

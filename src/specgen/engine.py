@@ -18,7 +18,7 @@ from .backend import Context, Model, common_prefix
 from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import SpecgenError
-from .sampling import SamplingParams, accept_or_resample, argmax, distribution, sample
+from .sampling import SamplingParams, accept_or_resample, accept_probability, argmax, distribution, sample
 from .textstream import TextStream
 
 
@@ -293,9 +293,8 @@ class Engine:
             else:
                 p = distribution(row, past, params)
                 q = draft.q[i] if draft.q is not None else None
-                qx = 1.0 if q is None else float(q[x]) if x < len(q) else 0.0
                 step.judged += 1
-                step.p_speculative += min(1.0, float(p[x]) / qx) if qx > 0 else 0.0
+                step.p_speculative += accept_probability(p, q, x)
                 step.p_exact += float(p[x])
                 ok, tok = accept_or_resample(p, q, x, rng)
                 if not ok:

@@ -82,6 +82,12 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
 
 
+def accept_probability(p: np.ndarray, q: np.ndarray | None, x: int) -> float:
+    """min(1, p(x)/q(x)): the chance speculative sampling keeps draft token x (q=None: a point mass)."""
+    qx = 1.0 if q is None else float(q[x]) if x < len(q) else 0.0
+    return min(1.0, float(p[x]) / qx) if qx > 0 else 0.0
+
+
 def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
                        rng: np.random.Generator) -> tuple[bool, int]:
     """Speculative sampling for one draft token x drawn from q.
@@ -91,8 +97,7 @@ def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
     point mass on x), so x is kept with probability p(x).
     Returns (accepted, token).
     """
-    qx = 1.0 if q is None else float(q[x])
-    if qx > 0 and rng.random() < min(1.0, float(p[x]) / qx):
+    if rng.random() < accept_probability(p, q, x):
         return True, x
     if q is None:
         residual = p.copy()
