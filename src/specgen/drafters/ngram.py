@@ -8,9 +8,16 @@ wide verify batch costs several single-token steps:
 * locality: after a mismatch (a renamed identifier) the copy usually resumes
   just past where it left off, so among equally long matches the one nearest
   the previous copy position wins over the most recent one;
-* calibrated confidence: it learns, from the history itself, how often a copy
-  continued after a match of each length, and reports that as the per-token
-  confidence the engine's controller uses to size the draft.
+* calibrated confidence: it learns from the target's verdicts how often a copy
+  goes on, and reports that as the per-token confidence the controller uses to
+  size the draft.
+
+The confidence is shaped like copies behave.  The first token of a fresh
+match is the gamble: it survives about half the time after a short match into
+the prompt, rarely when earlier occurrences of the same context went on
+differently ("split"), and rarely when the source is the reply itself.  Once
+it is accepted the match is one token longer, so token i of a draft gets the
+continuation rate of a match `m + i` long: a confirmed copy earns a long draft.
 """
 
 from __future__ import annotations
@@ -22,12 +29,47 @@ import numpy as np
 from ..sampling import SamplingParams
 from .base import Draft, KeepGoing
 
-_MAX_MATCH = 8
-_BUCKETS = (1, 2, 3, 4, 6)  # match lengths that get their own statistics
+_MAX_MATCH = 32
+_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # match lengths that get their own statistics
+_SESSION_MEMORY = 40.0  # observations a cell keeps: old evidence fades as the text being copied changes
+_PRIOR_WEIGHT = 4.0  # how many of this generation's own verdicts outweigh the session's
 
 
 def _bucket(m: int) -> int:
     return max(i for i, b in enumerate(_BUCKETS) if m >= b)
+
+
+class _Rates:
+    """Acceptance rates per cell, over the session and over the current generation.
+
+    The session's rate is the prior for the generation's: a prompt that does
+    not copy (a short question) stops drafting after a few misses even when
+    the previous one (a document to summarize) copied well.
+    """
+
+    def __init__(self, prior: np.ndarray, strength: float = 3.0):
+        prior = prior.reshape(-1)
+        self.session = np.stack([prior * strength, (1.0 - prior) * strength])  # [accepted, rejected] x cell
+        self.generation = np.zeros_like(self.session)
+
+    def new_generation(self) -> None:
+        self.generation[:] = 0.0
+
+    def mean(self, cell: int) -> float:
+        s, g = self.session[:, cell], self.generation[:, cell]
+        return float((g[0] + _PRIOR_WEIGHT * s[0] / s.sum()) / (g.sum() + _PRIOR_WEIGHT))
+
+    def add(self, cell: int, accepted: bool) -> None:
+        total = self.session[:, cell].sum()
+        if total > _SESSION_MEMORY:
+            self.session[:, cell] *= _SESSION_MEMORY / total
+        row = 0 if accepted else 1
+        self.session[row, cell] += 1.0
+        self.generation[row, cell] += 1.0
+
+
+def _first_cell(in_reply: int, split: int, match_len: int) -> int:
+    return (in_reply * 2 + split) * len(_BUCKETS) + _bucket(match_len)
 
 
 class NgramDrafter:
@@ -36,23 +78,24 @@ class NgramDrafter:
     def __init__(self, min_match: int = 1, max_span: int = 64):
         self.min_match = min_match
         self.max_span = max_span
-        # Beta(accepted + a, rejected + b) per match-length bucket; longer
-        # matches start out more trusted.
         # Sceptical start: in prose and fresh code short matches rarely continue,
         # and on a CPU a rejected row costs nearly a whole step.
-        prior = np.array([0.2, 0.3, 0.45, 0.6, 0.75])
-        self._acc, self._rej = prior * 3.0, (1.0 - prior) * 3.0
-        self._last: tuple[int, list[int], int, int] | None = None  # (history len, draft, bucket, src end)
+        first = np.array([0.2, 0.3, 0.45, 0.6, 0.75, 0.8, 0.85, 0.9, 0.92])
+        self._first = _Rates(np.stack([first, first * 0.3] * 2))  # [source in reply][split][bucket]
+        self._cont = _Rates(np.array([0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92]))
+        self._prompt_len = 0
+        # The last draft, to score it once the target has spoken:
+        # (history length, tokens, match length, source start, first-token cell).
+        self._last: tuple[int, list[int], int, int, int] | None = None
 
     def prefill(self, history: Sequence[int]) -> None:
         self._last = None
+        self._prompt_len = len(history)
+        self._first.new_generation()
+        self._cont.new_generation()
 
     def close(self) -> None:
         pass
-
-    def survival(self, match_len: int) -> float:
-        b = _bucket(match_len)
-        return float(self._acc[b] / (self._acc[b] + self._rej[b]))
 
     def _learn(self, history: Sequence[int]) -> int | None:
         """Score the previous draft against what the target actually emitted.
@@ -61,7 +104,7 @@ class NgramDrafter:
         """
         if self._last is None:
             return None
-        n0, drafted, bucket, src = self._last
+        n0, drafted, m, src, first = self._last
         self._last = None
         if len(history) < n0 or not drafted:
             return None
@@ -69,9 +112,12 @@ class NgramDrafter:
         accepted = 0
         while accepted < min(len(drafted), len(emitted)) and drafted[accepted] == emitted[accepted]:
             accepted += 1
-        self._acc[bucket] += accepted
-        if accepted < len(drafted):
-            self._rej[bucket] += 1
+        # Every token up to the first rejection was judged; token i as part of a match m + i long.
+        for i in range(min(accepted + 1, len(drafted), len(emitted))):
+            if i == 0:
+                self._first.add(first, accepted > 0)
+            else:
+                self._cont.add(_bucket(m + i), i < accepted)
         return src + accepted
 
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
@@ -107,6 +153,9 @@ class NgramDrafter:
         tokens = [int(t) for t in arr[start:min(start + n_max, n)]]
         if not tokens:
             return Draft()
-        s = self.survival(best_len)
-        self._last = (n, tokens, _bucket(best_len), start)
-        return Draft(tokens=tokens, q=None, confidence=[s] * len(tokens))
+        split = int(np.any(arr[cands + 1] != arr[start]))
+        first = _first_cell(int(start > self._prompt_len), split, best_len)
+        self._last = (n, tokens, best_len, start, first)
+        confidence = [self._first.mean(first)] + [self._cont.mean(_bucket(best_len + i))
+                                                  for i in range(1, len(tokens))]
+        return Draft(tokens=tokens, q=None, confidence=confidence)
