@@ -14,8 +14,11 @@ wide verify batch costs several single-token steps:
 
 The confidence is shaped like copies behave.  The first token of a fresh
 match is the gamble: it survives about half the time after a short match into
-the prompt, rarely when earlier occurrences of the same context went on
-differently ("split"), and rarely when the source is the reply itself.  Once
+a document, rarely when earlier occurrences of the same context went on
+differently ("split"), rarely when the source is the reply itself, and hardly
+ever when the reply only echoes a short question.  So its rate is learned per
+kind of match over the session and scaled by how this generation's first
+tokens fared against that rate (scored on every step, drafted or not).  Once
 it is accepted the match is one token longer, so token i of a draft gets the
 continuation rate of a match `m + i` long: a confirmed copy earns a long draft.
 """
@@ -33,6 +36,7 @@ _MAX_MATCH = 32
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # match lengths that get their own statistics
 _SESSION_MEMORY = 40.0  # observations a cell keeps: old evidence fades as the text being copied changes
 _PRIOR_WEIGHT = 4.0  # how many of this generation's own verdicts outweigh the session's
+_FIRST_PSEUDO = 1.0  # expected first-token acceptances before this generation's own record counts
 
 
 def _bucket(m: int) -> int:
@@ -40,11 +44,10 @@ def _bucket(m: int) -> int:
 
 
 class _Rates:
-    """Acceptance rates per cell, over the session and over the current generation.
+    """Acceptance rates per cell, over the session (fading) and over the current generation.
 
-    The session's rate is the prior for the generation's: a prompt that does
-    not copy (a short question) stops drafting after a few misses even when
-    the previous one (a document to summarize) copied well.
+    The session's rate is the prior for the generation's own record, so a
+    copy that keeps failing in this reply is trusted less within a few tokens.
     """
 
     def __init__(self, prior: np.ndarray, strength: float = 3.0):
@@ -55,9 +58,13 @@ class _Rates:
     def new_generation(self) -> None:
         self.generation[:] = 0.0
 
+    def session_mean(self, cell: int) -> float:
+        s = self.session[:, cell]
+        return float(s[0] / s.sum())
+
     def mean(self, cell: int) -> float:
-        s, g = self.session[:, cell], self.generation[:, cell]
-        return float((g[0] + _PRIOR_WEIGHT * s[0] / s.sum()) / (g.sum() + _PRIOR_WEIGHT))
+        g = self.generation[:, cell]
+        return float((g[0] + _PRIOR_WEIGHT * self.session_mean(cell)) / (g.sum() + _PRIOR_WEIGHT))
 
     def add(self, cell: int, accepted: bool) -> None:
         total = self.session[:, cell].sum()
@@ -84,6 +91,8 @@ class NgramDrafter:
         self._first = _Rates(np.stack([first, first * 0.3] * 2))  # [source in reply][split][bucket]
         self._cont = _Rates(np.array([0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92]))
         self._prompt_len = 0
+        # This generation's first tokens: how many were accepted, and how many the session expected.
+        self._first_seen = self._first_expected = 0.0
         # The last draft, to score it once the target has spoken:
         # (history length, tokens, match length, source start, first-token cell).
         self._last: tuple[int, list[int], int, int, int] | None = None
@@ -91,7 +100,7 @@ class NgramDrafter:
     def prefill(self, history: Sequence[int]) -> None:
         self._last = None
         self._prompt_len = len(history)
-        self._first.new_generation()
+        self._first_seen = self._first_expected = 0.0
         self._cont.new_generation()
 
     def close(self) -> None:
@@ -115,6 +124,8 @@ class NgramDrafter:
         # Every token up to the first rejection was judged; token i as part of a match m + i long.
         for i in range(min(accepted + 1, len(drafted), len(emitted))):
             if i == 0:
+                self._first_seen += accepted > 0
+                self._first_expected += self._first.session_mean(first)
                 self._first.add(first, accepted > 0)
             else:
                 self._cont.add(_bucket(m + i), i < accepted)
@@ -156,6 +167,8 @@ class NgramDrafter:
         split = int(np.any(arr[cands + 1] != arr[start]))
         first = _first_cell(int(start > self._prompt_len), split, best_len)
         self._last = (n, tokens, best_len, start, first)
-        confidence = [self._first.mean(first)] + [self._cont.mean(_bucket(best_len + i))
-                                                  for i in range(1, len(tokens))]
+        # One pooled factor: a generation sees too few first tokens to judge each kind of match.
+        this_generation = (self._first_seen + _FIRST_PSEUDO) / (self._first_expected + _FIRST_PSEUDO)
+        confidence = [min(self._first.session_mean(first) * this_generation, 0.99)]
+        confidence += [self._cont.mean(_bucket(best_len + i)) for i in range(1, len(tokens))]
         return Draft(tokens=tokens, q=None, confidence=confidence)
