@@ -101,6 +101,7 @@ class NgramDrafter:
         self._last = None
         self._prompt_len = len(history)
         self._first_seen = self._first_expected = 0.0
+        self._first.new_generation()
         self._cont.new_generation()
 
     def close(self) -> None:
