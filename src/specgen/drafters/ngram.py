@@ -91,8 +91,9 @@ class NgramDrafter:
         self._first = _Rates(np.stack([first, first * 0.3] * 2))  # [source in reply][split][bucket]
         self._cont = _Rates(np.array([0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92]))
         self._prompt_len = 0
-        # This generation's first tokens: how many were accepted, and how many the session expected.
-        self._first_seen = self._first_expected = 0.0
+        # How many of this generation's first tokens the session expected to be accepted
+        # (how many were is in self._first.generation).
+        self._first_expected = 0.0
         # The last draft, to score it once the target has spoken:
         # (history length, tokens, match length, source start, first-token cell).
         self._last: tuple[int, list[int], int, int, int] | None = None
@@ -100,7 +101,7 @@ class NgramDrafter:
     def prefill(self, history: Sequence[int]) -> None:
         self._last = None
         self._prompt_len = len(history)
-        self._first_seen = self._first_expected = 0.0
+        self._first_expected = 0.0
         self._first.new_generation()
         self._cont.new_generation()
 
@@ -125,7 +126,6 @@ class NgramDrafter:
         # Every token up to the first rejection was judged; token i as part of a match m + i long.
         for i in range(min(accepted + 1, len(drafted), len(emitted))):
             if i == 0:
-                self._first_seen += accepted > 0
                 self._first_expected += self._first.session_mean(first)
                 self._first.add(first, accepted > 0)
             else:
@@ -169,7 +169,8 @@ class NgramDrafter:
         first = _first_cell(int(start > self._prompt_len), split, best_len)
         self._last = (n, tokens, best_len, start, first)
         # One pooled factor: a generation sees too few first tokens to judge each kind of match.
-        this_generation = (self._first_seen + _FIRST_PSEUDO) / (self._first_expected + _FIRST_PSEUDO)
+        seen = float(self._first.generation[0].sum())
+        this_generation = (seen + _FIRST_PSEUDO) / (self._first_expected + _FIRST_PSEUDO)
         confidence = [min(self._first.session_mean(first) * this_generation, 0.99)]
         confidence += [self._cont.mean(_bucket(best_len + i)) for i in range(1, len(tokens))]
         return Draft(tokens=tokens, q=None, confidence=confidence)
