@@ -59,7 +59,7 @@ def draft_path(target_path: Path, tmp_path_factory) -> Path:
     """SmolLM2 requantized to Q2_K: same vocabulary, different (worse) guesses."""
     import llama_cpp
 
-    from specgen.backend import _llama
+    from specgen.llama.backend import _llama
 
     _llama()  # quiet logs
     out = tmp_path_factory.mktemp("draft") / "smollm2-135m-q2_k.gguf"

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from cli_helpers import one_line_error
-from specgen.bench import compare_tokens
-from specgen.benchplan import builtin_suites, load_questions
+from specgen.bench.runner import compare_tokens
+from specgen.bench.workload import builtin_suites, load_questions
 from specgen.errors import SpecgenError
 
 EXE = str(Path(sys.executable).parent / "specgen")
@@ -230,7 +230,7 @@ def test_compare_puts_two_results_side_by_side(bench, tmp_path):
 
 
 def test_plot_draws_a_png(bench, tmp_path):
-    from specgen.benchreport import write_plot  # matplotlib is in the test extra
+    from specgen.bench.report import write_plot  # matplotlib is in the test extra
 
     out = tmp_path / "speedup.png"
     write_plot(bench["result"], out)

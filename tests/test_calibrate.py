@@ -2,7 +2,7 @@
 
 import json
 
-from specgen.loader import EngineOptions, load_engine
+from specgen.build import EngineOptions, load_engine
 
 
 def test_costs_are_measured_once_and_seed_the_controller(target_path, draft_path, tmp_path, monkeypatch):

@@ -18,11 +18,11 @@ import pexpect
 import pyte
 import pytest
 
-from specgen.chat import Chat, ChatError, Prompt, run_command
+from specgen.chat.session import Chat, ChatError, Prompt, run_command
 from specgen.engine import Piece, Prefill, Step, Summary
-from specgen.backend import common_prefix
-from specgen.loader import EngineOptions, load_engine
-from specgen.tui import status_text
+from specgen.llama.backend import common_prefix
+from specgen.build import EngineOptions, load_engine
+from specgen.chat.screen import status_text
 
 EXE = str(Path(sys.executable).parent / "specgen")
 PROMPT = r">>> "

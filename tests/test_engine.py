@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specgen.backend import Context
+from specgen.llama.backend import Context
 from specgen.engine import ContextOverflow, Piece, Prefill, Step, Summary
-from specgen.loader import EngineOptions, load_engine
-from specgen.prompt import chat_tokens, messages_for
+from specgen.build import EngineOptions, load_engine
+from specgen.llama.chat_template import chat_tokens, messages_for
 from specgen.sampling import SamplingParams
 
 PROMPTS = [

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from specgen.gguf import GGUFError, read_gguf
+from specgen.llama.gguf import GGUFError, read_gguf
 
 
 def test_reads_real_header(target_path):

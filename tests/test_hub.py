@@ -118,7 +118,7 @@ def test_interrupted_pull_leaves_nothing_run_would_load_and_resumes_later(hub_en
     assert 0 < kept <= drop_at  # what arrived before the drop (less whatever was still in flight)
 
     from specgen.errors import SpecgenError
-    from specgen.resolve import resolve_models
+    from specgen.models.resolve import resolve_models
 
     with pytest.raises(SpecgenError, match=r"run `specgen pull smol` first"):
         resolve_models(None, None, None, download=False)
@@ -315,8 +315,8 @@ def test_pair_add_round_trips(hub_env, hub_models):
 
 def test_run_resolves_the_default_pair_and_pulls_it_when_missing(hub_env, mirror, hub_models):
     from specgen.errors import SpecgenError
-    from specgen.registry import save_local_default
-    from specgen.resolve import resolve_models
+    from specgen.models.registry import save_local_default
+    from specgen.models.resolve import resolve_models
 
     with pytest.raises(SpecgenError, match=r"pair 'smol' is not downloaded .*run `specgen pull smol` first"):
         resolve_models(None, None, None, download=False)

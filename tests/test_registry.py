@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from specgen import hub
+from specgen.models import cache
 from specgen.errors import SpecgenError
-from specgen.registry import (RegistryError, add_pair, builtin_path, load_registry, parse_model_spec,
+from specgen.models.registry import (RegistryError, add_pair, builtin_path, load_registry, parse_model_spec,
                               save_local_default, user_path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_list_json_shows_verified_and_sizes(config, tmp_path):
 
 
 def test_packaging_ships_real_models_yaml(tmp_path):
-    """setuptools follows the src/specgen/models.yaml symlink: the sdist (and so the wheel built from
+    """setuptools follows the src/specgen/models/models.yaml symlink: the sdist (and so the wheel built from
     it) holds the file's content, not a link.  Built offline from a copy of the tree."""
     import shutil
     import tarfile
@@ -93,13 +93,13 @@ def test_packaging_ships_real_models_yaml(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     readme = REPO_ROOT / "README.md"
     (tree / "README.md").write_text(readme.read_text() if readme.exists() else "# specgen\n")
-    assert (tree / "src" / "specgen" / "models.yaml").is_symlink()
+    assert (tree / "src" / "specgen" / "models" / "models.yaml").is_symlink()
     r = subprocess.run([__import__("sys").executable, "-c",
                         "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))",
                         str(tmp_path / "dist")], cwd=tree, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     with tarfile.open(tmp_path / "dist" / r.stdout.split()[-1]) as tar:
-        (member,) = [m for m in tar.getmembers() if m.name.endswith("/src/specgen/models.yaml")]
+        (member,) = [m for m in tar.getmembers() if m.name.endswith("/src/specgen/models/models.yaml")]
         assert member.isfile()
         assert tar.extractfile(member).read() == (REPO_ROOT / "models.yaml").read_bytes()
 
@@ -237,36 +237,36 @@ def test_quant_names_are_read_from_file_names():
         "gemma-3-270m-it.gguf": None,
     }
     for name, quant in cases.items():
-        assert hub.quant_of(name) == quant, name
+        assert cache.quant_of(name) == quant, name
 
 
 def test_select_prefers_the_single_file_and_takes_shards_together():
-    assert hub.select_files(QWEN_CODER_7B, "q", "Q4_K_M") == ["qwen2.5-coder-7b-instruct-q4_k_m.gguf"]
-    assert hub.select_files(QWEN_CODER_7B, "q", "q8_0") == ["qwen2.5-coder-7b-instruct-q8_0.gguf"]
-    assert hub.select_files(QWEN_CODER_7B, "q", file="qwen2.5-coder-7b-instruct-q4_k_m-00001-of-00002.gguf") == [
+    assert cache.select_files(QWEN_CODER_7B, "q", "Q4_K_M") == ["qwen2.5-coder-7b-instruct-q4_k_m.gguf"]
+    assert cache.select_files(QWEN_CODER_7B, "q", "q8_0") == ["qwen2.5-coder-7b-instruct-q8_0.gguf"]
+    assert cache.select_files(QWEN_CODER_7B, "q", file="qwen2.5-coder-7b-instruct-q4_k_m-00001-of-00002.gguf") == [
         "qwen2.5-coder-7b-instruct-q4_k_m-00001-of-00002.gguf",
         "qwen2.5-coder-7b-instruct-q4_k_m-00002-of-00002.gguf"]
     shards = [f"qwen2.5-14b-instruct-q4_k_m-0000{i}-of-00003.gguf" for i in (3, 1, 2)]
-    assert hub.select_files(shards, "q", "Q4_K_M") == sorted(shards)
+    assert cache.select_files(shards, "q", "Q4_K_M") == sorted(shards)
     with pytest.raises(SpecgenError, match="split GGUF .* incomplete, 3 of 4 shards missing"):
-        hub.select_files(QWEN_CODER_7B, "q", "F16")
+        cache.select_files(QWEN_CODER_7B, "q", "F16")
     with pytest.raises(SpecgenError, match="q has no Q6_K GGUF; it has F16, Q4_K_M, Q8_0"):
-        hub.select_files(QWEN_CODER_7B, "q", "Q6_K")
-    assert hub.select_files(["mmproj-model-Q4_K_M.gguf", "m-Q4_K_M.gguf"], "q", "Q4_K_M") == ["m-Q4_K_M.gguf"]
+        cache.select_files(QWEN_CODER_7B, "q", "Q6_K")
+    assert cache.select_files(["mmproj-model-Q4_K_M.gguf", "m-Q4_K_M.gguf"], "q", "Q4_K_M") == ["m-Q4_K_M.gguf"]
 
 
 @pytest.mark.parametrize("name", ["../evil-Q4_K_M.gguf", "/etc/evil-Q4_K_M.gguf", "a/../../evil-Q4_K_M.gguf",
                                   "a\\..\\evil-Q4_K_M.gguf", "C:/evil-Q4_K_M.gguf", "./x-Q4_K_M.gguf"])
 def test_repo_file_names_cannot_escape_the_cache(name):
     with pytest.raises(SpecgenError, match="escape"):
-        hub.select_files([name], "q", "Q4_K_M")
+        cache.select_files([name], "q", "Q4_K_M")
 
 
 def test_local_files_reads_only_the_cache(config, tmp_path):
     reg = load_registry(config)
     model = reg.models["qwen2.5-7b"]
-    assert hub.local_files(model) is None
-    folder = hub.storage_folder(model.repo)
+    assert cache.local_files(model) is None
+    folder = cache.storage_folder(model.repo)
     commit = "a" * 40
     snap = folder / "snapshots" / commit
     snap.mkdir(parents=True)
@@ -275,11 +275,11 @@ def test_local_files_reads_only_the_cache(config, tmp_path):
     (folder / "blobs").mkdir()
     (folder / "blobs" / "b1").write_bytes(b"GGUF1")
     (snap / "qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf").symlink_to("../../blobs/b1")
-    assert hub.local_files(model) is None  # one shard of two: not downloaded
+    assert cache.local_files(model) is None  # one shard of two: not downloaded
     (snap / "qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf").symlink_to("../../blobs/b2")
-    assert hub.local_files(model) is None  # a link whose blob is missing does not count
+    assert cache.local_files(model) is None  # a link whose blob is missing does not count
     (folder / "blobs" / "b2").write_bytes(b"GGUF2")
-    got = hub.local_files(model)
+    got = cache.local_files(model)
     assert [p.name for p in got] == ["qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
                                      "qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf"]
-    assert hub.local_pair(reg, "qwen2.5-7b") is None  # the draft is not there
+    assert cache.local_pair(reg, "qwen2.5-7b") is None  # the draft is not there

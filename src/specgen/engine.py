@@ -14,7 +14,7 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from .backend import Context, Model, common_prefix
+from .llama.backend import Context, Model, common_prefix
 from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import SpecgenError

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specgen.backend import Context, default_threads
+from specgen.llama.backend import Context, default_threads
 from specgen.engine import Step, Summary
-from specgen.loader import EngineOptions, load_engine
-from specgen.prompt import chat_tokens, messages_for
+from specgen.build import EngineOptions, load_engine
+from specgen.llama.chat_template import chat_tokens, messages_for
 
 HERE = Path(__file__).parent
 CODE_WRITE = ("Write a Python module that implements an LRU cache class with get, put, delete and "

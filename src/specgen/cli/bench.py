@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from .. import bench as lib
-from .. import benchplan as workload
-from .. import benchreport as report
+from ..bench import runner
+from ..bench import workload
+from ..bench import report
 from ..errors import SpecgenError
-from ..loader import DRAFTERS, EngineOptions
+from ..build import DRAFTERS, EngineOptions
 from . import app
 
 bench_app = typer.Typer(no_args_is_help=False)
@@ -107,7 +107,7 @@ def bench(
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
 
-    from ..resolve import resolve_models  # models.yaml and downloads
+    from ..models.resolve import resolve_models  # models.yaml and downloads
 
     specs = []
     for name in pairs or [None]:
@@ -122,7 +122,7 @@ def bench(
                              drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
                              n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
                              draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap)
-        specs.append((lib.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
+        specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
     plan = workload.Plan(questions, workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
@@ -152,7 +152,7 @@ def bench(
     if interrupted:
         raise KeyboardInterrupt  # after the partial results are out; main() exits 130
     if save:
-        from ..registry import save_local_default
+        from ..models.registry import save_local_default
 
         for rec in result["recommendations"]:
             draft_max_saved = None if rec["draft_max"] == "auto" else int(rec["draft_max"])
@@ -161,7 +161,7 @@ def bench(
                       f"({written})")
 
 
-def _run(err: Console, specs: list[lib.PairSpec], plan: workload.Plan,
+def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
          settings: dict) -> tuple[dict | None, bool]:
     """The result, and whether Ctrl+C cut it short (then it holds the runs finished so far, or is None)."""
     total = plan.generations() * len(specs)
@@ -174,32 +174,32 @@ def _run(err: Console, specs: list[lib.PairSpec], plan: workload.Plan,
     try:
         with progress:
             task = progress.add_task("loading", total=total)
-            for ev in lib.run_bench(specs, plan, settings):
-                if isinstance(ev, lib.Finished):
+            for ev in runner.run_bench(specs, plan, settings):
+                if isinstance(ev, runner.Finished):
                     return ev.result, False
                 _show(ev, progress, task, plan)
-                if isinstance(ev, lib.PairLoaded):
+                if isinstance(ev, runner.PairLoaded):
                     infos.append(ev.info)
-                elif isinstance(ev, lib.Run):
+                elif isinstance(ev, runner.Run):
                     runs.append(ev.row)
     except KeyboardInterrupt:
         if not runs:
             return None, True
         err.print(f"interrupted: reporting the {len(runs)} runs finished so far")
-        return lib.build_result(infos, runs, plan, {**settings, "interrupted": True}, started), True
+        return runner.build_result(infos, runs, plan, {**settings, "interrupted": True}, started), True
     raise SpecgenError("the benchmark ended without a result")
 
 
-def _show(ev: lib.BenchEvent, progress: Progress, task, plan: workload.Plan) -> None:
-    if isinstance(ev, lib.PairLoading):
+def _show(ev: runner.BenchEvent, progress: Progress, task, plan: workload.Plan) -> None:
+    if isinstance(ev, runner.PairLoading):
         progress.update(task, description=f"{ev.pair}: loading")
-    elif isinstance(ev, lib.Generating):
+    elif isinstance(ev, runner.Generating):
         q = ev.question
         what = "warm-up" if ev.repeat < 0 else f"T={ev.temperature:g} repeat {ev.repeat + 1}/{plan.repeat}"
         turn = f" turn {ev.turn + 1}" if len(q.turns) > 1 else ""
         progress.update(task, description=f"{ev.pair} · {q.category} #{q.question_id}{turn} · "
                                           f"{ev.config.label} · {what}")
-    elif isinstance(ev, lib.Generated):
+    elif isinstance(ev, runner.Generated):
         progress.advance(task)
 
 

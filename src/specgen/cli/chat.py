@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..chat import Chat
+from ..chat.session import Chat
 from ..errors import SpecgenError
-from ..loader import describe_backend, load_engine
-from ..tui import Screen, run
+from ..build import describe_backend, load_engine
+from ..chat.screen import Screen, run
 from . import app
 from .options import EngineFlags, engine_command
 

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import hub
+from ..llama.vocab import check_pair_files
+from ..models import cache, download
 from ..errors import SpecgenError
-from ..registry import ModelEntry, add_pair, load_registry, parse_draft_max, parse_model_spec, user_path
+from ..models.registry import ModelEntry, add_pair, load_registry, parse_draft_max, parse_model_spec, user_path
 from . import app
 
 pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
@@ -29,7 +30,8 @@ def pull(
     """Download a pair (or one model) into the Hugging Face cache, check it, print the local paths."""
     registry = load_registry()
     if name in registry.pairs:
-        got = hub.pull_pair(registry, name)
+        got = download.pull_pair(registry, name)
+        check_pair_files(got.target[0], got.draft[0])
         files = got.target + (got.draft or [])
         what = f"pair {name}"
         downloaded = got.downloaded
@@ -45,9 +47,9 @@ def pull(
         else:
             registry.pair(name)  # unknown pair, with close matches
             return
-        pulled = hub.pull_models([model])[0]
+        pulled = download.pull_models([model])[0]
         files, what, downloaded = pulled.files, model.spec, pulled.downloaded
-    status = f"downloaded {hub.human_size(downloaded)}" if downloaded else "already downloaded"
+    status = f"downloaded {cache.human_size(downloaded)}" if downloaded else "already downloaded"
     _err.print(f"{what}: {status}, checked")
     for f in files:
         print(f)
@@ -59,7 +61,7 @@ def list_pairs(
 ) -> None:
     """Show the model pairs: sizes, whether downloaded, whether verified."""
     registry = load_registry()
-    statuses = hub.pair_statuses(registry)
+    statuses = cache.pair_statuses(registry)
     if json_out:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return
@@ -77,7 +79,7 @@ def list_pairs(
                          overflow="fold")
     for s in statuses:
         t, d, exact = s.sizes()
-        size = hub.human_size((t or 0) + (d or 0)) if t is not None and d is not None else "?"
+        size = cache.human_size((t or 0) + (d or 0)) if t is not None and d is not None else "?"
         quants = {s.target.quant or "-", s.draft.quant or "-"}
         row = [s.name + (" *" if s.default else "") + (" (yours)" if s.user else ""),
                _model_label(s.target), _model_label(s.draft),
@@ -87,7 +89,7 @@ def list_pairs(
             del row[3]
         table.add_row(*row[:len(cols)])
     out.print(table)
-    out.print(f"* default pair; ~ approximate size until downloaded; cache {hub.cache_dir()}; "
+    out.print(f"* default pair; ~ approximate size until downloaded; cache {cache.cache_dir()}; "
               f"your pairs: {user_path()}", style="dim")
 
 
@@ -104,7 +106,7 @@ def rm(
     """Delete a pair's downloaded files that no other downloaded pair uses."""
     registry = load_registry()
     registry.pair(name)
-    done = hub.remove_pair(registry, name)
+    done = cache.remove_pair(registry, name)
     if not done.removed and not done.kept:
         _err.print(f"pair {name}: nothing downloaded, nothing removed")
         return
@@ -112,7 +114,7 @@ def rm(
         print(f"removed {f}")
     for f in done.kept:
         print(f"kept {f} (used by another downloaded pair)")
-    _err.print(f"pair {name}: freed {hub.human_size(done.freed)}")
+    _err.print(f"pair {name}: freed {cache.human_size(done.freed)}")
 
 
 @pair_app.command("add")
@@ -133,9 +135,9 @@ def pair_add(
         raise SpecgenError(f"--draft-max must be a number or 'auto', not {draft_max!r}") from None
     path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=dm, note=note,
                               default=default, force=force)
-    have = hub.local_pair(registry, name)
+    have = cache.local_pair(registry, name)
     if have is not None:
-        hub.check_pair_files(have.target[0], have.draft[0])
+        check_pair_files(have.target[0], have.draft[0])
     t, d = registry.pair_models(name)
     _err.print(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}")
     if have is None:

@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..errors import SpecgenError
-from ..loader import EngineOptions, parse_draft_max
+from ..build import EngineOptions, parse_draft_max
 from ..sampling import SamplingParams
 
 M, D, S = "Models", "Drafting", "Sampling"
@@ -58,7 +58,7 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
-        from ..resolve import resolve_models  # models.yaml and downloads
+        from ..models.resolve import resolve_models  # models.yaml and downloads
 
         r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
         draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from ..engine import Piece, Summary
 from ..errors import SpecgenError
-from ..loader import load_engine
-from ..prompt import chat_tokens, messages_for
+from ..build import load_engine
+from ..llama.chat_template import chat_tokens, messages_for
 from . import app
 from .options import EngineFlags, engine_command
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import Context, Model, common_prefix
+from ..llama.backend import Context, Model, common_prefix
 from ..sampling import SamplingParams, distribution, sample
 from .base import Draft, KeepGoing
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecgenError
+from ..errors import SpecgenError
 
 MAGIC = b"GGUF"
 

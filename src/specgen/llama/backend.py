@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SpecgenError
+from ..errors import SpecgenError
 from .gguf import GGUFInfo, read_gguf
 
 _init_lock = threading.Lock()

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Sequence
 
 from .backend import Model
-from .errors import SpecgenError
+from ..errors import SpecgenError
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 

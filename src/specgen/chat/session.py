@@ -16,11 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Union
 
-from . import __version__
-from .engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
-from .errors import SpecgenError
-from .prompt import Message, render_chat
-from .sampling import SamplingParams
+from .. import __version__
+from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
+from ..errors import SpecgenError
+from ..llama.chat_template import Message, render_chat
+from ..sampling import SamplingParams
 
 
 class ChatError(SpecgenError):

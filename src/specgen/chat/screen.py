@@ -19,10 +19,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .chat import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, position_acceptance, run_command,
+from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, position_acceptance, run_command,
                    session_rows, stats_parts)
-from .engine import Piece, Prefill, Summary
-from .errors import SpecgenError
+from ..engine import Piece, Prefill, Summary
+from ..errors import SpecgenError
 
 DRAFT_STYLE = "green"
 SPARK = "▁▂▃▄▅▆▇█"

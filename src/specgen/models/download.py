@@ -1,8 +1,5 @@
 """Hugging Face downloads into the standard Hub cache, with one-line errors.
 
-Layout is huggingface_hub's own (`$HF_HOME/hub/models--org--name/{blobs,snapshots,refs}`),
-so `hf cache ls` sees what specgen pulled and other tools reuse it.
-
 How a file arrives:
 1. the repo is listed once (`model_info` with file metadata: commit, sizes, LFS sha256);
    `quant` is matched against the GGUF file names, split shards are taken together;
@@ -14,8 +11,11 @@ How a file arrives:
    and `hf_hub_download` links it into `snapshots/<commit>/`.  A `run` only ever looks in
    `snapshots/`, so an interrupted pull never leaves a file it could mistake for a model.
 
-huggingface_hub 2.x deletes its own partial downloads on failure (a process-unique temp
-file), so a later run could not resume; that is why the transfer itself is done here (with huggingface_hub's HTTP session, headers and token).
+Since huggingface_hub 1.18 its own downloader writes partial files under a process-unique
+name and deletes them on failure, so an interrupted `hf_hub_download` starts over from
+zero; the transfer itself is therefore done here, with huggingface_hub's HTTP client,
+headers and token.  Whether a downloaded pair fits together is the caller's check: this
+module never loads a model.
 Environment: HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME / HF_HUB_CACHE are read on
 every call.
 """
@@ -29,22 +29,19 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 from urllib.parse import urlparse
 
-from .errors import SpecgenError
-from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
+from ..errors import SpecgenError
+from .cache import _SHARD_RE, PairFiles, cache_dir, human_size, local_files, select_files, storage_folder
+from .registry import ModelEntry, Registry
+
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_RETRIES = 5
 CHUNK = 1 << 20
-
-_SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
-_QUANT_TOKEN_RE = re.compile(
-    r"(?<![A-Za-z0-9])(I?T?Q\d+(?:_[A-Za-z0-9]+)*|BF16|FP16|F16|F32|MXFP4(?:_[A-Za-z0-9]+)*)(?![A-Za-z0-9])",
-    re.IGNORECASE)
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _ETAG_RE = re.compile(r"^[0-9A-Za-z_-]{8,128}$")
 
@@ -53,16 +50,6 @@ _ETAG_RE = re.compile(r"^[0-9A-Za-z_-]{8,128}$")
 
 def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def cache_dir() -> Path:
-    """The Hub cache: HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
 def offline() -> bool:
@@ -82,20 +69,6 @@ def _httpx():
     except ImportError:  # pragma: no cover - huggingface_hub 1.x
         import httpx
     return httpx
-
-
-def storage_folder(repo: str, cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / ("models--" + repo.replace("/", "--"))
-
-
-def human_size(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 # ---------------------------------------------------------------- errors
@@ -190,100 +163,7 @@ def list_repo(repo: str, revision: str = "main") -> RepoListing:
     return RepoListing(repo, revision, commit, files, gated=bool(info.gated))
 
 
-def quant_of(name: str) -> str | None:
-    """`qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf` -> `Q4_K_M` (None when no quant is named)."""
-    base = name.rsplit("/", 1)[-1]
-    m = _SHARD_RE.match(base)
-    stem = m.group("stem") if m else re.sub(r"(?i)\.gguf$", "", base)
-    found = _QUANT_TOKEN_RE.findall(stem)
-    return normalize_quant(found[-1]) if found else None
-
-
-def normalize_quant(quant: str) -> str:
-    q = quant.upper()
-    return "F16" if q == "FP16" else q
-
-
-def available_quants(names: Iterable[str]) -> list[str]:
-    quants = {quant_of(n) for n in names if n.lower().endswith(".gguf") and "mmproj" not in n.lower()}
-    return sorted(q for q in quants if q)
-
-
-def _shard_set(name: str, names: set[str], repo: str) -> list[str]:
-    m = _SHARD_RE.match(name)
-    if not m:
-        return [name]
-    count = int(m.group("count"))
-    head = name[: m.start("no")]
-    tail = name[m.end("count"):]
-    shards = [f"{head}{i:05d}-of-{m.group('count')}{tail}" for i in range(1, count + 1)]
-    missing = [s for s in shards if s not in names]
-    if missing:
-        raise SpecgenError(f"{repo}: split GGUF {shards[0]} is incomplete, {len(missing)} of {count} "
-                           f"shards missing (first: {missing[0]})")
-    return shards
-
-
-def select_files(names: Iterable[str], repo: str, quant: str | None = None, file: str | None = None) -> list[str]:
-    """The file(s) of one model in a repo: *file* itself, or the GGUF named with *quant*;
-    split shards (`-00001-of-0000N`) come as the whole set, in order."""
-    names = set(names)
-    if file is not None:
-        if file not in names:
-            raise SpecgenError(f"{file} is not in {repo}; it has {', '.join(available_quants(names)) or 'no GGUF files'}"
-                               f" (give a quant instead of a file name: {repo}:QUANT)")
-        first = file
-    else:
-        want = normalize_quant(quant or DEFAULT_QUANT)
-        matches = sorted(n for n in names if n.lower().endswith(".gguf") and "mmproj" not in n.lower()
-                         and quant_of(n) == want)
-        if not matches:
-            have = available_quants(names)
-            raise SpecgenError(f"{repo} has no {want} GGUF; it has "
-                               f"{', '.join(have) if have else 'no GGUF files at all'}")
-        singles = [n for n in matches if not _SHARD_RE.match(n)]
-        firsts = [n for n in matches if (m := _SHARD_RE.match(n)) and int(m.group("no")) == 1]
-        pool = singles or firsts or matches
-        first = min(pool, key=lambda n: (n.count("/"), len(n), n))  # prefer the repo root, then the plainest name
-    return [safe_repo_path(n) for n in _shard_set(first, names, repo)]
-
-
 # ---------------------------------------------------------------- what is already local
-
-def _snapshot_files(folder: Path, revision: str = "main") -> Iterator[tuple[Path, dict[str, Path]]]:
-    """(snapshot dir, {relative name: path}) for the revision's snapshot first, then the others, newest first."""
-    snaps = folder / "snapshots"
-    if not snaps.is_dir():
-        return
-    order: list[Path] = []
-    ref = folder / "refs" / revision
-    if ref.is_file():
-        commit = ref.read_text().strip()
-        if (snaps / commit).is_dir():
-            order.append(snaps / commit)
-    rest = sorted((d for d in snaps.iterdir() if d.is_dir() and d not in order),
-                  key=lambda d: d.stat().st_mtime, reverse=True)
-    for snap in order + rest:
-        found = {}
-        for p in snap.rglob("*"):
-            if p.is_file():  # follows the symlink: a dangling link is not a file
-                found[p.relative_to(snap).as_posix()] = p
-        yield snap, found
-
-
-def local_files(model: ModelEntry, cache: Path | None = None) -> list[Path] | None:
-    """The model's complete local files (shards in order), or None. Never touches the network."""
-    if model.path is not None:
-        return [model.path] if model.path.is_file() else None
-    folder = storage_folder(model.repo, cache)
-    for _, found in _snapshot_files(folder):
-        try:
-            names = select_files(found, model.repo, model.quant, model.file)
-        except SpecgenError:
-            continue
-        return [found[n] for n in names]
-    return None
-
 
 # ---------------------------------------------------------------- progress
 
@@ -561,7 +441,7 @@ def _link(plan: _Plan, token: str | None) -> Path:
 
 def _check_gguf(plan: _Plan) -> None:
     """GGUF magic of every file; the whole header and tensor extent of a single-file model."""
-    from .gguf import MAGIC, GGUFError, read_gguf
+    from ..llama.gguf import MAGIC, GGUFError, read_gguf
 
     with open(plan.partial, "rb") as f:
         head = f.read(4)
@@ -674,166 +554,10 @@ def _missing_hint(model: ModelEntry) -> str:
 
 # ---------------------------------------------------------------- pairs
 
-@dataclass
-class PairFiles:
-    name: str | None
-    target: list[Path]
-    draft: list[Path] | None
-    downloaded: int = 0
-
-
-def check_pair_files(target: Path, draft: Path) -> None:
-    """Raise IncompatiblePair unless *draft* can draft for *target* (vocabularies only: fast)."""
-    from .backend import Model, ModelOptions
-    from .pair import check_compatible
-
-    t = Model(target, ModelOptions(vocab_only=True))
-    try:
-        d = Model(draft, ModelOptions(vocab_only=True))
-        try:
-            check_compatible(t, d)
-        finally:
-            d.close()
-    finally:
-        t.close()
-
-
-def pull_pair(registry: Registry, name: str, progress: Progress | None = None, check: bool = True) -> PairFiles:
-    """Download pair *name*'s target and draft (what is missing) and check they fit together."""
+def pull_pair(registry: Registry, name: str, progress: Progress | None = None) -> PairFiles:
+    """Download pair *name*'s target and draft (what is missing).  Whether they fit together is
+    the caller's check (`llama.vocab.check_pair_files`): downloading never loads a model."""
     target, draft = registry.pair_models(name)
     got = pull_models([target, draft], progress)
-    files = PairFiles(name, got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
-    if check:
-        check_pair_files(files.target[0], files.draft[0])
-    return files
+    return PairFiles(name, got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
 
-
-def local_pair(registry: Registry, name: str) -> PairFiles | None:
-    target, draft = registry.pair_models(name)
-    t, d = local_files(target), local_files(draft)
-    if t is None or d is None:
-        return None
-    return PairFiles(name, t, d)
-
-
-@dataclass
-class PairStatus:
-    name: str
-    target: ModelEntry
-    draft: ModelEntry
-    default: bool
-    verified: bool
-    user: bool
-    note: str
-    drafter: str | None
-    draft_max: int | None
-    target_files: list[Path] | None
-    draft_files: list[Path] | None
-
-    @property
-    def downloaded(self) -> str:
-        have = (self.target_files is not None) + (self.draft_files is not None)
-        return ("no", "partly", "yes")[have]
-
-    @staticmethod
-    def _size(model: ModelEntry, files: list[Path] | None) -> tuple[int | None, bool]:
-        if files is not None:
-            return sum(f.stat().st_size for f in files), True
-        return model.size_bytes, False
-
-    def sizes(self) -> tuple[int | None, int | None, bool]:
-        """(target bytes, draft bytes, both exact)."""
-        t, te = self._size(self.target, self.target_files)
-        d, de = self._size(self.draft, self.draft_files)
-        return t, d, te and de
-
-    def as_json(self) -> dict:
-        t, d, exact = self.sizes()
-        return {
-            "name": self.name, "default": self.default, "verified": self.verified, "user": self.user,
-            "target": self.target.id, "target_spec": self.target.spec,
-            "draft": self.draft.id, "draft_spec": self.draft.spec,
-            "drafter": self.drafter, "draft_max": "auto" if self.draft_max is None else self.draft_max,
-            "target_bytes": t, "draft_bytes": d, "sizes_exact": exact,
-            "downloaded": self.downloaded,
-            "target_files": [str(f) for f in self.target_files] if self.target_files else None,
-            "draft_files": [str(f) for f in self.draft_files] if self.draft_files else None,
-            "note": self.note,
-        }
-
-
-def pair_statuses(registry: Registry) -> list[PairStatus]:
-    """Every pair and what of it is downloaded; reads only the local cache."""
-    cache: dict[str, list[Path] | None] = {}
-
-    def files(m: ModelEntry) -> list[Path] | None:
-        if m.id not in cache:
-            cache[m.id] = local_files(m)
-        return cache[m.id]
-
-    out = []
-    for p in registry.pairs.values():
-        t, d = registry.models[p.target], registry.models[p.draft]
-        out.append(PairStatus(p.name, t, d, p.default, registry.pair_verified(p.name), p.user, p.note,
-                              p.drafter, p.draft_max, files(t), files(d)))
-    return out
-
-
-@dataclass
-class Removal:
-    removed: list[Path] = field(default_factory=list)
-    kept: list[Path] = field(default_factory=list)
-    freed: int = 0
-
-
-def remove_pair(registry: Registry, name: str) -> Removal:
-    """Delete pair *name*'s cached files that no other downloaded pair uses.
-
-    Local `path:` models are never deleted.  Repos left without files are removed
-    from the cache entirely.
-    """
-    target, draft = registry.pair_models(name)
-    keep: set[Path] = set()
-    for other in pair_statuses(registry):
-        if other.name != name and other.target_files is not None and other.draft_files is not None:
-            for f in other.target_files + other.draft_files:
-                keep.add(f.resolve())
-    out = Removal()
-    touched: set[Path] = set()
-    for model in (target, draft):
-        if model.path is not None:
-            continue
-        folder = storage_folder(model.repo)
-        files = local_files(model) or []
-        for f in files:
-            blob = f.resolve()
-            if blob in keep:
-                out.kept.append(f)
-                continue
-            size = blob.stat().st_size if blob.exists() else 0
-            f.unlink(missing_ok=True)
-            still_linked = any(p.resolve() == blob for p in (folder / "snapshots").rglob("*") if p.is_symlink())
-            if not still_linked and blob != f and blob.exists():
-                blob.unlink()
-                out.freed += size
-                Path(str(blob) + ".incomplete").unlink(missing_ok=True)
-            elif blob == f:
-                out.freed += size
-            out.removed.append(f)
-        touched.add(folder)
-    for folder in touched:
-        _prune(folder)
-    return out
-
-
-def _prune(folder: Path) -> None:
-    snaps = folder / "snapshots"
-    if not snaps.is_dir():
-        return
-    for d in sorted((p for p in snaps.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-    if not any(p.is_file() for p in snaps.rglob("*")):
-        shutil.rmtree(folder, ignore_errors=True)
-        lock = folder.parent / ".locks" / folder.name
-        shutil.rmtree(lock, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecgenError
+from ..errors import SpecgenError
 
 
 @dataclass
@@ -28,7 +28,9 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
     if target is not None and pair is None:
         return Resolved(target, draft)
 
-    from . import hub
+    from ..llama.vocab import check_pair_files
+    from .cache import local_files
+    from .download import Progress, pull_models
     from .registry import load_registry
 
     registry = load_registry()
@@ -36,18 +38,18 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
     entry = registry.pair(name)
     t_model, d_model = registry.pair_models(name)
     need = [m for m, given in ((t_model, target), (d_model, draft)) if given is None]
-    local = {m.id: hub.local_files(m) for m in need}
+    local = {m.id: local_files(m) for m in need}
     missing = [m for m in need if local[m.id] is None]
     if missing:
         if not download:
             raise SpecgenError(f"pair {name!r} is not downloaded ({', '.join(m.id for m in missing)} missing); "
                                f"run `specgen pull {name}` first (or drop --no-download)")
-        hub.Progress().message(f"pair {name} is not downloaded yet; pulling it "
-                               f"({', '.join(m.spec for m in missing)})")
-        for got in hub.pull_models(missing):
+        Progress().message(f"pair {name} is not downloaded yet; pulling it "
+                           f"({', '.join(m.spec for m in missing)})")
+        for got in pull_models(missing):
             local[got.model.id] = got.files
         if target is None and draft is None:
-            hub.check_pair_files(local[t_model.id][0], local[d_model.id][0])
+            check_pair_files(local[t_model.id][0], local[d_model.id][0])
     target_path = target if target is not None else local[t_model.id][0]
     draft_path = draft if draft is not None else local[d_model.id][0]
     return Resolved(target=Path(target_path), draft=Path(draft_path), drafter=entry.drafter,

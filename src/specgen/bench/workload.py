@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import SpecgenError
-from .loader import parse_draft_max
+from ..errors import SpecgenError
+from ..build import parse_draft_max
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 
@@ -35,7 +35,7 @@ class Question:
 
 
 def builtin_suites() -> dict[str, Path]:
-    folder = Path(str(resources.files("specgen").joinpath("suites")))
+    folder = Path(str(resources.files("specgen.bench").joinpath("suites")))
     found = {p.stem: p for p in folder.glob("*.jsonl")}
     ordered = [n for n in BUILTIN_ORDER if n in found] + sorted(n for n in found if n not in BUILTIN_ORDER)
     return {n: found[n] for n in ordered}

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecgenError
+from ..errors import SpecgenError
 
 DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
@@ -142,7 +142,7 @@ def _did_you_mean(name: str, known) -> str:
 
 def builtin_path() -> Path:
     """The models.yaml shipped in the package (a symlink to the repo root's in a checkout)."""
-    return Path(str(resources.files("specgen").joinpath("models.yaml")))
+    return Path(str(resources.files("specgen.models").joinpath("models.yaml")))
 
 
 def user_path() -> Path:

@@ -17,8 +17,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .bench import FORMAT, best_row, recommend
-from .errors import SpecgenError
+from .runner import FORMAT, best_row, recommend
+from ..errors import SpecgenError
 
 
 # ---------------------------------------------------------------- shared shape

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .backend import Context, system_info
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Model, ModelOptions, backend_name
+from .llama.backend import Model, ModelOptions, backend_name
 from .controller import Controller
-from .calibrate import cached_costs
+from .llama.calibrate import cached_costs
 from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
 from .errors import SpecgenError
-from .gguf import read_gguf
-from .pair import check_compatible
+from .llama.gguf import read_gguf
+from .llama.vocab import check_compatible
 
 DRAFTERS = ("auto", "model", "ngram", "none")
 

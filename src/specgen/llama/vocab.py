@@ -7,8 +7,10 @@ token texts from id 5 on.  The error names the first token that differs.
 
 from __future__ import annotations
 
-from .backend import Model
-from .errors import SpecgenError
+from pathlib import Path
+
+from ..errors import SpecgenError
+from .backend import Model, ModelOptions
 
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 VOCAB_CHECK_START_TOKEN_ID = 5
@@ -36,3 +38,16 @@ def check_compatible(target: Model, draft: Model) -> None:
         t, d = target.token_text(i), draft.token_text(i)
         if t != d:
             fail(f"token {i} differs (target {t!r}, draft {d!r})")
+
+
+def check_pair_files(target: Path, draft: Path) -> None:
+    """Raise IncompatiblePair unless *draft* can draft for *target* (vocabularies only: fast)."""
+    t = Model(target, ModelOptions(vocab_only=True))
+    try:
+        d = Model(draft, ModelOptions(vocab_only=True))
+        try:
+            check_compatible(t, d)
+        finally:
+            d.close()
+    finally:
+        t.close()

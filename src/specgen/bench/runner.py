@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from . import __version__
-from .benchplan import BASELINE, Config, Plan, Question, categories_of
-from .engine import Engine, Summary
-from .errors import SpecgenError
-from .loader import EngineOptions, describe_backend, load_engine
-from .prompt import chat_tokens
-from .sampling import SamplingParams
+from .. import __version__
+from .workload import BASELINE, Config, Plan, Question, categories_of
+from ..engine import Engine, Summary
+from ..errors import SpecgenError
+from ..build import EngineOptions, describe_backend, load_engine
+from ..llama.chat_template import chat_tokens
+from ..sampling import SamplingParams
 
 FORMAT = 1
 """Version of the result file layout (`specgen_bench` key)."""
@@ -397,7 +397,7 @@ def _cpuinfo() -> tuple[str | None, int | None]:
 
 
 def machine_info() -> dict:
-    from .backend import backend_name, system_info
+    from ..llama.backend import backend_name, system_info
 
     model, physical = _cpuinfo()
     if not model and sys.platform == "darwin":

@@ -1,0 +1,1 @@
+"""`specgen bench`: the workload (suites, configurations), the interleaved runner, the reports."""

@@ -1,0 +1,1 @@
+"""`specgen chat`: the conversation (turns, commands, KV reuse) and its live screen."""

@@ -1,0 +1,1 @@
+"""Model pairs (models.yaml), the local Hub cache, and downloads into it."""
