@@ -1,0 +1,56 @@
+"""`specgen serve`: the engine behind an OpenAI-compatible HTTP API, for editors and agents."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..build import describe_backend, load_engine
+from ..errors import SpecgenError
+from . import app
+from .options import EngineFlags, engine_command
+
+
+@app.command()
+@engine_command
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
+    api_key: Annotated[Optional[str], typer.Option(
+        help="Require 'Authorization: Bearer KEY' (default: $SPECGEN_API_KEY).", show_default=False)] = None,
+    queue: Annotated[int, typer.Option(help="Requests that may wait while one is served; more get 503.")] = 16,
+    *,
+    flags: EngineFlags,
+) -> None:
+    """Serve the pair over OpenAI's API (/v1/chat/completions, /v1/completions) with speculation inside."""
+    try:
+        from ..server.app import ServerConfig
+        from ..server.listen import bind, exposure_warning, serve as serve_forever
+        from ..server.view import LiveView, View
+    except ImportError as e:
+        raise SpecgenError(f"specgen serve needs {e.name}: pip install 'starlette>=0.37' 'uvicorn>=0.30'") from None
+    if not 0 <= port <= 65535:
+        raise SpecgenError(f"--port must be between 0 and 65535, not {port}")
+    if queue < 0:
+        raise SpecgenError(f"--queue must be 0 or more, not {queue}")
+    key = api_key if api_key is not None else os.environ.get("SPECGEN_API_KEY") or None
+    sampling = flags.sampling()
+    opts = flags.engine_options()
+    bind(host, port).close()  # a port in use should fail before the models load, not after
+    warning = exposure_warning(host, key)
+    view = LiveView() if LiveView.wanted() else View()
+    if warning:
+        view.line(warning)
+    engine = load_engine(opts)
+    try:
+        config = ServerConfig(model_id=flags.pair or Path(opts.target).stem, target=Path(opts.target),
+                              draft=Path(opts.draft) if engine.draft_model is not None else None,
+                              api_key=key, queue=queue, sampling=sampling)
+        names = " + ".join([Path(opts.target).stem] + ([Path(opts.draft).stem] if config.draft else []))
+        about = f"{names}, drafter {engine.drafter.name}, ctx {engine.n_ctx}, {describe_backend(engine)}"
+        serve_forever(engine, config, host, port, view, about)
+    finally:
+        engine.close()

@@ -1,0 +1,1 @@
+"""`specgen serve`: an OpenAI-compatible HTTP server over one speculative engine."""

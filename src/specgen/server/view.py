@@ -1,0 +1,162 @@
+"""What the server shows its operator: a live screen on a terminal, one log line per request elsewhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..engine import Engine, Summary
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .worker import Worker
+
+RECENT = 8  # requests listed on the live screen
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    status: int
+    seconds: float
+    summary: Summary | None
+    drafter: str = ""
+    prompt_tokens: int = 0
+    error: str | None = None
+    cancelled: bool = False
+    at: float = field(default_factory=time.time)
+
+
+def log_line(r: RequestRecord) -> str:
+    """One request: route, status, and for a generation its timings and what speculation did."""
+    head = f"{time.strftime('%H:%M:%S', time.localtime(r.at))} {r.method} {r.path} {r.status}"
+    if r.error:
+        return f"{head} | {r.error}"
+    if r.cancelled:
+        return f"{head} {r.seconds:.2f}s | cancelled: the client left"
+    s = r.summary
+    if s is None:
+        return head
+    parts = [f"{head} {r.seconds:.2f}s",
+             f"prompt {s.prompt_tokens} ({s.reused_tokens} cached) in {s.prompt_seconds:.2f}s",
+             f"{s.generated_tokens} tokens, {s.decode_tps:.1f} tok/s, {s.stop_reason}"]
+    if s.drafted:
+        parts.append(f"accepted {s.accepted}/{s.drafted} ({s.acceptance_rate:.0%}), "
+                     f"{s.mean_accepted:.2f} tokens/step")
+    if s.drafter_steps:
+        parts.append(f"{r.drafter}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items())))
+    return " | ".join(parts)
+
+
+class View:
+    """Plain mode: lines on stderr, fit for logs and pipes."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self.metrics: Metrics | None = None
+        self.engine: Engine | None = None
+
+    def attach(self, worker: Worker, metrics: Metrics, engine: Engine) -> None:
+        self.worker, self.metrics, self.engine = worker, metrics, engine
+
+    def line(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def started(self, url: str, about: str) -> None:
+        self.line(f"specgen serve: listening on {url} ({about}); Ctrl+C stops")
+
+    def request(self, r: RequestRecord) -> None:
+        self.line(log_line(r))
+
+    def stop(self) -> None:
+        pass
+
+
+class LiveView(View):
+    """A terminal: the request being served, the queue, totals since start and the last requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.console = Console(stderr=True, highlight=False, markup=False, emoji=False)
+        self.recent: deque[RequestRecord] = deque(maxlen=RECENT)
+        self.header = Text()
+        self._live: Live | None = None
+
+    @staticmethod
+    def wanted() -> bool:
+        return sys.stderr.isatty() and os.environ.get("TERM", "") != "dumb"
+
+    def started(self, url: str, about: str) -> None:
+        self.header = Text("specgen serve ", style="bold")
+        self.header.append(url, style="bold cyan")
+        self.header.append(f"  ·  {about}  ·  Ctrl+C stops", style="dim")
+        self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def line(self, text: str) -> None:
+        self.console.print(text)
+
+    def request(self, r: RequestRecord) -> None:
+        self.recent.append(r)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __rich__(self) -> Group:
+        return Group(self.header, self._now(), self._totals(), self._table())
+
+    def _now(self) -> Text:
+        w = self.worker
+        job = w.current if w else None
+        waiting = f"   queue {w.waiting}/{w.queue_size}" if w else ""
+        if job is None or job.meter is None:
+            return Text(f"idle{waiting}", style="dim")
+        m = job.meter
+        s = m.summary
+        t = Text(f"serving #{job.id} ", style="bold")
+        t.append(f"{s.generated_tokens} tokens  {m.window_tps:.1f} tok/s (avg {m.avg_tps:.1f})")
+        if s.drafted:
+            t.append(f"  acceptance {s.acceptance_rate:.0%}")
+        step = m.last_step
+        if step is not None:
+            t.append(f"  drafter {step.drafter if step.drafted else 'none'}, draft length {step.drafted}")
+        t.append(f"  prompt {m.summary.prompt_tokens} ({m.summary.reused_tokens} cached)", style="dim")
+        t.append(waiting, style="dim")
+        return t
+
+    def _totals(self) -> Text:
+        if self.metrics is None:
+            return Text()
+        m = self.metrics
+        tok = m.tokens
+        n = sum(m.requests.values())
+        acc = f", accepted {tok['accepted']}/{tok['drafted']}" if tok["drafted"] else ""
+        return Text(f"since start: {n} requests, {tok['generated']} tokens generated{acc}, "
+                    f"{tok['cached']}/{tok['prompt']} prompt tokens reused, {m.cancelled} cancelled", style="dim")
+
+    def _table(self) -> Table:
+        t = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+        for col in ("time", "route", "status", "tokens", "tok/s", "accepted", "note"):
+            t.add_column(col)
+        for r in self.recent:
+            s = r.summary
+            note = r.error or ("cancelled" if r.cancelled else s.stop_reason if s else "")
+            t.add_row(time.strftime("%H:%M:%S", time.localtime(r.at)), r.path, str(r.status),
+                      str(s.generated_tokens) if s else "", f"{s.decode_tps:.1f}" if s else "",
+                      f"{s.acceptance_rate:.0%}" if s and s.drafted else "", note[:60])
+        return t
+
+
+__all__ = ["LiveView", "RequestRecord", "View", "log_line"]

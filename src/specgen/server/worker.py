@@ -1,0 +1,216 @@
+"""The one engine thread: requests are served one at a time, in arrival order.
+
+The event loop never touches the engine.  It submits a `Job` and reads the
+job's events from an asyncio queue; the worker thread pushes them there as the
+engine yields them and stops a generation at the next event (within one
+verify step) once the job is cancelled, so a client that hangs up frees the
+engine at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from ..chat.session import TurnMeter
+from ..engine import Engine, Event, Summary
+from ..errors import SpecgenError
+from ..llama.chat_template import chat_tokens
+from .schema import APIError, GenRequest
+
+
+@dataclass
+class Done:
+    """The job's last event: `summary` is None when it never finished (cancelled, stopped)."""
+    summary: Summary | None
+    cancelled: bool = False
+
+
+@dataclass
+class Failed:
+    """The job's last event when it could not run or was cut off by a shutdown."""
+    error: APIError
+
+
+JobEvent = Union[Event, Done, Failed]
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    request: GenRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    id: int = field(default_factory=lambda: next(_ids))
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    prompt_tokens: int = 0
+    drafter: str = ""
+    meter: TurnMeter | None = None
+    """Live figures while it runs (read by the screen)."""
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def push(self, ev: JobEvent) -> None:
+        """From the worker thread: hand one event to the request's coroutine."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
+        except RuntimeError:  # the loop is gone (server stopped); nobody is listening
+            pass
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, engine: Engine, queue_size: int = 16,
+                 on_done: Callable[[Job, Summary | None, bool], None] | None = None):
+        self.engine = engine
+        self.queue_size = queue_size
+        self.on_done = on_done
+        self.current: Job | None = None
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="specgen-engine", daemon=True)
+        # Per-request drafter settings are applied for one job and then put back.
+        self._drafter = engine.drafter.name
+        self._draft_max = engine.controller.fixed
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenRequest, loop: asyncio.AbstractEventLoop) -> Job:
+        """Queue *request*; QueueFull when `queue_size` requests are already waiting."""
+        with self._lock:
+            if self._stopping.is_set():
+                raise QueueFull("the server is shutting down")
+            if self._waiting >= self.queue_size:
+                raise QueueFull(f"{self._waiting} requests are already waiting")
+            self._waiting += 1
+            job = Job(request, loop)
+            self._queue.put(job)
+        return job
+
+    def stop(self) -> None:
+        """Shut down: the running generation ends with an error, waiting jobs are refused."""
+        self._stopping.set()
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            with self._lock:
+                self._waiting -= 1
+            if self._stopping.is_set():
+                job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                continue
+            if job.cancelled:  # the client left while waiting
+                job.push(Done(None, cancelled=True))
+                continue
+            self.current = job
+            try:
+                self._serve(job)
+            finally:
+                self.current = None
+        # Whatever is still queued was submitted before stop(): refuse it.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+
+    def _serve(self, job: Job) -> None:
+        summary: Summary | None = None
+        cancelled = False
+        try:
+            job.started = time.perf_counter()
+            tokens = self._tokens(job.request)
+            job.prompt_tokens = len(tokens)
+            n_ctx = self.engine.n_ctx
+            if len(tokens) >= n_ctx:
+                raise APIError(400, f"this model's context holds {n_ctx} tokens but the prompt is {len(tokens)} "
+                                    "tokens; shorten it (or restart the server with a larger --ctx)",
+                               param="messages" if job.request.kind == "chat" else "prompt",
+                               code="context_length_exceeded")
+            summary, cancelled = self._generate(job, tokens)
+            if summary is None and not cancelled:  # stopped by a shutdown mid-generation
+                raise APIError(503, "the server is shutting down; the reply was cut short", code="shutting_down")
+            job.push(Done(summary, cancelled))
+        except APIError as e:
+            job.push(Failed(e))
+        except SpecgenError as e:  # e.g. a chat template that refuses the conversation
+            job.push(Failed(APIError(400, str(e))))
+        except Exception as e:  # the worker must outlive any one request
+            traceback.print_exc(file=sys.stderr)
+            job.push(Failed(APIError(500, f"internal error: {type(e).__name__}")))
+        finally:
+            if self.on_done is not None:
+                self.on_done(job, summary, cancelled)
+
+    def _tokens(self, r: GenRequest) -> list[int]:
+        if r.kind == "chat":
+            return chat_tokens(self.engine.target, list(r.messages))
+        return chat_tokens(self.engine.target, [{"role": "user", "content": r.prompt}], raw=True)
+
+    def _generate(self, job: Job, tokens: list[int]) -> tuple[Summary | None, bool]:
+        r, eng = job.request, self.engine
+        if r.drafter is not None:
+            eng.set_drafter(r.drafter)
+        if r.draft_max != "server":
+            eng.set_draft_max(r.draft_max)
+        if not r.cache_prompt:
+            eng.reset_cache()
+        job.drafter = eng.drafter.name
+        job.meter = meter = TurnMeter(eng.n_ctx, len(tokens))
+        max_tokens = r.max_tokens if r.max_tokens is not None else eng.n_ctx
+        events = eng.generate(tokens, max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
+                              ignore_eos=r.ignore_eos)
+        try:
+            for ev in events:
+                meter.on(ev)
+                job.push(ev)
+                if isinstance(ev, Summary):
+                    return ev, False
+                if self._stopping.is_set():
+                    return None, False
+                if job.cancelled:
+                    return None, True
+            return None, False
+        finally:
+            events.close()
+            eng.set_drafter(self._drafter)
+            eng.set_draft_max(self._draft_max)
+
+
+__all__ = ["Done", "Failed", "Job", "JobEvent", "QueueFull", "Worker"]
