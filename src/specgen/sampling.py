@@ -97,15 +97,18 @@ def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
     point mass on x), so x is kept with probability p(x).
     Returns (accepted, token).
     """
+    if q is None:
+        # Draw the token exactly as plain sampling would and keep x if that is what came out: x is
+        # accepted with probability p(x) and a rejection is distributed as p without x (the rule
+        # above), while each emitted token costs one uniform, so a seed gives the same text
+        # whatever a deterministic drafter proposed, or whether it drafted at all.
+        tok = sample(p, rng)
+        return tok == x, tok
     if rng.random() < accept_probability(p, q, x):
         return True, x
-    if q is None:
-        residual = p.copy()
-        residual[x] = 0.0
-    else:
-        if len(q) < len(p):  # the draft's vocabulary is shorter: it gives the rest zero
-            q = np.pad(q, (0, len(p) - len(q)))
-        residual = np.maximum(p - q[: len(p)], 0.0)
+    if len(q) < len(p):  # the draft's vocabulary is shorter: it gives the rest zero
+        q = np.pad(q, (0, len(p) - len(q)))
+    residual = np.maximum(p - q[: len(p)], 0.0)
     if residual.sum() <= 0:  # p == q: rejection has probability zero, numerically possible only
         residual = p
     return False, sample(residual, rng)

@@ -1,0 +1,515 @@
+"""`specgen serve` as editors and agents meet it: real server processes on loopback, the official
+`openai` client, raw HTTP for the SSE framing and the error shapes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from cli_helpers import one_line_error
+
+EXE = str(Path(sys.executable).parent / "specgen")
+KEY = "sk-specgen-test"
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port
+
+    def client(self, key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=300)
+
+    def conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, key: str | None = KEY,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+        c = self.conn()
+        try:
+            h = {"Content-Type": "application/json", **(headers or {})}
+            if key is not None:
+                h["Authorization"] = f"Bearer {key}"
+            data = json.dumps(body).encode() if isinstance(body, dict) else body
+            c.request(method, path, body=data, headers=h)
+            r = c.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def metrics(self) -> dict[str, float]:
+        status, _, body = self.request("GET", "/metrics")
+        assert status == 200
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+def start_server(log: Path, *args: str, env: dict | None = None) -> Server:
+    """`specgen serve --port 0` (the OS picks a free loopback port; the server reports it)."""
+    f = open(log, "w")
+    proc = subprocess.Popen([EXE, "serve", "--port", "0", *args], stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    f.close()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text())
+        if m:
+            return Server(proc, m.group(1), log)
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
+        time.sleep(0.1)
+    stop_server(proc)
+    raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(target_path, draft_path, tmp_path_factory):
+    """The tiny pair with a key and a small context (so an over-long prompt is cheap to send)."""
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    s = start_server(log, "--target", str(target_path), "--draft", str(draft_path), "--ctx", "1024",
+                     env={"SPECGEN_API_KEY": KEY})
+    try:
+        yield s
+    finally:
+        stop_server(s.proc)
+
+
+def ask(client: openai.OpenAI, prompt: str, **kw) -> str:
+    r = client.chat.completions.create(model="x", messages=[{"role": "user", "content": prompt}],
+                                       temperature=kw.pop("temperature", 0), **kw)
+    return r.choices[0].message.content
+
+
+# -- the official client ------------------------------------------------------------------------
+
+def test_chat_completion_carries_usage_timings_and_specgen_stats(server):
+    r = server.client().chat.completions.create(
+        model="anything", max_tokens=24, temperature=0,
+        messages=[{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": [{"type": "text", "text": "Name three "}, {"type": "text",
+                                                                                     "text": "fruits."}]}])
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.completion_tokens <= 24 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    extra = r.model_extra
+    t = extra["timings"]
+    assert t["predicted_n"] == u.completion_tokens
+    assert t["prompt_n"] + t["cache_n"] == u.prompt_tokens
+    assert 0 <= t["draft_n_accepted"] <= t["draft_n"]
+    for key in ("prompt_ms", "predicted_ms", "predicted_per_second"):
+        assert t[key] >= 0
+    sg = extra["specgen"]
+    assert sg["drafter"] == "auto" and sum(sg["drafter_steps"].values()) == sg["steps"]
+    assert sg["mean_accepted"] == pytest.approx(u.completion_tokens / sg["steps"], abs=1e-3)
+
+
+def test_streaming_chat_equals_the_whole_reply_and_ends_with_usage(server):
+    client = server.client()
+    whole = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Count to ten."}],
+                                           max_tokens=32, temperature=0)
+    chunks = list(client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Count to ten."}], max_tokens=32, temperature=0,
+        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    # A second identical request reuses the whole cached prompt but its last token.
+    assert last.model_extra["timings"]["cache_n"] == last.usage.prompt_tokens - 1
+
+
+def test_completions_whole_and_streamed(server):
+    client = server.client()
+    whole = client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    assert whole.usage.completion_tokens <= 12
+    streamed = list(client.completions.create(model="x", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0,
+                                              stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_stop_strings_cut_the_reply(server):
+    client = server.client()
+    full = ask(client, "Write the days of the week, one per line.", max_tokens=40)
+    words = re.findall(r"[A-Za-z]{4,}", full)
+    assert len(words) >= 2, full
+    stop = words[1]
+    r = client.chat.completions.create(model="x", messages=[{"role": "user", "content":
+                                                             "Write the days of the week, one per line."}],
+                                       max_tokens=40, temperature=0, stop=[stop, "@@@"])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == full[:full.index(stop)]
+
+
+def test_a_seed_reproduces_a_sampled_reply_whatever_was_drafted(server):
+    client = server.client()
+    kw = dict(max_tokens=24, temperature=1.0, top_p=1.0)
+    prompt = "List some colours: red, green, blue, red, green, blue,"
+    plain = ask(client, prompt, seed=7, extra_body={"drafter": "none"}, **kw)
+    copied = ask(client, prompt, seed=7, extra_body={"drafter": "ngram"}, **kw)
+    again = ask(client, prompt, seed=7, extra_body={"drafter": "ngram"}, **kw)
+    assert plain == copied == again
+    others = {ask(client, prompt, seed=s, extra_body={"drafter": "none"}, **kw) for s in (1, 2, 3)}
+    assert len(others | {plain}) > 1  # the seed matters: this really samples
+
+
+def test_models_health_and_metrics(server):
+    models = server.client().models.list().data
+    assert [m.id for m in models] == [Path(models[0].model_extra["meta"]["target"]).stem]
+    assert models[0].model_extra["meta"]["drafters"] == ["auto", "model", "ngram", "none"]
+    status, _, body = server.request("GET", "/health", key=None)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    before = server.metrics()
+    ask(server.client(), "Say yes.", max_tokens=4)
+    after = server.metrics()
+    assert after['specgen_requests_total{route="/v1/chat/completions",status="200"}'] == \
+        before.get('specgen_requests_total{route="/v1/chat/completions",status="200"}', 0) + 1
+    assert after["specgen_generated_tokens_total"] > before["specgen_generated_tokens_total"]
+    assert after["specgen_request_seconds_count"] == before["specgen_request_seconds_count"] + 1
+    assert after['specgen_request_seconds_bucket{le="+Inf"}'] == after["specgen_request_seconds_count"]
+    steps = after["specgen_verify_steps_total"]
+    assert sum(v for k, v in after.items() if k.startswith("specgen_drafter_steps_total")) == steps
+
+
+def test_one_log_line_per_request_with_timings(server):
+    ask(server.client(), "Say no.", max_tokens=4)
+    line = server.log_lines()[-1]
+    assert re.search(r"POST /v1/chat/completions 200 [\d.]+s \| prompt \d+ \(\d+ cached\) .* tok/s", line), line
+
+
+# -- raw HTTP -----------------------------------------------------------------------------------
+
+def test_sse_framing_is_byte_for_byte_openai(server):
+    status, headers, body = server.request("POST", "/v1/chat/completions", {
+        "model": "x", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert body.endswith(b"\n\ndata: [DONE]\n\n")
+    events = body.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    objs = []
+    for ev in events[:-2]:
+        assert ev.startswith(b"data: {") and b"\n" not in ev, ev
+        objs.append(json.loads(ev[len(b"data: "):]))
+    rebuilt = b"".join(b"data: " + json.dumps(o, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+                       for o in objs) + b"data: [DONE]\n\n"
+    assert rebuilt == body
+    assert {o["object"] for o in objs} == {"chat.completion.chunk"} and len({o["id"] for o in objs}) == 1
+    assert objs[-1]["choices"] == [] and objs[-1]["usage"]["completion_tokens"] <= 8
+    assert objs[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_greedy_output_equals_specgen_run(server, target_path, draft_path):
+    prompt = "Explain what a linked list is in two sentences."
+    r = subprocess.run([EXE, "run", "--target", str(target_path), "--draft", str(draft_path), "--max-tokens", "40",
+                        "--system", "Be brief.", "--json", prompt], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    want = json.loads(r.stdout)
+    got = server.client().chat.completions.create(
+        model="x", max_tokens=40, temperature=0,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}])
+    assert got.choices[0].message.content == want["text"]
+    assert got.usage.prompt_tokens == want["stats"]["prompt_tokens"]
+    assert got.usage.completion_tokens == want["stats"]["generated_tokens"]
+
+
+def test_four_concurrent_clients_each_get_their_own_complete_answer(server):
+    prompts = [f"Write one sentence about the number {n}." for n in (3, 17, 42, 99)]
+    results: dict[str, object] = {}
+
+    def one(p: str) -> None:
+        try:
+            results[p] = server.client().chat.completions.create(
+                model="x", messages=[{"role": "user", "content": p}], max_tokens=20, temperature=0)
+        except Exception as e:  # reported by the assertion below
+            results[p] = e
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    for p in prompts:
+        r = results[p]
+        assert not isinstance(r, Exception), r
+        alone = server.client().chat.completions.create(
+            model="x", messages=[{"role": "user", "content": p}], max_tokens=20, temperature=0)
+        assert r.choices[0].message.content == alone.choices[0].message.content
+        assert r.usage.completion_tokens == alone.usage.completion_tokens
+
+
+def test_a_growing_conversation_reuses_the_cached_prefix(server):
+    client = server.client()
+    msgs = [{"role": "system", "content": "You answer in one short sentence."},
+            {"role": "user", "content": "What is the capital of France?"}]
+    first = client.chat.completions.create(model="x", messages=msgs, max_tokens=16, temperature=0)
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And of Italy?"}]
+    second = client.chat.completions.create(model="x", messages=msgs, max_tokens=16, temperature=0)
+    t = second.model_extra["timings"]
+    assert t["cache_n"] >= first.usage.prompt_tokens
+    assert t["prompt_n"] + t["cache_n"] == second.usage.prompt_tokens
+    cold = client.chat.completions.create(model="x", messages=msgs, max_tokens=16, temperature=0,
+                                          extra_body={"cache_prompt": False})
+    assert cold.model_extra["timings"]["cache_n"] == 0
+
+
+def test_per_request_drafter_and_draft_max(server):
+    r = server.client().chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Repeat: red green blue red green blue"}],
+        max_tokens=16, temperature=0, extra_body={"drafter": "model", "draft_max": 3})
+    sg = r.model_extra["specgen"]
+    assert sg["drafter"] == "model"
+    assert set(sg["drafter_steps"]) <= {"model", "none"} and max(map(int, sg["draft_lengths"])) <= 3
+    after = server.client().chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Say ok."}], max_tokens=4, temperature=0)
+    assert after.model_extra["specgen"]["drafter"] == "auto"  # the server's own setting is back
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+OK_MSGS = [{"role": "user", "content": "hi"}]
+
+BAD = [
+    ("malformed JSON", CHAT, b'{"messages": [', 400, None),
+    ("not an object", CHAT, b"[1, 2]", 400, None),
+    ("no messages", CHAT, {"model": "x"}, 400, "messages"),
+    ("empty messages", CHAT, {"messages": []}, 400, "messages"),
+    ("messages of the wrong type", CHAT, {"messages": "hi"}, 400, "messages"),
+    ("a bad role", CHAT, {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+    ("content of the wrong type", CHAT, {"messages": [{"role": "user", "content": 5}]}, 400,
+     "messages[0].content"),
+    ("temperature as a string", CHAT, {"messages": OK_MSGS, "temperature": "hot"}, 400, "temperature"),
+    ("negative temperature", CHAT, {"messages": OK_MSGS, "temperature": -1}, 400, "temperature"),
+    ("top_p above 1", CHAT, {"messages": OK_MSGS, "top_p": 1.5}, 400, "top_p"),
+    ("max_tokens 0", CHAT, {"messages": OK_MSGS, "max_tokens": 0}, 400, "max_tokens"),
+    ("max_completion_tokens as a string", CHAT, {"messages": OK_MSGS, "max_completion_tokens": "9"}, 400,
+     "max_completion_tokens"),
+    ("stream as a string", CHAT, {"messages": OK_MSGS, "stream": "yes"}, 400, "stream"),
+    ("stop of the wrong type", CHAT, {"messages": OK_MSGS, "stop": [1]}, 400, "stop"),
+    ("n > 1", CHAT, {"messages": OK_MSGS, "n": 2}, 400, "n"),
+    ("tools", CHAT, {"messages": OK_MSGS, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
+     "tools"),
+    ("JSON mode", CHAT, {"messages": OK_MSGS, "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+    ("an image", CHAT, {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "messages[0].content[0]"),
+    ("an unknown drafter", CHAT, {"messages": OK_MSGS, "drafter": "magic"}, 400, "drafter"),
+    ("a bad draft_max", CHAT, {"messages": OK_MSGS, "draft_max": -2}, 400, "draft_max"),
+    ("a prompt of token ids", "/v1/completions", {"prompt": [1, 2, 3]}, 400, "prompt"),
+    ("an empty prompt", "/v1/completions", {"prompt": ""}, 400, "prompt"),
+    ("an unknown route", "/v1/embeddings", {"input": "hi"}, 404, None),
+]
+
+
+@pytest.mark.parametrize("what,path,body,status,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_its_status_and_an_openai_error(server, what, path, body, status, param):
+    got, headers, raw = server.request("POST", path, body)
+    assert got == status, raw
+    assert headers["content-type"].startswith("application/json")
+    err = json.loads(raw)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"] and "Traceback" not in err["message"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    if err["code"] == "unsupported_parameter":
+        assert "not supported" in err["message"]
+
+
+def test_unsupported_features_are_refused_through_the_client(server):
+    with pytest.raises(openai.BadRequestError, match="not supported"):
+        server.client().chat.completions.create(model="x", messages=OK_MSGS, n=2)
+
+
+def test_unknown_fields_are_ignored(server):
+    status, _, raw = server.request("POST", CHAT, {"messages": OK_MSGS, "max_tokens": 2, "user": "me",
+                                                   "metadata": {"a": 1}, "some_future_field": [1]})
+    assert status == 200, raw
+
+
+def test_prompt_longer_than_the_context_says_both_numbers(server):
+    status, _, raw = server.request("POST", CHAT, {"messages": [{"role": "user", "content": "word " * 1500}]})
+    assert status == 400
+    err = json.loads(raw)["error"]
+    assert err["code"] == "context_length_exceeded"
+    numbers = [int(n) for n in re.findall(r"\d+", err["message"])]
+    assert 1024 in numbers and any(n > 1024 for n in numbers), err["message"]
+
+
+def test_a_body_over_the_cap_is_413(server):
+    status, _, raw = server.request("POST", CHAT, b'{"messages": "' + b"x" * (9 << 20) + b'"}')
+    assert status == 413 and json.loads(raw)["error"]["code"] == "request_too_large"
+
+
+def test_wrong_method_and_missing_or_wrong_key(server):
+    status, _, raw = server.request("GET", CHAT)
+    assert status == 405 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+    for key in (None, "sk-wrong"):
+        status, _, raw = server.request("POST", CHAT, {"messages": OK_MSGS}, key=key)
+        assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        ask(server.client("sk-wrong"), "hi", max_tokens=2)
+    status, _, _ = server.request("GET", "/metrics", key=None)
+    assert status == 401
+
+
+def test_the_server_still_answers_after_all_that(server):
+    r = server.client().chat.completions.create(model="x", messages=OK_MSGS, max_tokens=4, temperature=0)
+    assert r.choices[0].message.content
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.log.read_text()
+
+
+# -- one engine, a bounded queue, disconnects, Ctrl+C ---------------------------------------------
+
+LONG = {"model": "x", "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 3000, "temperature": 0, "stream": True, "ignore_eos": True, "drafter": "none"}
+
+
+def open_stream(server: Server, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Start a streamed request and read until its first content chunk (so the engine is on it)."""
+    c = server.conn()
+    c.request("POST", CHAT, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200
+    while b'"content":"' not in r.readline().replace(b'"content":""', b""):
+        pass
+    return c, r
+
+
+def wait_for(pred, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def queue_server(target_path, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "queue.log"
+    s = start_server(log, "--target", str(target_path), "--queue", "1")
+    try:
+        yield s
+    finally:
+        stop_server(s.proc)
+
+
+def health(server: Server) -> dict:
+    return json.loads(server.request("GET", "/health")[2])
+
+
+def test_queue_full_is_503_and_a_disconnect_frees_the_engine(queue_server):
+    s = queue_server
+    conn, _ = open_stream(s, LONG)  # A: busy for thousands of tokens
+    waiting: dict = {}
+    b = threading.Thread(target=lambda: waiting.update(r=ask(s.client(), "Say hi.", max_tokens=8)))
+    b.start()  # B waits in the queue
+    wait_for(lambda: health(s)["waiting"] == 1, "B to queue")
+    status, headers, raw = s.request("POST", CHAT, {"messages": OK_MSGS, "max_tokens": 2})  # C: no room
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    assert json.loads(raw)["error"]["code"] == "queue_full"
+    conn.close()  # A hangs up: its generation stops at the next step and B runs
+    b.join(300)
+    assert waiting.get("r"), "B never got its answer"
+    m = s.metrics()
+    assert m["specgen_requests_cancelled_total"] == 1
+    assert m["specgen_generated_tokens_total"] < 3000  # A's tokens were never all generated
+    wait_for(lambda: not health(s)["busy"], "the engine to go idle")
+
+
+def test_a_client_that_leaves_a_plain_request_cancels_it(queue_server):
+    s = queue_server
+    before = s.metrics()["specgen_requests_cancelled_total"]
+    c = s.conn()
+    c.request("POST", CHAT, body=json.dumps({**LONG, "stream": False}), headers={"Content-Type": "application/json"})
+    wait_for(lambda: health(s)["busy"], "the request to start")
+    c.close()
+    wait_for(lambda: s.metrics()["specgen_requests_cancelled_total"] == before + 1, "the cancel")
+    assert ask(s.client(), "Say hi.", max_tokens=4)
+
+
+def test_ctrl_c_ends_streams_with_an_error_chunk_and_exits_130(target_path, tmp_path):
+    s = start_server(tmp_path / "server.log", "--target", str(target_path))
+    try:
+        conn, r = open_stream(s, LONG)
+        s.proc.send_signal(signal.SIGINT)
+        rest = r.read()
+        conn.close()
+        events = [e for e in rest.split(b"\n\n") if e]
+        assert events[-1].startswith(b"data: {\"error\"") and b"[DONE]" not in rest
+        assert json.loads(events[-1][len(b"data: "):])["error"]["code"] == "shutting_down"
+        assert s.proc.wait(30) == 130
+    finally:
+        stop_server(s.proc)
+    assert "Traceback" not in s.log.read_text()
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def serve_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, "serve", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)
+
+
+def test_bad_flags_are_one_line(target_path):
+    assert "--port" in one_line_error(serve_cli("--target", str(target_path), "--port", "70000"))
+    assert "--queue" in one_line_error(serve_cli("--target", str(target_path), "--queue", "-1"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert port in one_line_error(serve_cli("--target", str(target_path), "--port", port))
+
+
+def test_a_public_host_without_a_key_is_warned_about():
+    from specgen.server.listen import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("localhost", None) is None
+    assert exposure_warning("::1", None) is None and exposure_warning("0.0.0.0", "k") is None
+    warning = exposure_warning("0.0.0.0", None)
+    assert warning and "\n" not in warning and "--api-key" in warning
