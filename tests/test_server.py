@@ -513,3 +513,41 @@ def test_a_public_host_without_a_key_is_warned_about():
     assert exposure_warning("::1", None) is None and exposure_warning("0.0.0.0", "k") is None
     warning = exposure_warning("0.0.0.0", None)
     assert warning and "\n" not in warning and "--api-key" in warning
+
+
+def test_on_a_terminal_the_live_screen_shows_requests_and_ctrl_c_exits_130(target_path):
+    import pexpect
+    import pyte
+
+    screen = pyte.Screen(140, 30)
+    stream = pyte.ByteStream(screen)
+    child = pexpect.spawn(EXE, ["serve", "--target", str(target_path), "--port", "0", "--threads", "1"],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color"},
+                          dimensions=(30, 140), timeout=120)
+
+    def expect(pattern: str) -> None:
+        try:
+            child.expect(pattern)
+        finally:
+            stream.feed((child.before or b"") + (child.after if isinstance(child.after, bytes) else b""))
+
+    try:
+        expect(r"http://127\.0\.0\.1:(\d+)")
+        port = int(child.match.group(1))
+        expect("idle")
+        got: dict = {}
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        t = threading.Thread(target=lambda: got.update(r=ask(client, "Say hi.", max_tokens=6)))
+        t.start()
+        expect(r"chat/completions\s+200\s+\d+\s+[\d.]+\s")
+        t.join(120)
+        assert got.get("r")
+        shown = "\n".join(screen.display)
+        assert "since start: 1 requests" in shown and "tok/s" in shown and "idle" in shown, shown
+        child.kill(signal.SIGINT)
+        expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 130
+    finally:
+        if child.isalive():
+            child.kill(signal.SIGKILL)
