@@ -211,6 +211,10 @@ def test_models_health_and_metrics(server):
     assert after["specgen_generated_tokens_total"] > before["specgen_generated_tokens_total"]
     assert after["specgen_request_seconds_count"] == before["specgen_request_seconds_count"] + 1
     assert after['specgen_request_seconds_bucket{le="+Inf"}'] == after["specgen_request_seconds_count"]
+    server.request("GET", "/scanner/probe-123")
+    labels = server.metrics()
+    assert labels['specgen_requests_total{route="other",status="404"}'] >= 1
+    assert not any("probe" in k for k in labels)  # unknown paths do not grow the label set
     steps = after["specgen_verify_steps_total"]
     assert sum(v for k, v in after.items() if k.startswith("specgen_drafter_steps_total")) == steps
 
@@ -480,7 +484,7 @@ def test_ctrl_c_ends_streams_with_an_error_chunk_and_exits_130(target_path, tmp_
         s.proc.send_signal(signal.SIGINT)
         rest = r.read()
         conn.close()
-        events = [e for e in rest.split(b"\n\n") if e]
+        events = [e.strip(b"\n") for e in rest.split(b"\n\n") if e.strip()]  # open_stream read by lines
         assert events[-1].startswith(b"data: {\"error\"") and b"[DONE]" not in rest
         assert json.loads(events[-1][len(b"data: "):])["error"]["code"] == "shutting_down"
         assert s.proc.wait(30) == 130

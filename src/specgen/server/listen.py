@@ -48,6 +48,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
+        sock.listen(2048)  # connections made as soon as the address is printed wait for uvicorn
     except OSError as e:
         sock.close()
         raise SpecgenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "

@@ -90,7 +90,7 @@ class Worker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="specgen-engine", daemon=True)
         # Per-request drafter settings are applied for one job and then put back.
-        self._drafter = engine.drafter.name
+        self.default_drafter = engine.drafter.name
         self._draft_max = engine.controller.fixed
 
     @property
@@ -153,6 +153,7 @@ class Worker:
     def _serve(self, job: Job) -> None:
         summary: Summary | None = None
         cancelled = False
+        end: Done | Failed
         try:
             job.started = time.perf_counter()
             tokens = self._tokens(job.request)
@@ -166,17 +167,18 @@ class Worker:
             summary, cancelled = self._generate(job, tokens)
             if summary is None and not cancelled:  # stopped by a shutdown mid-generation
                 raise APIError(503, "the server is shutting down; the reply was cut short", code="shutting_down")
-            job.push(Done(summary, cancelled))
+            end = Done(summary, cancelled)
         except APIError as e:
-            job.push(Failed(e))
+            end = Failed(e)
         except SpecgenError as e:  # e.g. a chat template that refuses the conversation
-            job.push(Failed(APIError(400, str(e))))
+            end = Failed(APIError(400, str(e)))
         except Exception as e:  # the worker must outlive any one request
             traceback.print_exc(file=sys.stderr)
-            job.push(Failed(APIError(500, f"internal error: {type(e).__name__}")))
-        finally:
-            if self.on_done is not None:
-                self.on_done(job, summary, cancelled)
+            end = Failed(APIError(500, f"internal error: {type(e).__name__}"))
+        # Count the generation before the client can see its end (and read /metrics).
+        if self.on_done is not None:
+            self.on_done(job, summary, cancelled)
+        job.push(end)
 
     def _tokens(self, r: GenRequest) -> list[int]:
         if r.kind == "chat":
@@ -209,7 +211,7 @@ class Worker:
             return None, False
         finally:
             events.close()
-            eng.set_drafter(self._drafter)
+            eng.set_drafter(self.default_drafter)
             eng.set_draft_max(self._draft_max)
 
 
