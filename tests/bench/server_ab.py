@@ -68,6 +68,8 @@ class Server:
         cmd = [EXE, "serve", "--port", "0", "--no-mmap", "--target", args.target, "--drafter", drafter]
         if args.draft:
             cmd += ["--draft", args.draft]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         self.log = log
         with open(log, "w") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -139,6 +141,7 @@ def edit_session(a: Server, b: Server, files: list[tuple[Path, str]], tokens: in
     rows.append(f"\nmedian speedup (decode tok/s, auto / plain): {statistics.median(ratios):.2f}x; "
                 f"end-to-end latency plain/auto: {statistics.median(lat_ratios):.2f}x; "
                 f"decode part of the latency plain/auto: {statistics.median(dec_ratios):.2f}x")
+    print(rows[-1], flush=True)
     return rows
 
 
@@ -165,6 +168,7 @@ def conversation(a: Server, path: Path, tokens: int) -> list[str]:
                     f"{cold['ttft']:.2f} | {ratios[-1]:.2f}x |")
         print(rows[-1], flush=True)
     rows.append(f"\nmedian TTFT warm / cold, turns 2-5: {statistics.median(ratios):.2f}x")
+    print(rows[-1], flush=True)
     return rows
 
 
@@ -172,7 +176,7 @@ def overhead(b: Server, args: argparse.Namespace, rounds: int) -> list[str]:
     prompt = "Write a Python function that parses a CSV line, handling quoted fields."
     tokens = str(args.overhead_tokens)
     run = [EXE, "run", "--target", args.target, "--drafter", "none", "--no-mmap", "--max-tokens", tokens,
-           "--ignore-eos", "--json", prompt]
+           "--ignore-eos", "--json", prompt] + (["--threads", str(args.threads)] if args.threads else [])
     server_tps, server_engine_tps, run_tps = [], [], []
     for _ in range(rounds):
         r = b.stream([{"role": "user", "content": prompt}], args.overhead_tokens, ignore_eos=True,
@@ -184,6 +188,7 @@ def overhead(b: Server, args: argparse.Namespace, rounds: int) -> list[str]:
             raise SystemExit(out.stderr)
         run_tps.append(json.loads(out.stdout)["stats"]["decode_tps"])
     s, e, r = statistics.median(server_tps), statistics.median(server_engine_tps), statistics.median(run_tps)
+    print(f"overhead: run {r:.2f}, server engine {e:.2f}, server client {s:.2f} tok/s", flush=True)
     return ["| plain decoding, " + tokens + " tokens | tok/s |", "|---|---|",
             f"| `specgen run --json` (engine figure) | {r:.2f} |",
             f"| through the server, engine figure (`timings`) | {e:.2f} |",
@@ -200,6 +205,7 @@ def main() -> None:
     ap.add_argument("--overhead-tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=2, help="overhead rounds")
     ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--threads", type=int, help="passed to the servers and to run (default: theirs)")
     args = ap.parse_args()
     files = source_files(args.files)
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}", flush=True)
