@@ -205,27 +205,35 @@ def main() -> None:
     ap.add_argument("--overhead-tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=2, help="overhead rounds")
     ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--sections", default="edit,conversation,overhead", help="which parts to run")
     ap.add_argument("--threads", type=int, help="passed to the servers and to run (default: theirs)")
     args = ap.parse_args()
     files = source_files(args.files)
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}", flush=True)
+    sections = set(args.sections.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        a = Server(args, "auto", Path(tmp) / "auto.log")
+        a = Server(args, "auto", Path(tmp) / "auto.log") if sections & {"edit", "conversation"} else None
         try:
-            b = Server(args, "none", Path(tmp) / "none.log")
+            b = Server(args, "none", Path(tmp) / "none.log") if sections & {"edit", "overhead"} else None
             try:
-                out = [f"## edit session ({len(files)} requests, up to {args.tokens} tokens each)", ""]
-                out += edit_session(a, b, files, args.tokens)
-                conv_file = min((p for p, _ in files), key=lambda p: len(p.read_text().splitlines()))
-                out += ["", f"## growing conversation (5 turns on {conv_file.relative_to(ROOT)}, "
-                            f"up to {args.turn_tokens} tokens a turn, server A)", ""]
-                out += conversation(a, conv_file, args.turn_tokens)
-                out += ["", "## server overhead", ""]
-                out += overhead(b, args, args.rounds)
+                out = []
+                if "edit" in sections:
+                    out += [f"## edit session ({len(files)} requests, up to {args.tokens} tokens each)", ""]
+                    out += edit_session(a, b, files, args.tokens)
+                if "conversation" in sections:
+                    conv_file = min((p for p, _ in files), key=lambda p: len(p.read_text().splitlines()))
+                    out += ["", f"## growing conversation (5 turns on {conv_file.relative_to(ROOT)}, "
+                                f"up to {args.turn_tokens} tokens a turn, server A)", ""]
+                    out += conversation(a, conv_file, args.turn_tokens)
+                if "overhead" in sections:
+                    out += ["", "## server overhead", ""]
+                    out += overhead(b, args, args.rounds)
             finally:
-                b.stop()
+                if b:
+                    b.stop()
         finally:
-            a.stop()
+            if a:
+                a.stop()
     print("\n" + "\n".join(out))
 
 

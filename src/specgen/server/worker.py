@@ -42,6 +42,7 @@ class Failed:
 JobEvent = Union[Event, Done, Failed]
 
 _ids = itertools.count(1)
+POLL_SECONDS = 0.2  # how often an idle worker looks for a shutdown
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Worker:
         self.queue_size = queue_size
         self.on_done = on_done
         self.current: Job | None = None
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[Job] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -113,9 +114,11 @@ class Worker:
         return job
 
     def stop(self) -> None:
-        """Shut down: the running generation ends with an error, waiting jobs are refused."""
+        """Shut down: the running generation ends with an error, waiting jobs are refused.
+
+        Only sets a flag, so a signal handler may call it whatever the main thread was doing.
+        """
         self._stopping.set()
-        self._queue.put(None)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
@@ -125,9 +128,12 @@ class Worker:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                break
+            try:
+                job = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    break
+                continue
             with self._lock:
                 self._waiting -= 1
             if self._stopping.is_set():
@@ -141,14 +147,6 @@ class Worker:
                 self._serve(job)
             finally:
                 self.current = None
-        # Whatever is still queued was submitted before stop(): refuse it.
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
 
     def _serve(self, job: Job) -> None:
         summary: Summary | None = None
