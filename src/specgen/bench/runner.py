@@ -19,7 +19,6 @@ over the runs.  Nothing here prints; the CLI renders the events.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from .. import __version__
 from .workload import BASELINE, Config, Plan, Question, categories_of
 from ..engine import Engine, Summary
 from ..errors import SpecgenError
+from ..fileio import cache_dir, file_sha256, write_atomic
 from ..build import EngineOptions, describe_backend, load_engine
 from ..llama.chat_template import chat_tokens
 from ..sampling import SamplingParams
@@ -430,7 +430,7 @@ def pair_info(engine: Engine, spec: PairSpec) -> dict:
     def model(m) -> dict | None:
         if m is None:
             return None
-        return {"path": str(m.path), "name": m.name, "bytes": m.path.stat().st_size, "sha256": file_sha256(m.path),
+        return {"path": str(m.path), "name": m.name, "bytes": m.path.stat().st_size, "sha256": model_sha256(m.path),
                 "gpu_layers": m.gpu_layers, "n_layer": m.n_layer}
 
     return {"pair": spec.name, "registry_pair": spec.registry_pair, "target": model(engine.target),
@@ -440,31 +440,23 @@ def pair_info(engine: Engine, spec: PairSpec) -> dict:
             "drafters": list(engine.drafters)}
 
 
-def file_sha256(path: Path) -> str:
+def model_sha256(path: Path) -> str:
     """sha256 of a model file, cached by path, size and mtime (a 5 GB file takes a while)."""
     path = Path(path).resolve()
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    cache_path = Path(base) / "specgen" / "sha256.json"
+    cache_path = cache_dir() / "sha256.json"
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
     if isinstance(cache, dict) and isinstance(cache.get(key), str):
         return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     try:
         cache = cache if isinstance(cache, dict) else {}
         cache[key] = digest
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
+        write_atomic(cache_path, json.dumps(cache))
     except OSError:
         pass  # an unwritable cache only costs hashing again
     return digest

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError
+from ..fileio import cache_home
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
 
 
@@ -27,8 +28,7 @@ def cache_dir() -> Path:
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 

@@ -35,6 +35,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from ..errors import SpecgenError
+from ..fileio import write_atomic
 from .cache import _SHARD_RE, PairFiles, cache_dir, human_size, local_files, select_files, storage_folder
 from .registry import ModelEntry, Registry
 
@@ -432,10 +433,7 @@ def _link(plan: _Plan, token: str | None) -> Path:
                                        endpoint=ep, token=token))
     ref = plan.folder / "refs" / plan.revision
     if plan.revision != plan.commit and (not ref.is_file() or ref.read_text().strip() != plan.commit):
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
-        tmp.write_text(plan.commit)
-        os.replace(tmp, ref)
+        write_atomic(ref, plan.commit)
     return pointer
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecgenError
+from ..fileio import write_atomic
 
 DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
@@ -435,21 +435,7 @@ def _write_user_raw(path: Path, raw: dict[str, Any], builtin_file: Path | None =
             del raw[key]
     text = USER_HEADER + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=False)
     _merge([_read_doc(builtin_file or builtin_path()), _Doc(path, text)])  # raises before anything is written
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.", suffix=".yaml.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomic(path, text)
 
 
 def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
