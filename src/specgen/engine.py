@@ -19,6 +19,7 @@ from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import SpecgenError
 from .sampling import SamplingParams, accept_or_resample, accept_probability, argmax, distribution, sample
+from .settings import parse_draft_max
 from .textstream import TextStream
 
 
@@ -168,14 +169,12 @@ class Engine:
         """Switch drafters between generations (chat's /drafter)."""
         if name not in self.drafters:
             raise SpecgenError(f"drafter {name!r} is not available here; choose one of {', '.join(self.drafters)}"
-                               + ("" if "model" in self.drafters else " (start with --draft for 'model')"))
+                               + ("" if "model" in self.drafters else " (start with {draft} for 'model')"))
         self.drafter = self.drafters[name]
 
     def set_draft_max(self, n: int | None) -> None:
         """A fixed draft length, or None to let the controller choose each step."""
-        if n is not None and n < 0:
-            raise SpecgenError("draft length must be 0 or more")
-        self.controller.set_fixed(n)
+        self.controller.set_fixed(parse_draft_max(n))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
@@ -194,7 +193,7 @@ class Engine:
             raise SpecgenError("empty prompt")
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                                  "shorten it or raise --ctx")
+                                  "shorten it or raise {n_ctx}")
         rng = np.random.default_rng(sampling.seed)
         summary = Summary(prompt_tokens=len(tokens))
 

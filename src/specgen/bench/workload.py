@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import SpecgenError
-from ..build import parse_draft_max
+from ..settings import parse_draft_max
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 

@@ -21,6 +21,7 @@ from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summa
 from ..errors import SpecgenError
 from ..llama.chat_template import Message, render_chat
 from ..sampling import SamplingParams
+from ..settings import parse_draft_max
 
 
 class ChatError(SpecgenError):
@@ -381,17 +382,12 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
         chat.clear()
         return Outcome("conversation cleared" + (" (system prompt kept)" if chat.system else ""))
     if name == "/draft":
-        if arg == "auto":
-            eng.set_draft_max(None)
-            return Outcome("draft length: auto")
         try:
-            n = int(arg)
-        except ValueError:
+            n = parse_draft_max(arg)
+        except SpecgenError:
             raise ChatError("usage: /draft N (0 or more) or /draft auto") from None
-        if n < 0:
-            raise ChatError("usage: /draft N (0 or more) or /draft auto")
         eng.set_draft_max(n)
-        return Outcome(f"draft length: {eng.controller.fixed}")
+        return Outcome("draft length: auto" if n is None else f"draft length: {eng.controller.fixed}")
     if name == "/drafter":
         if not arg:
             raise ChatError(f"usage: /drafter NAME, one of {', '.join(sorted(eng.drafters))} "

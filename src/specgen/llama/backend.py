@@ -175,7 +175,7 @@ class Context:
         self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
-                               "(out of memory? try a smaller --ctx)")
+                               "(out of memory? try a smaller {n_ctx})")
         self.n_ctx = int(lib.llama_n_ctx(self.ptr))
         self._mem = lib.llama_get_memory(self.ptr)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
@@ -204,7 +204,7 @@ class Context:
         where it was, so callers' token bookkeeping stays true.
         """
         if self.n_past + len(tokens) > self.n_ctx:
-            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger --ctx")
+            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
         start_past = self.n_past
         b = self._batch
         try:

@@ -24,8 +24,8 @@ import yaml
 
 from ..errors import SpecgenError
 from ..fileio import write_atomic
+from ..settings import DRAFTERS, check_drafter, parse_draft_max
 
-DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -256,15 +256,6 @@ def _unknown_keys(doc: _Doc, at: tuple, got: dict, allowed: set[str]) -> None:
                                          f"allowed: {', '.join(sorted(allowed))}")
 
 
-def parse_draft_max(value: Any) -> int | None:
-    """`auto` (or absent) -> None, a non-negative integer -> itself; raises ValueError otherwise."""
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(value)
-    return value
-
-
 def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
     at = ("models", model_id)
     if not _ID_RE.match(model_id):
@@ -330,7 +321,7 @@ def _pair_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
     if "draft_max" in raw:
         try:
             out["draft_max"] = parse_draft_max(raw["draft_max"])
-        except ValueError:
+        except SpecgenError:
             raise doc.error(at + ("draft_max",), f"expected a number of tokens (0 or more) or auto, "
                                                  f"got {raw['draft_max']!r}") from None
     if "note" in raw:
@@ -444,10 +435,8 @@ def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
     Used by `specgen bench --save`; `run`/`chat` then use these over the pair's
     built-in recommendation.  Returns the file written.
     """
-    if drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
-    if draft_max is not None and (isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 0):
-        raise SpecgenError(f"draft_max must be 0 or more, or None for auto, not {draft_max!r}")
+    check_drafter(drafter)
+    parse_draft_max(draft_max)
     path = user_path()
     load_registry(path).pair(pair)  # unknown pair -> error with close matches
     raw = _load_user_raw(path)
@@ -525,8 +514,8 @@ def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
     if name in registry.pairs and not force:
         where = "your models.yaml" if registry.pairs[name].user else "the built-in models.yaml"
         raise SpecgenError(f"pair {name!r} already exists in {where}; choose another name or pass --force")
-    if drafter is not None and drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
+    if drafter is not None:
+        check_drafter(drafter)
     new_models: dict[str, Any] = {}
     ids = []
     for spec_text in (target, draft):
