@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -96,18 +96,30 @@ class Summary:
         return self.generated_tokens / self.steps if self.steps else 0.0
 
     def add(self, step: Step) -> None:
-        self.steps += 1
-        self.drafted += step.drafted
-        self.accepted += step.accepted
-        self.generated_tokens += step.emitted
-        self.draft_seconds += step.draft_seconds
-        self.verify_seconds += step.verify_seconds
-        name = step.drafter if step.drafted else "none"
-        self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
-        self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
-        self.judged += step.judged
-        self.p_speculative += step.p_speculative
-        self.p_exact += step.p_exact
+        """Count one verify step."""
+        self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
+                           draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
+                           drafter_steps={step.drafter if step.drafted else "none": 1},
+                           draft_lengths={step.drafted: 1}, judged=step.judged,
+                           p_speculative=step.p_speculative, p_exact=step.p_exact))
+
+    def merge(self, other: Summary) -> None:
+        """Add *other*'s totals to these (the turns of a chat, the turns and runs of a benchmark).
+
+        Text, tokens and stop reason stay this summary's own.
+        """
+        for name in _TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+
+    @classmethod
+    def total(cls, parts: Iterable[Summary]) -> Summary:
+        out = cls()
+        for s in parts:
+            out.merge(s)
+        return out
 
     def stats(self) -> dict:
         out = {
@@ -134,6 +146,9 @@ class Summary:
                                           "exact_match": round(self.p_exact / self.judged, 4)}
         return out
 
+
+_TOTALS = ("prompt_tokens", "reused_tokens", "prompt_seconds", "generated_tokens", "decode_seconds", "steps",
+           "drafted", "accepted", "draft_seconds", "verify_seconds", "judged", "p_speculative", "p_exact")
 
 Event = Union[Piece, Prefill, Step, Summary]
 
