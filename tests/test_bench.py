@@ -94,7 +94,7 @@ def test_json_has_the_documented_keys(bench, target_path, draft_path):
     assert len(config_rows) == len(SUITE) * len(CONFIGS) * len(TEMPERATURES) * REPEAT
     turns = {q["question_id"]: len(q["turns"]) for q in SUITE}
     assert all(r["turns"] == turns[r["question_id"]] for r in bench["runs"])
-    # issue 6: how often each drafter was chosen.
+    # How often each drafter was chosen adds up to the verify steps.
     assert all(sum(r["drafter_steps"].values()) == r["steps"] for r in bench["runs"])
 
 

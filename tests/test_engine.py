@@ -40,7 +40,7 @@ PROMPTS = [
     "Copy this list exactly: apple, banana, cherry, date, elderberry, fig, grape.",
 ]
 N_TOKENS = 48
-NEAR_TIE = 0.3  # logits; batched vs single-token kernels round differently (NOTES.md)
+NEAR_TIE = 0.3  # logits; llama.cpp's batched and single-token kernels round differently
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ engine, so every configuration runs on the same weights, threads and caches.
 For every question the baseline (plain decoding through the same engine) and
 the configurations run interleaved, A B1 A B2 A ... A, and each configuration
 is compared with the geometric mean of the two baseline runs around it: drift
-on a noisy, shared machine (NOTES.md) hits both sides of every ratio.
+on a noisy, shared machine (single-token decode was seen to swing from 25 ms
+to 3 s on a VM under page reclaim) hits both sides of every ratio.
 
 Rates are decode tokens/s (first generated token to the last), which the KV
 cache's prefix reuse between runs does not affect.  Prompt tokens/s is taken
@@ -222,7 +223,8 @@ def _pair_with_baseline(row: dict, before: dict, after: dict) -> None:
     row["baseline_tps"] = base
     row["speedup"] = round(row["decode_tps"] / base, 4) if base > 0 else 0.0
     if row["temperature"] == 0:
-        # A flag, not an error: batched and single-token kernels round differently (NOTES.md).
+        # A flag, not an error: llama.cpp's batched and single-token kernels round differently, so
+        # greedy output may part from the baseline where the target's top two logits nearly tie.
         row["same_as_baseline"], row["diverged_at"] = compare_tokens(before["tokens"], row["tokens"])
 
 

@@ -153,7 +153,6 @@ def local_files(model: ModelEntry, cache: Path | None = None) -> list[Path] | No
 
 @dataclass
 class PairFiles:
-    name: str | None
     target: list[Path]
     draft: list[Path] | None
     downloaded: int = 0
@@ -164,7 +163,7 @@ def local_pair(registry: Registry, name: str) -> PairFiles | None:
     t, d = local_files(target), local_files(draft)
     if t is None or d is None:
         return None
-    return PairFiles(name, t, d)
+    return PairFiles(t, d)
 
 
 # ---------------------------------------------------------------- pair status and removal

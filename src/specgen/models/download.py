@@ -141,10 +141,8 @@ class RemoteFile:
 @dataclass(frozen=True)
 class RepoListing:
     repo: str
-    revision: str
     commit: str
     files: dict[str, RemoteFile]
-    gated: bool = False
 
 
 def list_repo(repo: str, revision: str = "main") -> RepoListing:
@@ -161,7 +159,7 @@ def list_repo(repo: str, revision: str = "main") -> RepoListing:
     for s in info.siblings or []:
         files[s.rfilename] = RemoteFile(s.rfilename, s.size if s.size is not None else (s.lfs.size if s.lfs else None),
                                         s.lfs.sha256 if s.lfs else None, s.blob_id)
-    return RepoListing(repo, revision, commit, files, gated=bool(info.gated))
+    return RepoListing(repo, commit, files)
 
 
 # ---------------------------------------------------------------- what is already local
@@ -557,5 +555,5 @@ def pull_pair(registry: Registry, name: str, progress: Progress | None = None) -
     the caller's check (`llama.vocab.check_pair_files`): downloading never loads a model."""
     target, draft = registry.pair_models(name)
     got = pull_models([target, draft], progress)
-    return PairFiles(name, got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
+    return PairFiles(got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
 

@@ -362,7 +362,6 @@ def _merge(docs: list[_Doc]) -> Registry:
     pair_raw: dict[str, dict[str, Any]] = {}
     pair_src: dict[str, tuple[_Doc, dict[str, tuple]]] = {}
     user_pairs: set[str] = set()
-    default_from: dict[str, tuple[_Doc, tuple]] = {}
     for n, doc in enumerate(docs):
         raw_models, raw_pairs = _top(doc)
         for model_id, raw in raw_models.items():
@@ -388,7 +387,6 @@ def _merge(docs: list[_Doc]) -> Registry:
             for other in pair_raw:  # a later file's default replaces an earlier one
                 if other != defaults_here[0]:
                     pair_raw[other]["default"] = False
-            default_from = {defaults_here[0]: (docs[n], ("pairs", defaults_here[0], "default"))}
 
     pairs: dict[str, PairEntry] = {}
     for name, raw in pair_raw.items():
