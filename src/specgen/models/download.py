@@ -65,9 +65,14 @@ def _token() -> str | None:
 
 
 def _httpx():
-    try:
-        import httpx2 as httpx  # huggingface_hub >= 2
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+    """The HTTP library huggingface_hub's own session is built on: httpx2 from huggingface_hub 2
+    on, httpx in 1.x.  Chosen by the hub's version, not by what imports: both can be installed,
+    and the other one's Timeout and exception types do not fit the session."""
+    from huggingface_hub import __version__ as hub_version
+
+    if int(hub_version.split(".")[0]) >= 2:
+        import httpx2 as httpx
+    else:
         import httpx
     return httpx
 
