@@ -377,6 +377,7 @@ def test_plot_without_matplotlib_is_a_one_line_error(tmp_path, target_path, monk
     blocker = tmp_path / "block" / "matplotlib"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    monkeypatch.setenv("PYTHONPATH", str(blocker.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(blocker.parent),
+                                                                  os.environ.get("PYTHONPATH")])))
     line = one_line_error(specgen("bench", "--target", str(target_path), "--plot", str(tmp_path / "p.png")))
     assert "matplotlib" in line and "plot" in line
