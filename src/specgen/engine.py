@@ -9,7 +9,7 @@ consume the events; nothing here prints.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
@@ -147,8 +147,8 @@ class Summary:
         return out
 
 
-_TOTALS = ("prompt_tokens", "reused_tokens", "prompt_seconds", "generated_tokens", "decode_seconds", "steps",
-           "drafted", "accepted", "draft_seconds", "verify_seconds", "judged", "p_speculative", "p_exact")
+# Every count and time in a Summary adds up; its text, tokens and stop reason do not.
+_TOTALS = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
 
 Event = Union[Piece, Prefill, Step, Summary]
 
