@@ -149,7 +149,7 @@ class Screen:
             interrupted = True
         except SpecgenError as e:
             view.finish()
-            self.error(f"error: {e}")
+            self.error(f"error: {e.worded(chat.setting_names)}")
             return
         finally:
             events.close()

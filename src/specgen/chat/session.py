@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Union
 
 from .. import __version__
 from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
@@ -124,8 +124,11 @@ class TurnMeter:
 
 class Chat:
     def __init__(self, engine: Engine, system: str | None = None, sampling: SamplingParams | None = None,
-                 max_tokens: int = 1024, pair: str = "", backend: str = ""):
+                 max_tokens: int = 1024, pair: str = "", backend: str = "",
+                 setting_names: Mapping[str, str] | None = None):
         self.engine = engine
+        self.setting_names = setting_names or {}
+        """What the front end calls the engine settings that errors name (SpecgenError.worded)."""
         self.model = engine.target
         self.system = system or None
         self.sampling = sampling or SamplingParams()
@@ -328,7 +331,7 @@ def run_command(chat: Chat, line: str) -> Outcome:
     try:
         return _command(chat, name, arg)
     except SpecgenError as e:
-        return Outcome(str(e), error=True)
+        return Outcome(e.worded(chat.setting_names), error=True)
 
 
 def _command(chat: Chat, name: str, arg: str) -> Outcome:
