@@ -7,7 +7,7 @@ pair there is merged field by field (so `drafter:` alone tunes a built-in pair
 and `default: true` picks another default).  `specgen pair add` and
 `specgen bench --save` write the user file, atomically.
 
-This module knows nothing about downloads; see `hub`.
+This module knows nothing about downloads; see `models.download`.
 """
 
 from __future__ import annotations
