@@ -2,7 +2,7 @@
 
 A prompt file has one JSON object a line, `{"question_id", "category",
 "turns": [...]}`; multi-turn questions are asked as one conversation.  The
-built-in suites ship as such files in `specgen/suites/`.  Every problem with a
+built-in suites ship as such files in `specgen/bench/suites/`.  Every problem with a
 file is reported as one line naming the file and line.
 """
 
