@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..build import parse_draft_max
 from ..errors import SpecgenError
 from ..llama.chat_template import Message
 from ..sampling import SamplingParams
+from ..settings import parse_draft_max
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
@@ -207,13 +207,10 @@ def _common(body: dict, defaults: SamplingParams) -> dict:
     drafter = _str(body, "drafter")
     draft_max: int | None | str = "server"
     if body.get("draft_max") is not None:
-        v = body["draft_max"]
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise bad("draft_max must be an integer 0 or more, or 'auto'", param="draft_max")
         try:
-            draft_max = parse_draft_max(str(v))
-        except SpecgenError:
-            raise bad("draft_max must be an integer 0 or more, or 'auto'", param="draft_max") from None
+            draft_max = parse_draft_max(body["draft_max"])
+        except SpecgenError as e:  # its message names the setting `draft_max`, the request field's name
+            raise bad(str(e), param="draft_max") from None
     return dict(model=model, max_tokens=max_tokens, sampling=sampling_from(body, defaults), stop=_stop(body),
                 stream=stream, include_usage=include_usage, drafter=drafter, draft_max=draft_max,
                 ignore_eos=bool(_bool(body, "ignore_eos")),
