@@ -222,7 +222,8 @@ def test_models_health_and_metrics(server):
 def test_one_log_line_per_request_with_timings(server):
     ask(server.client(), "Say no.", max_tokens=4)
     line = server.log_lines()[-1]
-    assert re.search(r"POST /v1/chat/completions 200 [\d.]+s \| prompt \d+ \(\d+ cached\) .* tok/s", line), line
+    assert re.search(r"POST /v1/chat/completions 200 [\d.]+s \| \d+ tokens · [\d.]+ tok/s .*"
+                     r"prompt \d+ new \+ \d+ reused", line), line
 
 
 # -- raw HTTP -----------------------------------------------------------------------------------

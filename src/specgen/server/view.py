@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..engine import Engine, Summary
+from ..statsline import stats_line
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -47,15 +48,8 @@ def log_line(r: RequestRecord) -> str:
     s = r.summary
     if s is None:
         return head
-    parts = [f"{head} {r.seconds:.2f}s",
-             f"prompt {s.prompt_tokens} ({s.reused_tokens} cached) in {s.prompt_seconds:.2f}s",
-             f"{s.generated_tokens} tokens, {s.decode_tps:.1f} tok/s, {s.stop_reason}"]
-    if s.drafted:
-        parts.append(f"accepted {s.accepted}/{s.drafted} ({s.acceptance_rate:.0%}), "
-                     f"{s.mean_accepted:.2f} tokens/step")
-    if s.drafter_steps:
-        parts.append(f"{r.drafter}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items())))
-    return " | ".join(parts)
+    st = {**s.stats(), "prompt_decoded": s.prompt_tokens - s.reused_tokens}
+    return f"{head} {r.seconds:.2f}s | {stats_line(st)} · {s.stop_reason} · drafter {r.drafter}"
 
 
 class View:
