@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
+from .models.cache import human_size
 
 DRAFTERS = ("auto", "model", "ngram", "none")
 
@@ -34,11 +36,62 @@ class EngineOptions:
     calibrate: bool = True
     """Seed the controller with measured verify/draft costs (cached per model and machine)."""
 
+    def check(self) -> list[str]:
+        """Refuse what makes no sense before anything loads; clamp what is merely too large.
+
+        Returns notes for the user (a clamped value, an odd pair of files); raises
+        SpecgenError for a value no run could use.  The one home of these bounds.
+        """
+        notes = self.check_numbers()
+        if self.draft is not None and self.drafter_name() in ("model", "auto"):
+            notes += _pair_notes(Path(self.target), Path(self.draft))
+        return notes
+
+    def check_numbers(self) -> list[str]:
+        """`check` without the files: what can be judged before a pair is resolved or downloaded."""
+        self.drafter_name()
+        if self.draft_max is not None and (isinstance(self.draft_max, bool) or self.draft_max < 0):
+            raise SpecgenError(f"--draft-max must be 0 or more, not {self.draft_max}")
+        if not (isinstance(self.draft_p_min, (int, float)) and 0.0 <= self.draft_p_min <= 1.0):
+            raise SpecgenError(f"--draft-p-min must be from 0 to 1, not {self.draft_p_min}")
+        if not MIN_CTX <= self.n_ctx <= MAX_CTX:
+            raise SpecgenError(f"--ctx must be from {MIN_CTX} to {MAX_CTX} tokens, not {self.n_ctx}")
+        for flag, layers in (("--gpu-layers", self.gpu_layers), ("--draft-gpu-layers", self.draft_gpu_layers)):
+            if layers < -1:
+                raise SpecgenError(f"{flag} must be -1 (all) or 0 or more, not {layers}")
+        notes = []
+        if self.threads is not None:
+            cores = os.cpu_count() or 1
+            if self.threads < 1:
+                raise SpecgenError(f"--threads must be 1 or more, not {self.threads} (leave it out for the default)")
+            if self.threads > cores:
+                notes.append(f"--threads {self.threads} is more than this machine's {cores} CPUs; using {cores}")
+                self.threads = cores
+        return notes
+
     def drafter_name(self) -> str:
         name = self.drafter or "auto"
         if name not in DRAFTERS:
             raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
         return name
+
+
+MIN_CTX, MAX_CTX = 64, 1 << 24
+
+
+def _pair_notes(target: Path, draft: Path) -> list[str]:
+    """Warnings for a draft that cannot pay: the target itself, or a bigger file than the target."""
+    try:
+        if target.resolve() == draft.resolve() or os.path.samefile(target, draft):
+            return [f"the draft is the target itself ({target.name}): every draft is accepted but costs as much "
+                    "as decoding it; use a smaller draft or --drafter ngram"]
+        t, d = target.stat().st_size, draft.stat().st_size
+    except OSError:
+        return []  # a missing file is reported by the loader, with its own message
+    if d > t:
+        return [f"the draft {draft.name} ({human_size(d)}) is larger than the target {target.name} "
+                f"({human_size(t)}): drafting will cost more than it saves; did you swap --target and --draft?"]
+    return []
 
 
 def parse_draft_max(value: str) -> int | None:
@@ -55,11 +108,11 @@ def parse_draft_max(value: str) -> int | None:
 
 
 def load_engine(opts: EngineOptions) -> Engine:
+    """Load the models and build the engine; call `opts.check()` first to show its notes."""
+    opts.check()
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:
         raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or use --drafter ngram)")
-    if opts.draft_max is not None and opts.draft_max < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
     # Validate both files before loading either: a bad draft should not cost a target load.
     use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)

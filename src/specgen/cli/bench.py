@@ -16,7 +16,9 @@ from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
 from ..build import DRAFTERS, EngineOptions
+from ..engine import check_max_tokens
 from . import app
+from .options import note
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -88,10 +90,16 @@ def bench(
         raise SpecgenError(f"unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}")
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
-    if max_tokens < 1:
-        raise SpecgenError("--max-tokens must be 1 or more")
+    check_max_tokens(max_tokens)
     if repeat < 1:
-        raise SpecgenError("--repeat must be 1 or more")
+        raise SpecgenError(f"--repeat must be 1 or more, not {repeat}")
+    if limit is not None and limit < 1:
+        raise SpecgenError(f"--limit must be 1 or more, not {limit}")
+    numbers = EngineOptions(target="", draft_p_min=draft_p_min, n_ctx=n_ctx, threads=threads,
+                            gpu_layers=gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    for line in numbers.check_numbers():
+        note(line)
+    threads = numbers.threads
     prompts = prompts or ["builtin:all"]
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")):
@@ -122,6 +130,8 @@ def bench(
                              drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
                              n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
                              draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap)
+        for line in opts.check():
+            note(line)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))

@@ -6,7 +6,9 @@ the command one `EngineFlags` object, so each command lists only its own flags.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 import inspect
 import typing
 from dataclasses import dataclass, fields
@@ -17,7 +19,7 @@ import typer
 
 from ..errors import SpecgenError
 from ..build import EngineOptions, parse_draft_max
-from ..sampling import SamplingParams
+from ..sampling import SamplingError, SamplingParams
 
 M, D, S = "Models", "Drafting", "Sampling"
 
@@ -58,21 +60,34 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
+        """Check every number first, then resolve (maybe download) the pair; notes go to stderr."""
         from ..models.resolve import resolve_models  # models.yaml and downloads
 
+        opts = EngineOptions(
+            target=self.target or "", draft=self.draft, drafter=self.drafter,
+            draft_max=parse_draft_max(self.draft_max), draft_p_min=self.draft_p_min, n_ctx=self.ctx,
+            threads=self.threads, gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers,
+            use_mmap=not self.no_mmap)
+        opts.check_numbers()
         r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
-        draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
-            else r.draft_max
-        return EngineOptions(
-            target=r.target, draft=r.draft, drafter=self.drafter or r.drafter, draft_max=draft_max,
-            draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
-            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
+        opts = dataclasses.replace(
+            opts, target=r.target, draft=r.draft, drafter=self.drafter or r.drafter,
+            draft_max=opts.draft_max if self.draft_max != "auto" or r.draft_max is None else r.draft_max)
+        for line in opts.check():
+            note(line)
+        return opts
 
     def sampling(self) -> SamplingParams:
-        if self.temperature < 0:
-            raise SpecgenError("--temperature must be 0 or more")
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
+        try:
+            return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                  min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed).check()
+        except SamplingError as e:
+            raise SpecgenError(e.worded(e.flag)) from None
+
+
+def note(text: str) -> None:
+    """A warning that does not stop the command, on stderr."""
+    print(f"specgen: note: {text}", file=sys.stderr)
 
 
 def engine_command(fn: Callable) -> Callable:
@@ -99,4 +114,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command"]
+__all__ = ["EngineFlags", "engine_command", "note"]

@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.console import Console
 
-from ..engine import Piece, Summary
+from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
 from ..build import load_engine
 from ..llama.chat_template import chat_tokens, messages_for
@@ -60,8 +60,9 @@ def run(
     flags: EngineFlags,
 ) -> None:
     """Generate a reply to PROMPT with speculative decoding."""
-    text_in = read_prompt(prompt)
+    check_max_tokens(max_tokens)
     sampling = flags.sampling()
+    text_in = read_prompt(prompt)
     opts = flags.engine_options()
     engine = load_engine(opts)
     tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)

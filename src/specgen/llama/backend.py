@@ -8,12 +8,15 @@ without ctypes noise, and so that logits are read in place (no copies of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +43,60 @@ def _llama():
                 llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
     return llama_cpp
+
+
+class _Interrupts:
+    """Ctrl+C while llama.cpp runs, held until it returns.
+
+    Python runs signal handlers at the next bytecode, and inside a long C call
+    that is one of our ctypes callbacks (the log or progress callback); a
+    KeyboardInterrupt raised there is printed and dropped by ctypes, and the
+    load goes on.  So while llama.cpp works, SIGINT only sets a flag: the
+    progress callback turns it into "stop loading", and leaving the block
+    raises the KeyboardInterrupt in plain Python.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.pending = True
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread() or self.depth:
+            yield  # only the main thread receives signals; nested blocks share the outer one
+            return
+        self.pending = False
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        self.depth = 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+            signal.signal(signal.SIGINT, self._previous)
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+    def pause_for_tests(self, point: str) -> None:
+        """With SPECGEN_TEST_PAUSE=point, write SPECGEN_TEST_PAUSE_FILE and wait (up to 60 s) for Ctrl+C.
+
+        Lets tests interrupt at a known moment instead of after a guessed sleep.
+        """
+        if os.environ.get("SPECGEN_TEST_PAUSE") != point:
+            return
+        marker = os.environ.get("SPECGEN_TEST_PAUSE_FILE")
+        if marker:
+            Path(marker).write_text(point)
+        deadline = time.monotonic() + 60
+        while not self.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+interrupts = _Interrupts()
 
 
 def supports_gpu_offload() -> bool:
@@ -88,7 +145,24 @@ class Model:
             mp.use_mmap = options.use_mmap
         mp.vocab_only = options.vocab_only
         self._lib = lib
-        self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
+        self.ptr = None
+        paused = []
+
+        def progress(fraction: float, user_data) -> bool:
+            if not paused:
+                paused.append(True)
+                interrupts.pause_for_tests("load")
+            return not interrupts.pending
+
+        # Kept on self: llama.cpp holds the pointer for as long as the load runs.
+        self._progress = lib.llama_progress_callback(progress)
+        mp.progress_callback = self._progress
+        with interrupts.deferred():
+            if options.vocab_only:  # a vocabulary-only load reports no progress
+                interrupts.pause_for_tests("load")
+            self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
+            if interrupts.pending:
+                self.close()
         if not self.ptr:
             raise SpecgenError(f"{self.path}: llama.cpp could not load this GGUF "
                                "(corrupt, or an architecture this llama.cpp build does not know)")
@@ -172,7 +246,9 @@ class Context:
         cp.n_threads = cp.n_threads_batch = threads
         self.n_threads = threads
         cp.no_perf = True
-        self.ptr = lib.llama_init_from_model(model.ptr, cp)
+        self.ptr = None
+        with interrupts.deferred():
+            self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
                                "(out of memory? try a smaller --ctx)")
@@ -185,7 +261,8 @@ class Context:
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
-            self._lib.llama_batch_free(self._batch)
+            if hasattr(self, "_batch"):
+                self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self.ptr)
             self.ptr = None
 
@@ -218,7 +295,8 @@ class Context:
                     b.seq_id[i][0] = 0
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
-                rc = self._lib.llama_decode(self.ptr, b)
+                with interrupts.deferred():
+                    rc = self._lib.llama_decode(self.ptr, b)
                 if rc != 0:
                     raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")
                 self.n_past += len(chunk)
