@@ -11,7 +11,7 @@ from .controller import Controller
 from .llama.calibrate import cached_costs
 from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
-from .errors import SpecgenError
+from .errors import SpecgenError, shorten
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
 from .models.cache import human_size
@@ -72,7 +72,7 @@ class EngineOptions:
     def drafter_name(self) -> str:
         name = self.drafter or "auto"
         if name not in DRAFTERS:
-            raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+            raise SpecgenError(f"unknown drafter {shorten(name)!r}; choose one of {', '.join(DRAFTERS)}")
         return name
 
 
@@ -101,7 +101,7 @@ def parse_draft_max(value: str) -> int | None:
     try:
         n = int(value)
     except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
+        raise SpecgenError(f"--draft-max must be a number or 'auto', not {shorten(value)!r}") from None
     if n < 0:
         raise SpecgenError("--draft-max must be 0 or more")
     return n

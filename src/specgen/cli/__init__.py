@@ -6,10 +6,13 @@ non-zero exit; no traceback reaches a user.
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import sys
 
 import typer
+from rich.console import Console
 
 from ..errors import SpecgenError
 
@@ -28,20 +31,65 @@ from . import chat as _chat  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 
 
+BROKEN_PIPE_EXIT = 128 + 13
+"""A reader that closed the pipe early (`specgen run ... | head`): exit as a process killed by SIGPIPE
+reports in the shell, the status `cat` and `head` give, with no message."""
+
+
+class _PipeClosed(Exception):
+    """Not an OSError, so that click's own EPIPE handling (exit 1) lets it through to main()."""
+
+
+def _broken_pipe(self) -> None:
+    raise _PipeClosed
+
+
+# rich's own handler exits 1 from inside print(); route it to main()'s quiet exit instead.
+Console.on_broken_pipe = _broken_pipe
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on the write end)."""
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _exit_broken_pipe() -> None:
+    # Whatever is still buffered for stdout would fail again at interpreter exit and print a warning.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(BROKEN_PIPE_EXIT)
+
+
 def main() -> None:
     try:
         rc = app(standalone_mode=False)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a warning
     except SpecgenError as e:
         print(f"specgen: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except _PipeClosed:
+        _exit_broken_pipe()
+    except SystemExit as e:
+        # click turns a BrokenPipeError from print() into exit 1; make it the documented status.
+        if e.code == 1 and _stdout_closed():
+            _exit_broken_pipe()
+        raise
     except (KeyboardInterrupt, typer.Abort, EOFError):
         print("specgen: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # e.g. a closed pipe (`specgen run ... | head`) or a full disk
-        if getattr(e, "errno", None) == 32:
-            sys.exit(0)
+        if getattr(e, "errno", None) == errno.EPIPE:
+            _exit_broken_pipe()
         print(f"specgen: error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:

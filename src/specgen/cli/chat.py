@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -26,6 +27,8 @@ def chat(
     """Chat with the target; the status line shows what speculation does for each reply."""
     check_max_tokens(max_tokens)
     sampling = flags.sampling()
+    if hasattr(sys.stdin, "reconfigure"):  # stray bytes reach the chat as surrogates, not an exception
+        sys.stdin.reconfigure(errors="surrogateescape")
     opts = flags.engine_options()
     screen = Screen(color=not no_color)
     done = screen.loading(f"loading {opts.target.name}" + (f" and {opts.draft.name}" if opts.draft else "") + "…")

@@ -12,21 +12,27 @@ from rich.console import Console
 
 from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
+from ..textstream import user_text
 from ..build import load_engine
 from ..llama.chat_template import chat_tokens, messages_for
 from . import app
-from .options import EngineFlags, engine_command
+from .options import EngineFlags, engine_command, note
 
 
 def read_prompt(arg: str | None) -> str:
     """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
     parts = []
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+        piped, bad = user_text(sys.stdin.buffer.read(), "stdin")
+        if bad:
+            note(f"stdin is not valid UTF-8: {bad} bytes were replaced with \ufffd")
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if arg:
-        parts.append(arg)
+        text, bad = user_text(arg, "the prompt")
+        if bad:
+            note(f"the prompt is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+        parts.append(text)
     if not parts:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
     return "\n\n".join(parts)

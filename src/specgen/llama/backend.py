@@ -202,7 +202,7 @@ class Model:
         return self._lib.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        raw = text.encode("utf-8")
+        raw = text.encode("utf-8", "replace")  # lone surrogates: front ends decide input bytes (user_text)
         cap = len(raw) + 16
         buf = (ctypes.c_int32 * cap)()
         n = self._lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_special, parse_special)
