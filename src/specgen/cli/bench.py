@@ -154,11 +154,15 @@ def bench(
     if plot is None:
         out.print()
         out.print(report.bar_chart(result))
-    for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
-                        (markdown_path, report.write_markdown), (plot, report.write_plot)):
-        if path is not None:
-            write(result, path)
+    outputs = [(path, write) for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
+                                                 (markdown_path, report.write_markdown), (plot, report.write_plot))
+               if path is not None]
+    failed = report.save_outputs(result, outputs)
+    for path, _ in outputs:
+        if path not in failed:
             err.print(f"wrote {path}")
+    if failed:
+        raise SpecgenError("; ".join(failed.values()))
     if interrupted:
         raise KeyboardInterrupt  # after the partial results are out; main() exits 130
     if save:

@@ -61,6 +61,7 @@ def offline() -> bool:
 def _token() -> str | None:
     from huggingface_hub import get_token
 
+    cache_dir()  # huggingface_hub reads $HF_HOME/token: a bad HF_HOME is named before it fails there
     return os.environ.get("HF_TOKEN") or get_token()
 
 
