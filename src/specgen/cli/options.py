@@ -68,7 +68,8 @@ class EngineFlags:
             draft_max=parse_draft_max(self.draft_max), draft_p_min=self.draft_p_min, n_ctx=self.ctx,
             threads=self.threads, gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers,
             use_mmap=not self.no_mmap)
-        opts.check_numbers()
+        for line in opts.check_numbers():
+            note(line)
         r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
         opts = dataclasses.replace(
             opts, target=r.target, draft=r.draft, drafter=self.drafter or r.drafter,

@@ -81,12 +81,13 @@ class _Interrupts:
                 self.pending = False
                 raise KeyboardInterrupt
 
-    def pause_for_tests(self, point: str) -> None:
-        """With SPECGEN_TEST_PAUSE=point, write SPECGEN_TEST_PAUSE_FILE and wait (up to 60 s) for Ctrl+C.
+    def pause_for_tests(self, point: str, detail: str = "") -> None:
+        """With SPECGEN_TEST_PAUSE=point (or point:detail), write SPECGEN_TEST_PAUSE_FILE and wait
+        (up to 60 s) for Ctrl+C.
 
         Lets tests interrupt at a known moment instead of after a guessed sleep.
         """
-        if os.environ.get("SPECGEN_TEST_PAUSE") != point:
+        if os.environ.get("SPECGEN_TEST_PAUSE") not in (point, f"{point}:{detail}"):
             return
         marker = os.environ.get("SPECGEN_TEST_PAUSE_FILE")
         if marker:
@@ -151,7 +152,7 @@ class Model:
         def progress(fraction: float, user_data) -> bool:
             if not paused:
                 paused.append(True)
-                interrupts.pause_for_tests("load")
+                interrupts.pause_for_tests("load", self.path.name)
             return not interrupts.pending
 
         # Kept on self: llama.cpp holds the pointer for as long as the load runs.
@@ -159,7 +160,7 @@ class Model:
         mp.progress_callback = self._progress
         with interrupts.deferred():
             if options.vocab_only:  # a vocabulary-only load reports no progress
-                interrupts.pause_for_tests("load")
+                interrupts.pause_for_tests("load", self.path.name)
             self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
             if interrupts.pending:
                 self.close()
@@ -296,6 +297,7 @@ class Context:
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
                 with interrupts.deferred():
+                    interrupts.pause_for_tests("decode")
                     rc = self._lib.llama_decode(self.ptr, b)
                 if rc != 0:
                     raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")

@@ -125,6 +125,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         raise GGUFError(f"{p}: no such file")
     if p.is_dir():
         raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise GGUFError(f"{p}: not a regular file; give the path of a .gguf file")
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
