@@ -404,6 +404,14 @@ def test_cache_variables_pointing_at_a_file_are_named(var, command, hub_env, tmp
     assert "Errno" not in line
 
 
+@pytest.mark.parametrize("command", [["list"], ["pair", "add", "x", "--target", "a.gguf", "--draft", "b.gguf"]])
+def test_a_config_variable_pointing_at_a_file_is_named(command, home, tmp_path):
+    f = tmp_path / "cfg"
+    f.write_text("a file")
+    fails(sg(*command, env=home, XDG_CONFIG_HOME=str(f)), "XDG_CONFIG_HOME", "not a folder")
+    assert f.read_text() == "a file"
+
+
 # ---------------------------------------------------------------- unclear messages
 
 def test_pull_of_a_path_that_does_not_exist(hub_env):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError, shorten
-from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
+from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
 
 
 # ---------------------------------------------------------------- where the cache is
@@ -31,23 +31,13 @@ def cache_dir() -> Path:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         value = os.environ.get(var)
         if value:
-            _check_folder(var, Path(os.path.expandvars(value)).expanduser())
+            check_env_folder(var, Path(os.path.expandvars(value)).expanduser())
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expandvars(explicit)).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
     return Path(os.path.expandvars(home)).expanduser() / "hub"
-
-
-def _check_folder(var: str, path: Path) -> None:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        where = "" if probe == path else f" ({probe} is a file)"
-        raise SpecgenError(f"{var}={shorten(str(path))} is not a folder{where}; point {var} at a folder, "
-                           "or unset it")
 
 
 def storage_folder(repo: str, cache: Path | None = None) -> Path:

@@ -146,8 +146,24 @@ def builtin_path() -> Path:
 
 
 def user_path() -> Path:
+    if os.environ.get("XDG_CONFIG_HOME"):
+        check_env_folder("XDG_CONFIG_HOME", Path(os.environ["XDG_CONFIG_HOME"]).expanduser())
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "specgen" / "models.yaml"
+
+
+def check_env_folder(var: str, path: Path) -> None:
+    """Name the environment variable when it points at a file (or below one), not a folder.
+
+    Otherwise the failure surfaces later as "Not a directory" on some file inside it.
+    """
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is a file)"
+        raise SpecgenError(f"{var}={shorten(str(path))} is not a folder{where}; point {var} at a folder, "
+                           "or unset it")
 
 
 # ---------------------------------------------------------------- YAML with line numbers
