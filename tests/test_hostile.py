@@ -603,6 +603,11 @@ def test_ctrl_c_while_loading_or_decoding_stops_cleanly(moment, command, home, t
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("command", [["run", "hi"], ["list"], ["pull", "smol"]])
+def test_ctrl_c_while_the_program_starts(command, home, tmp_path):
+    _interrupted(_interrupt_at("startup", command, home, tmp_path))
+
+
 def test_ctrl_c_during_the_pair_check_of_pull(pulled_smol, hub_env, tmp_path):
     before = sorted(p.name for p in (pulled_smol / "hub").rglob("*"))
     r = _interrupt_at("load", ["pull", "smol"], hub_env, tmp_path)

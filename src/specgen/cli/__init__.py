@@ -6,15 +6,35 @@ non-zero exit; no traceback reaches a user.
 
 from __future__ import annotations
 
-import errno
 import os
-import select
+import signal
 import sys
 
-import typer
-from rich.console import Console
 
-from ..errors import SpecgenError
+def _interrupted_while_starting(signum, frame) -> None:
+    print("specgen: interrupted", file=sys.stderr)
+    os._exit(130)
+
+
+# Importing the commands (typer, rich, numpy) takes a second or more on a busy machine; Ctrl+C
+# then would print an import traceback.  Until main() runs, it exits quietly instead (only in the
+# `specgen` program: a library user importing this module keeps their own handler).
+if (os.path.basename(sys.argv[0]) in ("specgen", "__main__.py")
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if os.environ.get("SPECGEN_TEST_PAUSE") == "startup" and os.environ.get("SPECGEN_TEST_PAUSE_FILE"):
+        with open(os.environ["SPECGEN_TEST_PAUSE_FILE"], "w") as _marker:  # tests: Ctrl+C lands here
+            _marker.write("startup")
+        import time
+        time.sleep(60)  # the handler ends the process
+
+import errno  # noqa: E402
+import select  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from ..errors import SpecgenError  # noqa: E402
 
 app = typer.Typer(
     name="specgen",
@@ -69,6 +89,8 @@ def _exit_broken_pipe() -> None:
 
 
 def main() -> None:
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = app(standalone_mode=False)
         sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a warning

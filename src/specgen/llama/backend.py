@@ -66,8 +66,11 @@ class _Interrupts:
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread() or self.depth:
-            yield  # only the main thread receives signals; nested blocks share the outer one
+        if (threading.current_thread() is not threading.main_thread() or self.depth
+                or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+            # Only the main thread receives signals; nested blocks share the outer one; a process
+            # started with SIGINT ignored (a background job, nohup) keeps ignoring it.
+            yield
             return
         self.pending = False
         self._previous = signal.signal(signal.SIGINT, self._handler)
