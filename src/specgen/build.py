@@ -11,12 +11,11 @@ from .controller import Controller
 from .llama.calibrate import cached_costs
 from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
-from .errors import SpecgenError, shorten
+from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
 from .models.cache import human_size
-
-DRAFTERS = ("auto", "model", "ngram", "none")
+from .settings import check_drafter, parse_draft_max
 
 
 @dataclass
@@ -50,30 +49,26 @@ class EngineOptions:
     def check_numbers(self) -> list[str]:
         """`check` without the files: what can be judged before a pair is resolved or downloaded."""
         self.drafter_name()
-        if self.draft_max is not None and (isinstance(self.draft_max, bool) or self.draft_max < 0):
-            raise SpecgenError(f"--draft-max must be 0 or more, not {self.draft_max}")
+        parse_draft_max(self.draft_max)
         if not (isinstance(self.draft_p_min, (int, float)) and 0.0 <= self.draft_p_min <= 1.0):
-            raise SpecgenError(f"--draft-p-min must be from 0 to 1, not {self.draft_p_min}")
+            raise SpecgenError(f"{{draft_p_min}} must be from 0 to 1, not {self.draft_p_min}")
         if not MIN_CTX <= self.n_ctx <= MAX_CTX:
-            raise SpecgenError(f"--ctx must be from {MIN_CTX} to {MAX_CTX} tokens, not {self.n_ctx}")
-        for flag, layers in (("--gpu-layers", self.gpu_layers), ("--draft-gpu-layers", self.draft_gpu_layers)):
+            raise SpecgenError(f"{{n_ctx}} must be from {MIN_CTX} to {MAX_CTX} tokens, not {self.n_ctx}")
+        for field, layers in (("gpu_layers", self.gpu_layers), ("draft_gpu_layers", self.draft_gpu_layers)):
             if layers < -1:
-                raise SpecgenError(f"{flag} must be -1 (all) or 0 or more, not {layers}")
+                raise SpecgenError(f"{{{field}}} must be -1 (all) or 0 or more, not {layers}")
         notes = []
         if self.threads is not None:
             cores = os.cpu_count() or 1
             if self.threads < 1:
-                raise SpecgenError(f"--threads must be 1 or more, not {self.threads} (leave it out for the default)")
+                raise SpecgenError(f"{{threads}} must be 1 or more, not {self.threads} (leave it out for the default)")
             if self.threads > cores:
-                notes.append(f"--threads {self.threads} is more than this machine's {cores} CPUs; using {cores}")
+                notes.append(f"{{threads}} {self.threads} is more than this machine's {cores} CPUs; using {cores}")
                 self.threads = cores
         return notes
 
     def drafter_name(self) -> str:
-        name = self.drafter or "auto"
-        if name not in DRAFTERS:
-            raise SpecgenError(f"unknown drafter {shorten(name)!r}; choose one of {', '.join(DRAFTERS)}")
-        return name
+        return check_drafter(self.drafter or "auto")
 
 
 MIN_CTX, MAX_CTX = 64, 1 << 24
@@ -84,27 +79,14 @@ def _pair_notes(target: Path, draft: Path) -> list[str]:
     try:
         if target.resolve() == draft.resolve() or os.path.samefile(target, draft):
             return [f"the draft is the target itself ({target.name}): every draft is accepted but costs as much "
-                    "as decoding it; use a smaller draft or --drafter ngram"]
+                    "as decoding it; use a smaller draft or {drafter} ngram"]
         t, d = target.stat().st_size, draft.stat().st_size
     except OSError:
         return []  # a missing file is reported by the loader, with its own message
     if d > t:
         return [f"the draft {draft.name} ({human_size(d)}) is larger than the target {target.name} "
-                f"({human_size(t)}): drafting will cost more than it saves; did you swap --target and --draft?"]
+                f"({human_size(t)}): drafting will cost more than it saves; did you swap {target} and {draft}?"]
     return []
-
-
-def parse_draft_max(value: str) -> int | None:
-    """A --draft-max value: 'auto' -> None (the controller sizes each draft), else a count >= 0."""
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {shorten(value)!r}") from None
-    if n < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
-    return n
 
 
 def load_engine(opts: EngineOptions) -> Engine:
@@ -112,7 +94,8 @@ def load_engine(opts: EngineOptions) -> Engine:
     opts.check()
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:
-        raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or use --drafter ngram)")
+        raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or use {drafter} ngram)")
+    parse_draft_max(opts.draft_max)
     # Validate both files before loading either: a bad draft should not cost a target load.
     use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)

@@ -49,6 +49,7 @@ from . import run as _run  # noqa: E402,F401  (registers the command)
 from . import models as _models  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
+from .options import SETTING_FLAGS  # noqa: E402
 
 
 BROKEN_PIPE_EXIT = 128 + 13
@@ -95,7 +96,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
         sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a warning
     except SpecgenError as e:
-        print(f"specgen: error: {e}", file=sys.stderr)
+        print(f"specgen: error: {e.worded(SETTING_FLAGS)}", file=sys.stderr)
         sys.exit(1)
     except _PipeClosed:
         _exit_broken_pipe()

@@ -6,22 +6,28 @@ the command one `EngineFlags` object, so each command lists only its own flags.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import sys
 import inspect
+import sys
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..errors import SpecgenError
-from ..build import EngineOptions, parse_draft_max
+from ..errors import SpecgenError, worded
+from ..build import EngineOptions
+from ..models.resolve import Resolved
 from ..sampling import SamplingError, SamplingParams
+from ..settings import parse_draft_max
 
 M, D, S = "Models", "Drafting", "Sampling"
+
+SETTING_FLAGS = {"target": "--target", "draft": "--draft", "drafter": "--drafter", "draft_max": "--draft-max",
+                 "n_ctx": "--ctx", "draft_p_min": "--draft-p-min", "threads": "--threads",
+                 "gpu_layers": "--gpu-layers", "draft_gpu_layers": "--draft-gpu-layers", "max_tokens": "--max-tokens"}
+"""How the CLI words the engine settings that library errors name (see SpecgenError.worded)."""
 
 
 @dataclass
@@ -61,22 +67,35 @@ class EngineFlags:
 
     def engine_options(self) -> EngineOptions:
         """Check every number first, then resolve (maybe download) the pair; notes go to stderr."""
-        from ..models.resolve import resolve_models  # models.yaml and downloads
-
-        opts = EngineOptions(
-            target=self.target or "", draft=self.draft, drafter=self.drafter,
-            draft_max=parse_draft_max(self.draft_max), draft_p_min=self.draft_p_min, n_ctx=self.ctx,
-            threads=self.threads, gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers,
-            use_mmap=not self.no_mmap)
-        for line in opts.check_numbers():
-            note(line)
-        r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
-        opts = dataclasses.replace(
-            opts, target=r.target, draft=r.draft, drafter=self.drafter or r.drafter,
-            draft_max=opts.draft_max if self.draft_max != "auto" or r.draft_max is None else r.draft_max)
+        self.check_numbers()
+        r = self.resolve(self.pair)
+        draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
+            else r.draft_max
+        opts = self.options_for(r.target, r.draft, self.drafter or r.drafter, draft_max)
         for line in opts.check():
             note(line)
         return opts
+
+    def check_numbers(self) -> None:
+        """Refuse a bad number flag before any pair is resolved or downloaded; clamp with a note."""
+        opts = self.options_for(Path(), self.draft, self.drafter, parse_draft_max(self.draft_max))
+        for line in opts.check_numbers():
+            note(line)
+        self.threads = opts.threads
+
+    def resolve(self, pair: str | None) -> Resolved:
+        """The files to load: *pair* (or the default pair), with --target/--draft replacing its sides."""
+        from ..models.resolve import resolve_models  # models.yaml and downloads
+
+        return resolve_models(pair, self.target, self.draft, download=not self.no_download)
+
+    def options_for(self, target: Path, draft: Path | None, drafter: str | None,
+                    draft_max: int | None) -> EngineOptions:
+        """EngineOptions for these files and drafting choices, with the rest of the flags."""
+        return EngineOptions(
+            target=target, draft=draft, drafter=drafter, draft_max=draft_max,
+            draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
+            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
 
     def sampling(self) -> SamplingParams:
         try:
@@ -88,11 +107,22 @@ class EngineFlags:
 
 def note(text: str) -> None:
     """A warning that does not stop the command, on stderr."""
-    print(f"specgen: note: {text}", file=sys.stderr)
+    print(f"specgen: note: {worded(text, SETTING_FLAGS)}", file=sys.stderr)
 
 
-def engine_command(fn: Callable) -> Callable:
-    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags."""
+def _panel(hint: Any) -> str | None:
+    return next((getattr(m, "rich_help_panel", None) for m in getattr(hint, "__metadata__", ())), None)
+
+
+def engine_command(fn: Callable | None = None, *, sampling: bool = True) -> Callable:
+    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags.
+
+    A flag *fn* declares itself is its own (bench takes lists for --pair, --drafter and
+    --draft-max) and keeps its default in `flags`; `sampling=False` leaves out the
+    sampling flags, for a command that sets sampling itself.
+    """
+    if fn is None:
+        return functools.partial(engine_command, sampling=sampling)
     # Resolve string annotations (from __future__ import annotations) so typer sees
     # the real Annotated[...] metadata of both the command's own and the shared flags.
     own_hints = typing.get_type_hints(fn, include_extras=True)
@@ -100,7 +130,9 @@ def engine_command(fn: Callable) -> Callable:
     sig = inspect.signature(fn)
     own = [p.replace(annotation=own_hints.get(p.name, p.annotation))
            for p in sig.parameters.values() if p.name != "flags"]
-    names = [f.name for f in fields(EngineFlags)]
+    taken = {p.name for p in own}
+    names = [f.name for f in fields(EngineFlags)
+             if f.name not in taken and (sampling or _panel(flag_hints[f.name]) != S)]
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(EngineFlags, n),
                                annotation=flag_hints[n]) for n in names]
 
@@ -115,4 +147,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command", "note"]
+__all__ = ["EngineFlags", "SETTING_FLAGS", "engine_command", "note"]

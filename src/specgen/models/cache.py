@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError, shorten
+from ..fileio import cache_home
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
 
 
@@ -35,8 +36,7 @@ def cache_dir() -> Path:
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
@@ -180,7 +180,6 @@ def file_problem(path: Path) -> str | None:
 
 @dataclass
 class PairFiles:
-    name: str | None
     target: list[Path]
     draft: list[Path] | None
     downloaded: int = 0
@@ -191,7 +190,7 @@ def local_pair(registry: Registry, name: str) -> PairFiles | None:
     t, d = local_files(target), local_files(draft)
     if t is None or d is None:
         return None
-    return PairFiles(name, t, d)
+    return PairFiles(t, d)
 
 
 # ---------------------------------------------------------------- pair status and removal
