@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import SpecgenError, shorten
+from ..errors import SpecgenError
 from ..fileio import cache_home
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
 
