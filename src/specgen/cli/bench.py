@@ -16,7 +16,9 @@ from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
 from ..build import DRAFTERS, EngineOptions
+from ..llama.rpc import parse_endpoints
 from . import app
+from .options import DraftRpcFlag, RpcFlag
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -72,6 +74,8 @@ def bench(
     no_download: Annotated[bool, typer.Option(
         "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.",
         rich_help_panel=M)] = False,
+    rpc: RpcFlag = None,
+    draft_rpc: DraftRpcFlag = None,
 ) -> None:
     """Compare plain decoding with drafters and draft lengths on your prompts, on this machine.
 
@@ -107,6 +111,8 @@ def bench(
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
 
+    rpc_workers, draft_rpc_workers = parse_endpoints(rpc, "--rpc"), parse_endpoints(draft_rpc, "--draft-rpc")
+
     from ..models.resolve import resolve_models  # models.yaml and downloads
 
     specs = []
@@ -121,7 +127,8 @@ def bench(
         opts = EngineOptions(target=r.target, draft=loaded_draft,
                              drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
                              n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                             draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap)
+                             draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap, rpc=rpc_workers,
+                             draft_rpc=draft_rpc_workers)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))

@@ -21,6 +21,13 @@ from ..sampling import SamplingParams
 
 M, D, S = "Models", "Drafting", "Sampling"
 
+# Also declared by `bench`, which takes models its own way.
+RpcFlag = Annotated[Optional[str], typer.Option(
+    help="Spread the target's layers over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] "
+         "(see `specgen worker`).", rich_help_panel=M)]
+DraftRpcFlag = Annotated[Optional[str], typer.Option(
+    help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)]
+
 
 @dataclass
 class EngineFlags:
@@ -47,6 +54,8 @@ class EngineFlags:
     draft_gpu_layers: Annotated[int, typer.Option(
         help="Draft layers to offload (-1: all). A draft left on the CPU loses the speedup.",
         rich_help_panel=M)] = -1
+    rpc: RpcFlag = None
+    draft_rpc: DraftRpcFlag = None
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
                                           rich_help_panel=M)] = False
     temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
@@ -58,15 +67,18 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
+        from ..llama.rpc import parse_endpoints
         from ..models.resolve import resolve_models  # models.yaml and downloads
 
+        rpc, draft_rpc = parse_endpoints(self.rpc, "--rpc"), parse_endpoints(self.draft_rpc, "--draft-rpc")
         r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
         draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
             else r.draft_max
         return EngineOptions(
             target=r.target, draft=r.draft, drafter=self.drafter or r.drafter, draft_max=draft_max,
             draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
-            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
+            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
+            rpc=rpc, draft_rpc=draft_rpc)
 
     def sampling(self) -> SamplingParams:
         if self.temperature < 0:
@@ -99,4 +111,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command"]
+__all__ = ["DraftRpcFlag", "EngineFlags", "RpcFlag", "engine_command"]
