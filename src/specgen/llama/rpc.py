@@ -90,6 +90,10 @@ def _rpc() -> ctypes.CDLL:
 
 # -- client side -----------------------------------------------------------------------------------
 
+class WorkerBusy(SpecgenError):
+    """The worker took the connection but is serving another client (one at a time)."""
+
+
 def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]:
     """Connect and shake hands as llama.cpp will; the worker's protocol version, or one clear line."""
     host, port = _split(endpoint)
@@ -112,7 +116,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
             size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
             body = _recv_exactly(sock, size) if 4 <= size <= 4096 else b""
         except (socket.timeout, TimeoutError):
-            raise SpecgenError(f"RPC worker {endpoint} accepted the connection but did not answer within "
+            raise WorkerBusy(f"RPC worker {endpoint} accepted the connection but did not answer within "
                                f"{timeout:.0f}s: a worker serves one client at a time; is another program "
                                "using it?") from None
         except OSError as e:
@@ -150,9 +154,12 @@ _abort_cb = None  # must outlive every llama.cpp call
 
 def _answers(endpoint: str) -> bool:
     # A handshake, not a bare connect: a dying worker's listening socket can outlive its client
-    # connection for a moment, and a worker that just lost us is free to answer.
+    # connection for a moment.  A live worker answers, or keeps the connection waiting while it
+    # serves our other connection.
     try:
         probe(endpoint, timeout=2.0)
+        return True
+    except WorkerBusy:
         return True
     except SpecgenError:
         return False
