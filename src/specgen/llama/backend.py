@@ -219,7 +219,6 @@ class Context:
         self._n_vocab = model.n_vocab
         self.n_past = 0  # tokens whose KV entries are in the cache
         self._rows_offset = 0
-        self._rpc = bool(model.rpc)
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
@@ -256,16 +255,7 @@ class Context:
                     b.seq_id[i][0] = 0
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
-                if self._rpc:
-                    from .rpc import busy
-
-                    busy(True)
-                    try:
-                        rc = self._lib.llama_decode(self.ptr, b)
-                    finally:
-                        busy(False)
-                else:
-                    rc = self._lib.llama_decode(self.ptr, b)
+                rc = self._lib.llama_decode(self.ptr, b)
                 if rc != 0:
                     raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")
                 self.n_past += len(chunk)

@@ -8,9 +8,8 @@ ggml-rpc has no error path on the client: an unreachable worker, a failed
 handshake or a connection lost mid-computation all end in GGML_ABORT.  So
 every worker is probed (TCP connect plus the protocol's HELLO) before
 llama.cpp sees it, and an abort callback turns a worker lost later into one
-line naming it and a non-zero exit, instead of a core dump.  A socket that
-stays open while its worker hangs gives no error at all, so a watchdog probes
-the workers while a decode runs long.
+line naming it and a non-zero exit, instead of a core dump.  A worker whose
+machine vanishes sends no reset, so its connections get TCP keepalive.
 """
 
 from __future__ import annotations
@@ -139,15 +138,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def reachable(endpoint: str, timeout: float = 2.0) -> bool:
-    """Does anything accept connections at *endpoint*? (A busy worker still does: its backlog takes them.)"""
-    try:
-        socket.create_connection(_split(endpoint), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 _workers: dict[str, tuple[int, int, int]] = {}  # endpoint -> protocol version, for every worker in use
 _abort_cb = None  # must outlive every llama.cpp call
 
@@ -209,7 +199,6 @@ def _install_abort_handler() -> None:
     g.ggml_set_abort_callback.argtypes = [proto]
     g.ggml_set_abort_callback.restype = ctypes.c_void_p
     g.ggml_set_abort_callback(_abort_cb)
-    Watchdog.get().start()
 
 
 def connect(endpoints: Sequence[str]) -> list[Device]:
@@ -219,6 +208,7 @@ def connect(endpoints: Sequence[str]) -> list[Device]:
         if ep not in _workers:
             _workers[ep] = probe(ep)
     _install_abort_handler()
+    _keepalive.watch(endpoints)
     from .devices import ggml
 
     g = ggml()
@@ -231,49 +221,68 @@ def connect(endpoints: Sequence[str]) -> list[Device]:
     return out
 
 
-class Watchdog:
-    """Probes the workers while one decode has run for long: a powered-off worker sends no reset, and
-    ggml-rpc would then wait on its socket for ever."""
+class KeepAlive:
+    """Turns on TCP keepalive for llama.cpp's connections to the workers.
 
-    PATIENCE = 10.0  # seconds of one decode before the workers are probed
-    EVERY = 2.0
+    ggml-rpc waits on its sockets with no timeout: a worker whose machine vanishes (power, cable)
+    sends no reset and would leave us waiting for ever.  With keepalive the kernel probes an idle
+    connection and breaks it after IDLE + INTERVAL * COUNT seconds, and TCP_USER_TIMEOUT breaks one
+    whose sent data goes unacknowledged for USER_TIMEOUT ms (instead of ~15 minutes of
+    retransmissions); llama.cpp then aborts, and the abort callback names the worker.  llama.cpp opens its connections on its own threads, so a
+    thread looks for new ones (sockets whose peer is a worker) every second."""
 
-    _one: "Watchdog | None" = None
-
-    @classmethod
-    def get(cls) -> "Watchdog":
-        if cls._one is None:
-            cls._one = cls()
-        return cls._one
+    IDLE, INTERVAL, COUNT = 5, 2, 3
+    USER_TIMEOUT = 15_000
 
     def __init__(self) -> None:
-        self.busy_since: float | None = None
+        self.peers: set[tuple[str, int]] = set()
+        self._done: set[str] = set()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def watch(self, endpoints: Sequence[str]) -> None:
+        for ep in endpoints:
+            host, port = _split(ep)
+            try:
+                self.peers |= {(ai[4][0], port) for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+            except OSError:
+                pass
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="specgen-rpc-watchdog", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="specgen-rpc-keepalive", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        misses = 0
         while True:
-            time.sleep(self.EVERY)
-            since = self.busy_since
-            if since is None or time.monotonic() - since < self.PATIENCE:
-                misses = 0
+            self.scan()
+            time.sleep(1.0)
+
+    def scan(self) -> None:
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/self/fd/{fd}")
+                if not link.startswith("socket:") or link in self._done:
+                    continue
+                s = socket.socket(fileno=os.dup(int(fd)))  # options set on a dup apply to the socket
+            except OSError:
                 continue
-            dead = [ep for ep in _workers if not reachable(ep, timeout=self.EVERY)]
-            misses = misses + 1 if dead else 0
-            if misses >= 2:
-                _die(f"RPC worker {', '.join(dead)} stopped responding mid-generation (no answer to a "
-                     "connection for several seconds); restart it and run again")
+            try:
+                if s.type == socket.SOCK_STREAM and s.getpeername()[:2] in self.peers:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                    for opt, value in (("TCP_KEEPIDLE", self.IDLE), ("TCP_KEEPINTVL", self.INTERVAL),
+                                       ("TCP_KEEPCNT", self.COUNT), ("TCP_USER_TIMEOUT", self.USER_TIMEOUT)):
+                        if hasattr(socket, opt):
+                            s.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+                    self._done.add(link)
+            except OSError:
+                pass
+            finally:
+                s.close()
 
 
-def busy(flag: bool) -> None:
-    """The backend marks each decode, so the watchdog knows when the workers owe an answer."""
-    if Watchdog._one is not None:
-        Watchdog._one.busy_since = time.monotonic() if flag else None
+_keepalive = KeepAlive()
 
 
 def describe(endpoints: Sequence[str]) -> str:
