@@ -19,6 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SPECGEN = [sys.executable, "-m", "specgen"]
+# A worker and its client share the CPU here; OpenMP threads spinning between graph computations
+# would starve each other.
+ENV = {**os.environ, "OMP_WAIT_POLICY": "passive"}
 
 
 def free_port() -> int:
@@ -52,7 +55,7 @@ class Worker:
         self.proc = subprocess.Popen([*SPECGEN, "worker", "--host", host, "--port", str(self.port),
                                       "--threads", str(threads), *extra],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=ENV)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.wait_for("serving", timeout=60)
@@ -175,6 +178,6 @@ def measure_cn(model: Path, rpc: list[str], sizes: list[int], threads: int = 1, 
     import json
 
     r = subprocess.run([sys.executable, "-c", CN_SCRIPT, str(model), ",".join(rpc), json.dumps(sizes),
-                        str(threads)], capture_output=True, text=True, timeout=timeout)
+                        str(threads)], capture_output=True, text=True, timeout=timeout, env=ENV)
     assert r.returncode == 0, r.stderr
     return {int(k): v for k, v in json.loads(r.stdout).items()}

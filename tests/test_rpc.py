@@ -31,7 +31,8 @@ def workers():
 @pytest.fixture
 def cache_env(tmp_path) -> dict[str, str]:
     """A fresh cost cache per test, so what a run measures over RPC is seen in isolation."""
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1",
+            "OMP_WAIT_POLICY": "passive"}
 
 
 def specgen(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -71,6 +72,17 @@ def test_greedy_output_over_rpc_equals_local(workers, target_path, draft_path, c
         costs = json.loads((__import__("pathlib").Path(cache_env["XDG_CACHE_HOME"]) / "specgen" /
                             "costs.json").read_text())
         assert len(costs) == (3 if drafter == "model" else 2)  # verify here, verify over RPC (+ the local draft)
+
+
+def test_bench_records_the_topology(workers, target_path, cache_env, tmp_path):
+    out = tmp_path / "bench.json"
+    r = specgen("bench", "--target", str(target_path), "--drafter", "ngram", "--prompts", "builtin:code-writing",
+                "--limit", "1", "--max-tokens", "8", "--rpc", workers[0].endpoint, "--json", str(out), env=cache_env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["machine"]["topology"]["target"]["rpc"] == [workers[0].endpoint]
+    assert result["machine"]["pairs"][0]["topology"]["target"]["rpc"] == [workers[0].endpoint]
+    assert "RPC" in result["machine"]["backend_detail"]
 
 
 def test_workers_really_compute(target_path, cache_env):
@@ -163,6 +175,8 @@ def test_worker_flags_and_stop(cache_env):
     # only IPv4 literals can be bound by ggml-rpc
     line = one_line_error(specgen("worker", "--host", "localhost", "--port", str(free_port()), env=cache_env))
     assert "--host" in line
+    line = one_line_error(specgen("worker", "--device", "NOPE", "--port", str(free_port()), env=cache_env))
+    assert "'NOPE'" in line and "CPU" in line  # lists the devices there are
     w = Worker()
     try:
         # a second worker on the same port

@@ -10,14 +10,21 @@ process loads the pair once and runs plain, ngram, auto and model
 --draft-max 8 interleaved per prompt, so each ratio to plain is taken on the
 same link minutes apart at most.  It also measures c(1) and c(8), one verify
 decode of 1 and 8 tokens, and checks every output against the local plain one.
+
+OMP_WAIT_POLICY=passive (unless set): on a shared 2-core machine, OpenMP
+threads spinning between graph computations in the worker, the client and
+the neighbours' processes starved each other (a 135M model decoded at
+0.5-1.3 tok/s with spinning, 83-94 tok/s passive, same minute).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,13 +49,18 @@ def child(a: argparse.Namespace) -> None:
     cn = measure_verify(engine.ctx, (1, 8))
     engine.reset_cache()
     rows = []
+    def generate(tokens: list[int], drafter: str, dmax: int | None, n: int) -> Summary:
+        engine.set_drafter(drafter)
+        engine.set_draft_max(dmax)
+        return next(ev for ev in engine.generate(tokens, max_tokens=n) if isinstance(ev, Summary))
+
     for r in range(a.rounds):
         for name, text in prompts.items():
             tokens = chat_tokens(engine.target, [{"role": "user", "content": text}])
-            for label, drafter, dmax in CONFIGS:
-                engine.set_drafter(drafter)
-                engine.set_draft_max(dmax)
-                s = next(ev for ev in engine.generate(tokens, max_tokens=a.tokens) if isinstance(ev, Summary))
+            generate(tokens, "none", 0, 8)  # warm-up: the prompt's KV, first graphs; not measured
+            # plain opens and closes the sequence; its rate is the mean of the two
+            for label, drafter, dmax in CONFIGS + CONFIGS[:1]:
+                s = generate(tokens, drafter, dmax, a.tokens)
                 rows.append({"round": r, "prompt": name, "config": label, "tps": s.decode_tps,
                              "tokens": list(s.tokens), "draft_lengths": s.draft_lengths,
                              "drafter_steps": s.drafter_steps, "accepted": s.accepted, "drafted": s.drafted})
@@ -78,11 +90,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--rtt", default="0,0.5,2", help="added round trips in ms, comma-separated")
     ap.add_argument("--threads", type=int, default=2, help="threads here (draft) and on the worker")
+    ap.add_argument("--out", type=Path, help="also keep the raw results (JSON) here")
+    ap.add_argument("--table", type=Path, help="print the table of an earlier --out and stop")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rpc", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)
+    if a.table:
+        return table(a, json.loads(a.table.read_text()))
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # inherited by the worker and every link
+    # Each link calibrates afresh into a cache of its own, not the user's costs.json.
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="rpc_ab-")
 
     from rpc_helpers import Relay, Worker
 
@@ -100,7 +119,12 @@ def main() -> None:
                 relay.stop()
     finally:
         w.stop()
+    if a.out:
+        a.out.write_text(json.dumps(links))
+    table(a, links)
 
+
+def table(a: argparse.Namespace, links: dict[str, dict]) -> None:
     ref = {(row["prompt"], row["round"]): row["tokens"] for row in links["local"]["rows"]
            if row["config"] == "plain"}
     print(f"\nspecgen rpc_ab: {a.target.name} (+ {a.draft.name} local), {a.tokens} tokens, greedy, --no-mmap, "
