@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,32 +47,39 @@ def run_json(args: list[str], env: dict[str, str]) -> dict:
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("drafter", ["none", "ngram", "model"])
+@pytest.mark.parametrize("drafter", ["none", "ngram", "model", "model-remote-draft"])
 def test_greedy_output_over_rpc_equals_local(workers, target_path, draft_path, cache_env, drafter):
     # A fixed --draft-max makes every verify batch the same shape on both sides, so the same
     # kernels run and greedy output must match token for token.
+    remote_draft = drafter == "model-remote-draft"
+    drafter = drafter.removesuffix("-remote-draft")
     args = ["--target", str(target_path), "--drafter", drafter, "--no-mmap"]
     if drafter == "model":
         args += ["--draft", str(draft_path)]
     if drafter != "none":
         args += ["--draft-max", "4"]
     local = run_json(args, cache_env)
-    remote = run_json(args + ["--rpc", ",".join(w.endpoint for w in workers)], cache_env)
+    rpc = ["--rpc", ",".join(w.endpoint for w in workers)]
+    if remote_draft:
+        rpc += ["--draft-rpc", workers[1].endpoint]  # shares the target's connection to that worker
+    remote = run_json(args + rpc, cache_env)
     assert remote["text"] == local["text"]
     assert remote["stats"]["generated_tokens"] == local["stats"]["generated_tokens"] > 0
     topo = remote["topology"]
     assert topo["target"]["rpc"] == [w.endpoint for w in workers]
     assert [d.split(" ")[1] for d in topo["target"]["devices"]] == [f"({w.endpoint})" for w in workers]
     assert topo["target"]["offloaded_layers"] == topo["target"]["layers"]
+    assert local["topology"]["target"]["rpc"] == []
     if drafter == "model":
         assert remote["stats"]["drafted"] > 0
-        assert topo["draft"]["rpc"] == []  # the draft stays here unless --draft-rpc
-    assert local["topology"]["target"]["rpc"] == []
+        # the draft stays here unless --draft-rpc
+        assert topo["draft"]["rpc"] == ([workers[1].endpoint] if remote_draft else [])
     if drafter != "none":
-        # the cost curve measured over RPC is cached apart from the local one
-        costs = json.loads((__import__("pathlib").Path(cache_env["XDG_CACHE_HOME"]) / "specgen" /
-                            "costs.json").read_text())
-        assert len(costs) == (3 if drafter == "model" else 2)  # verify here, verify over RPC (+ the local draft)
+        # the cost curves measured over RPC are cached apart from the local ones
+        costs = json.loads((Path(cache_env["XDG_CACHE_HOME"]) / "specgen" / "costs.json").read_text())
+        n_local = 2 if drafter == "model" else 1  # verify (+ draft)
+        n_remote = 1 + remote_draft  # verify (+ draft, when it is remote too)
+        assert len(costs) == n_local + n_remote, sorted(costs)
 
 
 def test_bench_records_the_topology(workers, target_path, cache_env, tmp_path):

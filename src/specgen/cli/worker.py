@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import SpecgenError
+from ..llama.rpc import DEFAULT_PORT
 from . import app
 
 
@@ -23,7 +24,7 @@ def worker(
     host: Annotated[str, typer.Option(help="Address to listen on. The protocol has no authentication or "
                                            "encryption: keep 127.0.0.1 and reach it through an SSH tunnel.")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 50052,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = DEFAULT_PORT,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the CPU device.")] = None,
     device: Annotated[Optional[str], typer.Option(
         help="Devices to serve, comma-separated (e.g. CUDA0,CUDA1); default: the GPUs, else the CPU.")] = None,

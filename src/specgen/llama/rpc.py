@@ -116,8 +116,8 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
             body = _recv_exactly(sock, size) if 4 <= size <= 4096 else b""
         except (socket.timeout, TimeoutError):
             raise WorkerBusy(f"RPC worker {endpoint} accepted the connection but did not answer within "
-                               f"{timeout:.0f}s: a worker serves one client at a time; is another program "
-                               "using it?") from None
+                             f"{timeout:.0f}s: a worker serves one client at a time; is another program "
+                             "using it?") from None
         except OSError as e:
             body, size = b"", 0
             if not isinstance(e, ConnectionError):
