@@ -226,3 +226,31 @@ def test_verify_cost_through_a_latency_relay(target_path):
     for rtt, cn in table.items():
         assert sorted(cn) == sizes
         assert all(c >= rtt / 1e3 for c in cn.values()), (rtt, cn)
+
+
+def test_keepalive_is_set_on_connections_to_workers():
+    """A worker whose machine vanishes sends no reset; llama.cpp's sockets to it get keepalive and a
+    user timeout so the kernel breaks them (loopback cannot drop packets, so the setting is checked)."""
+    import socket
+
+    from specgen.llama.rpc import KeepAlive
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(2)
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(2)
+    to_worker = socket.create_connection(srv.getsockname())
+    elsewhere = socket.create_connection(other.getsockname())
+    try:
+        ka = KeepAlive()
+        ka.peers = {("127.0.0.1", srv.getsockname()[1])}
+        ka.scan()
+        assert to_worker.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert to_worker.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KeepAlive.IDLE
+        assert to_worker.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == KeepAlive.USER_TIMEOUT
+        assert elsewhere.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # only workers' sockets
+    finally:
+        for s in (to_worker, elsewhere, srv, other):
+            s.close()
