@@ -13,8 +13,7 @@ from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
-
-DRAFTERS = ("auto", "model", "ngram", "none")
+from .settings import check_drafter, parse_draft_max
 
 
 @dataclass
@@ -39,31 +38,14 @@ class EngineOptions:
     """Workers for the draft model; by default it stays on this machine."""
 
     def drafter_name(self) -> str:
-        name = self.drafter or "auto"
-        if name not in DRAFTERS:
-            raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
-        return name
-
-
-def parse_draft_max(value: str) -> int | None:
-    """A --draft-max value: 'auto' -> None (the controller sizes each draft), else a count >= 0."""
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
-    if n < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
-    return n
+        return check_drafter(self.drafter or "auto")
 
 
 def load_engine(opts: EngineOptions) -> Engine:
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:
-        raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or use --drafter ngram)")
-    if opts.draft_max is not None and opts.draft_max < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
+        raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or use {drafter} ngram)")
+    parse_draft_max(opts.draft_max)
     # Validate both files before loading either: a bad draft should not cost a target load.
     use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)

@@ -9,8 +9,8 @@ consume the events; nothing here prints.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import SpecgenError
 from .sampling import SamplingParams, accept_or_resample, accept_probability, argmax, distribution, sample
+from .settings import parse_draft_max
 from .textstream import TextStream
 
 
@@ -95,18 +96,30 @@ class Summary:
         return self.generated_tokens / self.steps if self.steps else 0.0
 
     def add(self, step: Step) -> None:
-        self.steps += 1
-        self.drafted += step.drafted
-        self.accepted += step.accepted
-        self.generated_tokens += step.emitted
-        self.draft_seconds += step.draft_seconds
-        self.verify_seconds += step.verify_seconds
-        name = step.drafter if step.drafted else "none"
-        self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
-        self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
-        self.judged += step.judged
-        self.p_speculative += step.p_speculative
-        self.p_exact += step.p_exact
+        """Count one verify step."""
+        self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
+                           draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
+                           drafter_steps={step.drafter if step.drafted else "none": 1},
+                           draft_lengths={step.drafted: 1}, judged=step.judged,
+                           p_speculative=step.p_speculative, p_exact=step.p_exact))
+
+    def merge(self, other: Summary) -> None:
+        """Add *other*'s totals to these (the turns of a chat, the turns and runs of a benchmark).
+
+        Text, tokens and stop reason stay this summary's own.
+        """
+        for name in _TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+
+    @classmethod
+    def total(cls, parts: Iterable[Summary]) -> Summary:
+        out = cls()
+        for s in parts:
+            out.merge(s)
+        return out
 
     def stats(self) -> dict:
         out = {
@@ -133,6 +146,9 @@ class Summary:
                                           "exact_match": round(self.p_exact / self.judged, 4)}
         return out
 
+
+# Every count and time in a Summary adds up; its text, tokens and stop reason do not.
+_TOTALS = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
 
 Event = Union[Piece, Prefill, Step, Summary]
 
@@ -168,14 +184,12 @@ class Engine:
         """Switch drafters between generations (chat's /drafter)."""
         if name not in self.drafters:
             raise SpecgenError(f"drafter {name!r} is not available here; choose one of {', '.join(self.drafters)}"
-                               + ("" if "model" in self.drafters else " (start with --draft for 'model')"))
+                               + ("" if "model" in self.drafters else " (start with {draft} for 'model')"))
         self.drafter = self.drafters[name]
 
     def set_draft_max(self, n: int | None) -> None:
         """A fixed draft length, or None to let the controller choose each step."""
-        if n is not None and n < 0:
-            raise SpecgenError("draft length must be 0 or more")
-        self.controller.set_fixed(n)
+        self.controller.set_fixed(parse_draft_max(n))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
@@ -194,7 +208,7 @@ class Engine:
             raise SpecgenError("empty prompt")
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                                  "shorten it or raise --ctx")
+                                  "shorten it or raise {n_ctx}")
         rng = np.random.default_rng(sampling.seed)
         summary = Summary(prompt_tokens=len(tokens))
 

@@ -1,6 +1,6 @@
 """Render and store `specgen bench` results: tables, JSON/CSV/Markdown, bar charts, comparisons.
 
-Everything here reads the result dict built by `bench.build_result` (or a
+Everything here reads the result dict built by `runner.build_result` (or a
 JSON file of it), so a result can be re-rendered or compared long after the
 run, on another machine.
 """

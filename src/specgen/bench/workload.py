@@ -2,7 +2,7 @@
 
 A prompt file has one JSON object a line, `{"question_id", "category",
 "turns": [...]}`; multi-turn questions are asked as one conversation.  The
-built-in suites ship as such files in `specgen/suites/`.  Every problem with a
+built-in suites ship as such files in `specgen/bench/suites/`.  Every problem with a
 file is reported as one line naming the file and line.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import SpecgenError
-from ..build import parse_draft_max
+from ..settings import parse_draft_max
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 

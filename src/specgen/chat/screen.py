@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, position_acceptance, run_command,
-                   session_rows, stats_parts)
+                      session_rows)
 from ..engine import Piece, Prefill, Summary
 from ..errors import SpecgenError
+from ..statsline import stats_parts
 
 DRAFT_STYLE = "green"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -148,7 +149,7 @@ class Screen:
             interrupted = True
         except SpecgenError as e:
             view.finish()
-            self.error(f"error: {e}")
+            self.error(f"error: {e.worded(chat.setting_names)}")
             return
         finally:
             events.close()

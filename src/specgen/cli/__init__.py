@@ -27,13 +27,14 @@ from . import models as _models  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import worker as _worker  # noqa: E402,F401
+from .options import SETTING_FLAGS  # noqa: E402
 
 
 def main() -> None:
     try:
         rc = app(standalone_mode=False)
     except SpecgenError as e:
-        print(f"specgen: error: {e}", file=sys.stderr)
+        print(f"specgen: error: {e.worded(SETTING_FLAGS)}", file=sys.stderr)
         sys.exit(1)
     except (KeyboardInterrupt, typer.Abort, EOFError):
         print("specgen: interrupted", file=sys.stderr)

@@ -15,10 +15,9 @@ from ..bench import runner
 from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
-from ..build import DRAFTERS, EngineOptions
-from ..llama.rpc import parse_endpoints
+from ..settings import check_drafter
 from . import app
-from .options import DraftRpcFlag, RpcFlag
+from .options import EngineFlags, engine_command
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -27,13 +26,12 @@ M, W, O = "Models", "Workload", "Output"
 
 
 @bench_app.callback(invoke_without_command=True)
+@engine_command(sampling=False)
 def bench(
     context: typer.Context,
     pair: Annotated[Optional[List[str]], typer.Option(
         metavar="NAME", help="A pair from models.yaml (repeatable); default: the default pair.",
         rich_help_panel=M)] = None,
-    target: Annotated[Optional[Path], typer.Option(help="Target GGUF.", rich_help_panel=M)] = None,
-    draft: Annotated[Optional[Path], typer.Option(help="Draft GGUF (same vocabulary).", rich_help_panel=M)] = None,
     drafter: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model "
                              "(default: auto,ngram and, with a draft model, model).", rich_help_panel=W)] = None,
@@ -62,20 +60,8 @@ def bench(
         help="Draw speedups to a PNG (needs matplotlib, the `plot` extra).", rich_help_panel=O)] = None,
     save: Annotated[bool, typer.Option(
         "--save", help="Store the recommendation as the pair's default for run and chat.", rich_help_panel=O)] = False,
-    n_ctx: Annotated[int, typer.Option("--ctx", help="Context size in tokens.", rich_help_panel=M)] = 4096,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads.", rich_help_panel=M)] = None,
-    gpu_layers: Annotated[int, typer.Option(help="Target layers to offload (-1: all).", rich_help_panel=M)] = -1,
-    draft_gpu_layers: Annotated[int, typer.Option(help="Draft layers to offload (-1: all).",
-                                                  rich_help_panel=M)] = -1,
-    draft_p_min: Annotated[float, typer.Option(
-        help="Stop drafting when the draft model's top probability falls below this.", rich_help_panel=W)] = 0.0,
-    no_mmap: Annotated[bool, typer.Option(
-        "--no-mmap", help="Read weights into memory (steadier timings on VMs).", rich_help_panel=M)] = False,
-    no_download: Annotated[bool, typer.Option(
-        "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.",
-        rich_help_panel=M)] = False,
-    rpc: RpcFlag = None,
-    draft_rpc: DraftRpcFlag = None,
+    *,
+    flags: EngineFlags,
 ) -> None:
     """Compare plain decoding with drafters and draft lengths on your prompts, on this machine.
 
@@ -86,10 +72,7 @@ def bench(
     if context.invoked_subcommand is not None:
         return
     # Everything that can be wrong with the arguments fails here, before minutes of loading and running.
-    drafters = workload.split_list(drafter)
-    unknown = [d for d in drafters if d not in DRAFTERS]
-    if unknown:
-        raise SpecgenError(f"unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}")
+    drafters = [check_drafter(d) for d in workload.split_list(drafter)]
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
     if max_tokens < 1:
@@ -103,6 +86,7 @@ def bench(
     if plot is not None:
         report.check_plot_available()
     pairs = workload.split_list(pair)
+    target, draft = flags.target, flags.draft
     if target is not None and len(pairs) > 1:
         raise SpecgenError("--target/--draft replace one side of a pair; give at most one --pair with them")
     if save and target is not None:
@@ -110,25 +94,19 @@ def bench(
                            "`specgen pair add`) instead of --target/--draft")
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
-
-    rpc_workers, draft_rpc_workers = parse_endpoints(rpc, "--rpc"), parse_endpoints(draft_rpc, "--draft-rpc")
-
-    from ..models.resolve import resolve_models  # models.yaml and downloads
+    flags.rpc_workers()
 
     specs = []
     for name in pairs or [None]:
-        r = resolve_models(name, target, draft, download=not no_download)
+        r = flags.resolve(name)
         use = drafters or ["auto", "ngram", *(["model"] if r.draft else [])]
         if "model" in use and r.draft is None:
             raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or leave model out)")
         needs_draft = any(d in ("model", "auto") for d in use)
         loaded_draft = r.draft if needs_draft else None
         label = r.pair or (f"{r.target.stem}+{loaded_draft.stem}" if loaded_draft else r.target.stem)
-        opts = EngineOptions(target=r.target, draft=loaded_draft,
-                             drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
-                             n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                             draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap, rpc=rpc_workers,
-                             draft_rpc=draft_rpc_workers)
+        # One engine per pair that can run every configuration; the runner switches between them.
+        opts = flags.options_for(r.target, loaded_draft, "auto" if needs_draft else "ngram", None)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))

@@ -11,7 +11,7 @@ from ..errors import SpecgenError
 from ..build import describe_backend, load_engine
 from ..chat.screen import Screen, run
 from . import app
-from .options import EngineFlags, engine_command
+from .options import SETTING_FLAGS, EngineFlags, engine_command
 
 
 @app.command()
@@ -38,7 +38,7 @@ def chat(
         names = [opts.target.stem] + ([opts.draft.stem] if engine.draft_model is not None else [])
         pair = (f"{flags.pair}: " if flags.pair else "") + " + ".join(names)
         conv = Chat(engine, system=system, sampling=sampling, max_tokens=max_tokens, pair=pair,
-                    backend=describe_backend(engine))
+                    backend=describe_backend(engine), setting_names=SETTING_FLAGS)
         screen.banner(conv, conv.backend)
         run(conv, screen)
     finally:

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..llama.vocab import check_pair_files
 from ..models import cache, download
 from ..errors import SpecgenError
-from ..models.registry import ModelEntry, add_pair, load_registry, parse_draft_max, parse_model_spec, user_path
+from ..models.registry import ModelEntry, add_pair, load_registry, parse_model_spec, user_path
+from ..settings import DRAFTERS, parse_draft_max
 from . import app
 
 pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
@@ -122,18 +123,14 @@ def pair_add(
     name: Annotated[str, typer.Argument(help="Name for the pair.")],
     target: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path.")],
     draft: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path (same vocabulary).")],
-    drafter: Annotated[Optional[str], typer.Option(help="model | ngram | none (default model).")] = None,
+    drafter: Annotated[Optional[str], typer.Option(help=f"{' | '.join(DRAFTERS)} (default auto).")] = None,
     draft_max: Annotated[str, typer.Option(help="Most draft tokens per step, or auto.")] = "auto",
     note: Annotated[Optional[str], typer.Option(help="One line shown by `specgen list`.")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default pair.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a pair of the same name.")] = False,
 ) -> None:
     """Add a pair to your models.yaml; `specgen pull NAME` then downloads it."""
-    try:
-        dm = parse_draft_max(int(draft_max) if draft_max.isdigit() else draft_max)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {draft_max!r}") from None
-    path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=dm, note=note,
+    path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=parse_draft_max(draft_max), note=note,
                               default=default, force=force)
     have = cache.local_pair(registry, name)
     if have is not None:

@@ -11,22 +11,21 @@ import inspect
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from ..errors import SpecgenError
-from ..build import EngineOptions, parse_draft_max
+from ..build import EngineOptions
+from ..models.resolve import Resolved
 from ..sampling import SamplingParams
+from ..settings import parse_draft_max
 
 M, D, S = "Models", "Drafting", "Sampling"
 
-# Also declared by `bench`, which takes models its own way.
-RpcFlag = Annotated[Optional[str], typer.Option(
-    help="Spread the target's layers over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] "
-         "(see `specgen worker`).", rich_help_panel=M)]
-DraftRpcFlag = Annotated[Optional[str], typer.Option(
-    help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)]
+SETTING_FLAGS = {"target": "--target", "draft": "--draft", "drafter": "--drafter", "draft_max": "--draft-max",
+                 "n_ctx": "--ctx"}
+"""How the CLI words the engine settings that library errors name (see SpecgenError.worded)."""
 
 
 @dataclass
@@ -54,8 +53,11 @@ class EngineFlags:
     draft_gpu_layers: Annotated[int, typer.Option(
         help="Draft layers to offload (-1: all). A draft left on the CPU loses the speedup.",
         rich_help_panel=M)] = -1
-    rpc: RpcFlag = None
-    draft_rpc: DraftRpcFlag = None
+    rpc: Annotated[Optional[str], typer.Option(
+        help="Spread the target's layers over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] "
+             "(see `specgen worker`).", rich_help_panel=M)] = None
+    draft_rpc: Annotated[Optional[str], typer.Option(
+        help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)] = None
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
                                           rich_help_panel=M)] = False
     temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
@@ -67,15 +69,30 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
-        from ..llama.rpc import parse_endpoints
-        from ..models.resolve import resolve_models  # models.yaml and downloads
-
-        rpc, draft_rpc = parse_endpoints(self.rpc, "--rpc"), parse_endpoints(self.draft_rpc, "--draft-rpc")
-        r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
+        self.rpc_workers()  # a malformed --rpc fails before any download
+        r = self.resolve(self.pair)
         draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
             else r.draft_max
+        return self.options_for(r.target, r.draft, self.drafter or r.drafter, draft_max)
+
+    def resolve(self, pair: str | None) -> Resolved:
+        """The files to load: *pair* (or the default pair), with --target/--draft replacing its sides."""
+        from ..models.resolve import resolve_models  # models.yaml and downloads
+
+        return resolve_models(pair, self.target, self.draft, download=not self.no_download)
+
+    def rpc_workers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """--rpc and --draft-rpc as endpoint lists, or one line saying which is malformed."""
+        from ..llama.rpc import parse_endpoints
+
+        return parse_endpoints(self.rpc, "--rpc"), parse_endpoints(self.draft_rpc, "--draft-rpc")
+
+    def options_for(self, target: Path, draft: Path | None, drafter: str | None,
+                    draft_max: int | None) -> EngineOptions:
+        """EngineOptions for these files and drafting choices, with the rest of the flags."""
+        rpc, draft_rpc = self.rpc_workers()
         return EngineOptions(
-            target=r.target, draft=r.draft, drafter=self.drafter or r.drafter, draft_max=draft_max,
+            target=target, draft=draft, drafter=drafter, draft_max=draft_max,
             draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
             gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
             rpc=rpc, draft_rpc=draft_rpc)
@@ -87,8 +104,19 @@ class EngineFlags:
                               min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
 
 
-def engine_command(fn: Callable) -> Callable:
-    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags."""
+def _panel(hint: Any) -> str | None:
+    return next((getattr(m, "rich_help_panel", None) for m in getattr(hint, "__metadata__", ())), None)
+
+
+def engine_command(fn: Callable | None = None, *, sampling: bool = True) -> Callable:
+    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags.
+
+    A flag *fn* declares itself is its own (bench takes lists for --pair, --drafter and
+    --draft-max) and keeps its default in `flags`; `sampling=False` leaves out the
+    sampling flags, for a command that sets sampling itself.
+    """
+    if fn is None:
+        return functools.partial(engine_command, sampling=sampling)
     # Resolve string annotations (from __future__ import annotations) so typer sees
     # the real Annotated[...] metadata of both the command's own and the shared flags.
     own_hints = typing.get_type_hints(fn, include_extras=True)
@@ -96,7 +124,9 @@ def engine_command(fn: Callable) -> Callable:
     sig = inspect.signature(fn)
     own = [p.replace(annotation=own_hints.get(p.name, p.annotation))
            for p in sig.parameters.values() if p.name != "flags"]
-    names = [f.name for f in fields(EngineFlags)]
+    taken = {p.name for p in own}
+    names = [f.name for f in fields(EngineFlags)
+             if f.name not in taken and (sampling or _panel(flag_hints[f.name]) != S)]
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(EngineFlags, n),
                                annotation=flag_hints[n]) for n in names]
 
@@ -111,4 +141,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["DraftRpcFlag", "EngineFlags", "RpcFlag", "engine_command"]
+__all__ = ["EngineFlags", "SETTING_FLAGS", "engine_command"]

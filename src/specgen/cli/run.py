@@ -14,6 +14,7 @@ from ..engine import Piece, Summary
 from ..errors import SpecgenError
 from ..build import load_engine, topology
 from ..llama.chat_template import chat_tokens, messages_for
+from ..statsline import stats_line
 from . import app
 from .options import EngineFlags, engine_command
 
@@ -30,17 +31,6 @@ def read_prompt(arg: str | None) -> str:
     if not parts:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
     return "\n\n".join(parts)
-
-
-def summary_line(s: Summary) -> str:
-    line = (f"{s.generated_tokens} tokens in {s.decode_seconds:.2f}s, {s.decode_tps:.1f} tok/s"
-            f" | prompt {s.prompt_tokens} tokens in {s.prompt_seconds:.2f}s")
-    if s.drafted:
-        line += (f" | accepted {s.accepted}/{s.drafted} drafted ({s.acceptance_rate:.0%}),"
-                 f" {s.mean_accepted:.2f} tokens/step")
-    if len(s.drafter_steps) > 1:  # auto: show what it chose
-        line += " | steps " + ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items()))
-    return line
 
 
 @app.command()
@@ -89,4 +79,4 @@ def run(
             if not ev.text.endswith("\n"):
                 out.print()
             if tty or stats:
-                err.print(summary_line(ev), style="dim" if tty else None)
+                err.print(stats_line(ev.stats()), style="dim" if tty else None)

@@ -1,6 +1,6 @@
 """A thin, typed layer over llama-cpp-python's low-level (ctypes) API.
 
-Only this module and `pair` touch llama.cpp.  It exists so that the engine can
+Only this module calls llama.cpp.  It exists so that the engine can
 say "decode these tokens at these positions and give me row i of the logits"
 without ctypes noise, and so that logits are read in place (no copies of
 150k-float rows we never look at).
@@ -12,7 +12,6 @@ import ctypes
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -187,9 +186,6 @@ class Model:
             got = self._pieces[token] = buf.raw[:n]
         return got
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
-
     def chat_template(self) -> str | None:
         raw = self._lib.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", "replace") if raw else None
@@ -212,7 +208,7 @@ class Context:
         self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
-                               "(out of memory? try a smaller --ctx)")
+                               "(out of memory? try a smaller {n_ctx})")
         self.n_ctx = int(lib.llama_n_ctx(self.ptr))
         self._mem = lib.llama_get_memory(self.ptr)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
@@ -241,7 +237,7 @@ class Context:
         where it was, so callers' token bookkeeping stays true.
         """
         if self.n_past + len(tokens) > self.n_ctx:
-            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger --ctx")
+            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
         start_past = self.n_past
         b = self._batch
         try:
@@ -288,7 +284,3 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def file_path(path: str | os.PathLike[str]) -> Path:
-    return Path(path).expanduser()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from .. import __version__
+from ..fileio import cache_dir, write_atomic
 from .backend import Context, system_info
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
@@ -28,8 +27,7 @@ REPEATS = 3
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "specgen" / "costs.json"
+    return cache_dir() / "costs.json"
 
 
 def _key(ctx: Context, what: str) -> str:
@@ -104,16 +102,8 @@ def cached_costs(target: Context, draft: Context | None) -> tuple[dict[int, floa
             changed = True
         draft_cost = float(cache[dk])
     if changed:
-        _write_atomic(path, cache)
+        try:
+            write_atomic(path, json.dumps(cache))
+        except OSError:
+            pass  # a read-only cache only costs a re-measure next time
     return verify, draft_cost
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a re-measure next time

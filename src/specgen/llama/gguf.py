@@ -19,7 +19,12 @@ from ..errors import SpecgenError
 
 MAGIC = b"GGUF"
 
-# ggml type id -> (bytes per block, elements per block); from ggml.h / ggml.c.
+# ggml type id -> (bytes per block, elements per block): ggml's type_traits as of the
+# llama.cpp in llama-cpp-python 0.3.36, whose last type is
+# Q2_0 = 42; 4, 5 and 31-33, 36-38 were removed from ggml.  A type missing here is
+# refused: counting it as 0 bytes would let a truncated file through.  The `gguf`
+# package's copy of this table lags llama.cpp (no Q2_0 in 0.19) and sizes Q8_1 as
+# 40 bytes where ggml's block is 36, so it is not used.
 _TYPE_SIZES: dict[int, tuple[int, int]] = {
     0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32),
     8: (34, 32), 9: (36, 32), 10: (84, 256), 11: (110, 256), 12: (144, 256),
@@ -27,6 +32,7 @@ _TYPE_SIZES: dict[int, tuple[int, int]] = {
     18: (98, 256), 19: (50, 256), 20: (18, 32), 21: (110, 256), 22: (82, 256),
     23: (136, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1),
     29: (56, 256), 30: (2, 1), 34: (54, 256), 35: (66, 256), 39: (17, 32),
+    40: (36, 64), 41: (18, 128), 42: (18, 64),
 }
 
 # GGUF value type id -> struct format for scalars.
@@ -138,7 +144,7 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
         info.metadata[key] = r.value(r.take("<I"))
     end = 0
     for _ in range(n_tensors):
-        r.string()
+        name = r.string()
         n_dims = r.take("<I")
         if n_dims > 8:
             raise GGUFError(f"{p}: corrupt GGUF header (tensor with {n_dims} dimensions)")
@@ -146,7 +152,10 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
         for _ in range(n_dims):
             n_elems *= r.take("<Q")
         ttype, offset = r.take("<I"), r.take("<Q")
-        block_bytes, block_elems = _TYPE_SIZES.get(ttype, (0, 1))
+        if ttype not in _TYPE_SIZES:
+            raise GGUFError(f"{p}: tensor {name!r} has ggml type {ttype}, which this specgen does not know "
+                            "(a newer quantization, or a damaged file); it cannot check the file's size")
+        block_bytes, block_elems = _TYPE_SIZES[ttype]
         end = max(end, offset + n_elems // block_elems * block_bytes)
     align = int(info.metadata.get("general.alignment", 32)) or 32
     data_start = (r.pos + align - 1) // align * align

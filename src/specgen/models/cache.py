@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError
+from ..fileio import cache_home
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
 
 
@@ -27,8 +28,7 @@ def cache_dir() -> Path:
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
@@ -153,7 +153,6 @@ def local_files(model: ModelEntry, cache: Path | None = None) -> list[Path] | No
 
 @dataclass
 class PairFiles:
-    name: str | None
     target: list[Path]
     draft: list[Path] | None
     downloaded: int = 0
@@ -164,7 +163,7 @@ def local_pair(registry: Registry, name: str) -> PairFiles | None:
     t, d = local_files(target), local_files(draft)
     if t is None or d is None:
         return None
-    return PairFiles(name, t, d)
+    return PairFiles(t, d)
 
 
 # ---------------------------------------------------------------- pair status and removal

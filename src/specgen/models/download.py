@@ -35,6 +35,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from ..errors import SpecgenError
+from ..fileio import write_atomic
 from .cache import _SHARD_RE, PairFiles, cache_dir, human_size, local_files, select_files, storage_folder
 from .registry import ModelEntry, Registry
 
@@ -64,9 +65,14 @@ def _token() -> str | None:
 
 
 def _httpx():
-    try:
-        import httpx2 as httpx  # huggingface_hub >= 2
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+    """The HTTP library huggingface_hub's own session is built on: httpx2 from huggingface_hub 2
+    on, httpx in 1.x.  Chosen by the hub's version, not by what imports: both can be installed,
+    and the other one's Timeout and exception types do not fit the session."""
+    from huggingface_hub import __version__ as hub_version
+
+    if int(hub_version.split(".")[0]) >= 2:
+        import httpx2 as httpx
+    else:
         import httpx
     return httpx
 
@@ -140,10 +146,8 @@ class RemoteFile:
 @dataclass(frozen=True)
 class RepoListing:
     repo: str
-    revision: str
     commit: str
     files: dict[str, RemoteFile]
-    gated: bool = False
 
 
 def list_repo(repo: str, revision: str = "main") -> RepoListing:
@@ -160,7 +164,7 @@ def list_repo(repo: str, revision: str = "main") -> RepoListing:
     for s in info.siblings or []:
         files[s.rfilename] = RemoteFile(s.rfilename, s.size if s.size is not None else (s.lfs.size if s.lfs else None),
                                         s.lfs.sha256 if s.lfs else None, s.blob_id)
-    return RepoListing(repo, revision, commit, files, gated=bool(info.gated))
+    return RepoListing(repo, commit, files)
 
 
 # ---------------------------------------------------------------- what is already local
@@ -432,10 +436,7 @@ def _link(plan: _Plan, token: str | None) -> Path:
                                        endpoint=ep, token=token))
     ref = plan.folder / "refs" / plan.revision
     if plan.revision != plan.commit and (not ref.is_file() or ref.read_text().strip() != plan.commit):
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
-        tmp.write_text(plan.commit)
-        os.replace(tmp, ref)
+        write_atomic(ref, plan.commit)
     return pointer
 
 
@@ -559,5 +560,5 @@ def pull_pair(registry: Registry, name: str, progress: Progress | None = None) -
     the caller's check (`llama.vocab.check_pair_files`): downloading never loads a model."""
     target, draft = registry.pair_models(name)
     got = pull_models([target, draft], progress)
-    return PairFiles(name, got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
+    return PairFiles(got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
 

@@ -7,7 +7,7 @@ pair there is merged field by field (so `drafter:` alone tunes a built-in pair
 and `default: true` picks another default).  `specgen pair add` and
 `specgen bench --save` write the user file, atomically.
 
-This module knows nothing about downloads; see `hub`.
+This module knows nothing about downloads; see `models.download`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -24,8 +23,9 @@ from typing import Any
 import yaml
 
 from ..errors import SpecgenError
+from ..fileio import write_atomic
+from ..settings import DRAFTERS, check_drafter, parse_draft_max
 
-DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -256,15 +256,6 @@ def _unknown_keys(doc: _Doc, at: tuple, got: dict, allowed: set[str]) -> None:
                                          f"allowed: {', '.join(sorted(allowed))}")
 
 
-def parse_draft_max(value: Any) -> int | None:
-    """`auto` (or absent) -> None, a non-negative integer -> itself; raises ValueError otherwise."""
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(value)
-    return value
-
-
 def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
     at = ("models", model_id)
     if not _ID_RE.match(model_id):
@@ -330,7 +321,7 @@ def _pair_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
     if "draft_max" in raw:
         try:
             out["draft_max"] = parse_draft_max(raw["draft_max"])
-        except ValueError:
+        except SpecgenError:
             raise doc.error(at + ("draft_max",), f"expected a number of tokens (0 or more) or auto, "
                                                  f"got {raw['draft_max']!r}") from None
     if "note" in raw:
@@ -371,7 +362,6 @@ def _merge(docs: list[_Doc]) -> Registry:
     pair_raw: dict[str, dict[str, Any]] = {}
     pair_src: dict[str, tuple[_Doc, dict[str, tuple]]] = {}
     user_pairs: set[str] = set()
-    default_from: dict[str, tuple[_Doc, tuple]] = {}
     for n, doc in enumerate(docs):
         raw_models, raw_pairs = _top(doc)
         for model_id, raw in raw_models.items():
@@ -397,7 +387,6 @@ def _merge(docs: list[_Doc]) -> Registry:
             for other in pair_raw:  # a later file's default replaces an earlier one
                 if other != defaults_here[0]:
                     pair_raw[other]["default"] = False
-            default_from = {defaults_here[0]: (docs[n], ("pairs", defaults_here[0], "default"))}
 
     pairs: dict[str, PairEntry] = {}
     for name, raw in pair_raw.items():
@@ -435,21 +424,7 @@ def _write_user_raw(path: Path, raw: dict[str, Any], builtin_file: Path | None =
             del raw[key]
     text = USER_HEADER + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=False)
     _merge([_read_doc(builtin_file or builtin_path()), _Doc(path, text)])  # raises before anything is written
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.", suffix=".yaml.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomic(path, text)
 
 
 def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
@@ -458,10 +433,8 @@ def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
     Used by `specgen bench --save`; `run`/`chat` then use these over the pair's
     built-in recommendation.  Returns the file written.
     """
-    if drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
-    if draft_max is not None and (isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 0):
-        raise SpecgenError(f"draft_max must be 0 or more, or None for auto, not {draft_max!r}")
+    check_drafter(drafter)
+    parse_draft_max(draft_max)
     path = user_path()
     load_registry(path).pair(pair)  # unknown pair -> error with close matches
     raw = _load_user_raw(path)
@@ -539,8 +512,8 @@ def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
     if name in registry.pairs and not force:
         where = "your models.yaml" if registry.pairs[name].user else "the built-in models.yaml"
         raise SpecgenError(f"pair {name!r} already exists in {where}; choose another name or pass --force")
-    if drafter is not None and drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
+    if drafter is not None:
+        check_drafter(drafter)
     new_models: dict[str, Any] = {}
     ids = []
     for spec_text in (target, draft):
