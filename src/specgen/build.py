@@ -34,6 +34,10 @@ class EngineOptions:
     use_mmap: bool = True
     calibrate: bool = True
     """Seed the controller with measured verify/draft costs (cached per model and machine)."""
+    rpc: tuple[str, ...] = ()
+    """llama.cpp RPC workers (HOST:PORT) that hold the target's offloaded layers."""
+    draft_rpc: tuple[str, ...] = ()
+    """Workers for the draft model; by default it stays on this machine."""
 
     def check(self) -> list[str]:
         """Refuse what makes no sense before anything loads; clamp what is merely too large.
@@ -101,13 +105,14 @@ def load_engine(opts: EngineOptions) -> Engine:
     target_info = read_gguf(opts.target)
     draft_info = read_gguf(opts.draft) if use_draft else None
 
-    target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap), info=target_info)
+    target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap, rpc=opts.rpc), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
     controller = Controller(fixed=opts.draft_max)
     drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
     draft_model = None
     if use_draft:
-        draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap), info=draft_info)
+        draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap,
+                                                        rpc=opts.draft_rpc), info=draft_info)
         check_compatible(target, draft_model)
         drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
                                          n_vocab=min(target.n_vocab, draft_model.n_vocab))
@@ -121,12 +126,24 @@ def load_engine(opts: EngineOptions) -> Engine:
     return engine
 
 
+def topology(engine: Engine) -> dict:
+    """Where each model's layers live: this machine's backend and the RPC workers, for --json and bench."""
+    out = {"local": backend_name()}
+    for role, model in (("target", engine.target), ("draft", engine.draft_model)):
+        if model is not None:
+            out[role] = {"rpc": list(model.rpc), "devices": model.devices,
+                         "offloaded_layers": model.gpu_layers, "layers": model.n_layer + 1}
+    return out
+
+
 def describe_backend(engine: Engine) -> str:
-    """'CPU' or e.g. 'CUDA, target 29/29 layers, draft 25/25 layers'."""
+    """'CPU' or e.g. 'CUDA, target 29/29 layers, draft 25/25 layers' (+ ', target over RPC host:port')."""
     name = backend_name()
+    rpc = [f"{role} over RPC {', '.join(m.rpc)}" for role, m in (("target", engine.target),
+                                                              ("draft", engine.draft_model)) if m and m.rpc]
     if name == "CPU":
-        return name
+        return ", ".join([name] + rpc)
     parts = [f"target {engine.target.gpu_layers}/{engine.target.n_layer + 1} layers"]
     if engine.draft_model is not None:
         parts.append(f"draft {engine.draft_model.gpu_layers}/{engine.draft_model.n_layer + 1} layers")
-    return f"{name}, " + ", ".join(parts)
+    return f"{name}, " + ", ".join(parts + rpc)

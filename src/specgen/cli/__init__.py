@@ -49,6 +49,7 @@ from . import run as _run  # noqa: E402,F401  (registers the command)
 from . import models as _models  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
+from . import worker as _worker  # noqa: E402,F401
 from .options import SETTING_FLAGS  # noqa: E402
 
 

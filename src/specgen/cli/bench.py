@@ -97,6 +97,7 @@ def bench(
                            "`specgen pair add`) instead of --target/--draft")
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
+    flags.rpc_workers()
 
     specs = []
     for name in pairs or [None]:

@@ -55,6 +55,11 @@ class EngineFlags:
     draft_gpu_layers: Annotated[int, typer.Option(
         help="Draft layers to offload (-1: all). A draft left on the CPU loses the speedup.",
         rich_help_panel=M)] = -1
+    rpc: Annotated[Optional[str], typer.Option(
+        help="Spread the target's layers over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] "
+             "(see `specgen worker`).", rich_help_panel=M)] = None
+    draft_rpc: Annotated[Optional[str], typer.Option(
+        help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)] = None
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
                                           rich_help_panel=M)] = False
     temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
@@ -68,6 +73,7 @@ class EngineFlags:
     def engine_options(self) -> EngineOptions:
         """Check every number first, then resolve (maybe download) the pair; notes go to stderr."""
         self.check_numbers()
+        self.rpc_workers()  # a malformed --rpc fails before any download
         r = self.resolve(self.pair)
         draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
             else r.draft_max
@@ -89,13 +95,21 @@ class EngineFlags:
 
         return resolve_models(pair, self.target, self.draft, download=not self.no_download)
 
+    def rpc_workers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """--rpc and --draft-rpc as endpoint lists, or one line saying which is malformed."""
+        from ..llama.rpc import parse_endpoints
+
+        return parse_endpoints(self.rpc, "--rpc"), parse_endpoints(self.draft_rpc, "--draft-rpc")
+
     def options_for(self, target: Path, draft: Path | None, drafter: str | None,
                     draft_max: int | None) -> EngineOptions:
         """EngineOptions for these files and drafting choices, with the rest of the flags."""
+        rpc, draft_rpc = self.rpc_workers()
         return EngineOptions(
             target=target, draft=draft, drafter=drafter, draft_max=draft_max,
             draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
-            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
+            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
+            rpc=rpc, draft_rpc=draft_rpc)
 
     def sampling(self) -> SamplingParams:
         try:

@@ -13,7 +13,7 @@ from rich.console import Console
 from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
 from ..textstream import user_text
-from ..build import load_engine
+from ..build import load_engine, topology
 from ..llama.chat_template import chat_tokens, messages_for
 from ..statsline import stats_line
 from . import app
@@ -69,7 +69,8 @@ def run(
         summary = next(e for e in events if isinstance(e, Summary))
         print(json.dumps({"text": summary.text, "target": str(opts.target),
                           "draft": str(opts.draft) if opts.draft else None,
-                          "drafter": engine.drafter.name, "stats": summary.stats()}))
+                          "drafter": engine.drafter.name, "topology": topology(engine),
+                          "stats": summary.stats()}))
         return
 
     tty = sys.stdout.isatty()

@@ -113,6 +113,11 @@ def system_info() -> str:
 
 def backend_name() -> str:
     """'CUDA', 'Metal', 'Vulkan'... or 'CPU', read from llama.cpp's system info."""
+    from .devices import local_gpus
+
+    # An RPC-enabled build "supports GPU offload" (to workers) without a local GPU.
+    if not local_gpus():
+        return "CPU"
     info = system_info().upper()
     for name in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
         if f"{name} :" in info or f"{name} =" in info or name in info.split(" | ")[0]:
@@ -126,6 +131,8 @@ class ModelOptions:
     """-1: every layer when the build supports GPU offload (ignored on CPU builds)."""
     use_mmap: bool = True
     vocab_only: bool = False
+    rpc: tuple[str, ...] = ()
+    """HOST:PORT of llama.cpp RPC workers that take the offloaded layers (ahead of local GPUs)."""
 
 
 class Model:
@@ -149,6 +156,14 @@ class Model:
             mp.use_mmap = options.use_mmap
         mp.vocab_only = options.vocab_only
         self._lib = lib
+        self.rpc = tuple(options.rpc)
+        self.devices: list[str] = []
+        devs = None
+        if self.rpc and not options.vocab_only:
+            devs = self._rpc_devices(options, n_layer)
+            mp.devices = ctypes.cast(devs, ctypes.c_void_p)
+            mp.n_gpu_layers = n_layer + 1 if options.gpu_layers < 0 else options.gpu_layers
+            self.gpu_layers = min(mp.n_gpu_layers, n_layer + 1)
         self.ptr = None
         paused = []
 
@@ -167,7 +182,11 @@ class Model:
             self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
             if interrupts.pending:
                 self.close()
+        del devs  # llama.cpp copied the list
         if not self.ptr:
+            if self.rpc:
+                raise SpecgenError(f"{self.path}: llama.cpp could not load this model across "
+                                   f"{', '.join(self.devices)} (out of memory on a worker?)")
             raise SpecgenError(f"{self.path}: llama.cpp could not load this GGUF "
                                "(corrupt, or an architecture this llama.cpp build does not know)")
         self.vocab = lib.llama_model_get_vocab(self.ptr)
@@ -179,6 +198,24 @@ class Model:
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.ptr))
         self._eog = np.array([bool(lib.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
         self._pieces: dict[int, bytes] = {}
+
+    def _rpc_devices(self, options: ModelOptions, n_layer: int):
+        """RPC workers first (as llama.cpp orders them), then this machine's GPUs; refuses a model that
+        cannot fit in what the workers report free."""
+        from . import rpc
+        from .devices import local_gpus, null_terminated
+
+        remote = rpc.connect(self.rpc)
+        local = local_gpus()
+        self.devices = [f"{d.name} ({d.description})" for d in remote + local]
+        if options.gpu_layers < 0 or options.gpu_layers > n_layer:
+            free = {d.description: d.memory()[0] for d in remote + local}
+            need = self.path.stat().st_size
+            if need > sum(free.values()):
+                have = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in free.items())
+                raise SpecgenError(f"not enough memory for {self.path.name} ({need / 2**30:.1f} GiB) across the "
+                                   f"workers ({have} free): add a worker, or keep layers here with --gpu-layers N")
+        return null_terminated([d.ptr for d in remote + local])
 
     @property
     def name(self) -> str:
