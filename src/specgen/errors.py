@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-SETTINGS = ("target", "draft", "drafter", "draft_max", "n_ctx")
+SETTINGS = ("target", "draft", "drafter", "draft_max", "n_ctx", "gpu_layers")
 """EngineOptions fields an error message may name as `{field}`."""
 
 _SETTING = re.compile(r"\{(" + "|".join(SETTINGS) + r")\}")

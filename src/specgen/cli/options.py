@@ -24,7 +24,7 @@ from ..settings import parse_draft_max
 M, D, S = "Models", "Drafting", "Sampling"
 
 SETTING_FLAGS = {"target": "--target", "draft": "--draft", "drafter": "--drafter", "draft_max": "--draft-max",
-                 "n_ctx": "--ctx"}
+                 "n_ctx": "--ctx", "gpu_layers": "--gpu-layers"}
 """How the CLI words the engine settings that library errors name (see SpecgenError.worded)."""
 
 
