@@ -214,7 +214,7 @@ class Model:
             if need > sum(free.values()):
                 have = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in free.items())
                 raise SpecgenError(f"not enough memory for {self.path.name} ({need / 2**30:.1f} GiB) across the "
-                                   f"workers ({have} free): add a worker, or keep layers here with --gpu-layers N")
+                                   f"workers ({have} free): add a worker, or keep layers here with {{gpu_layers}} N")
         return null_terminated([d.ptr for d in remote + local])
 
     @property
