@@ -153,6 +153,12 @@ _TOTALS = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
 Event = Union[Piece, Prefill, Step, Summary]
 
 
+def check_max_tokens(n: int) -> None:
+    """The one bound on a generation's length, for every front end."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecgenError(f"{{max_tokens}} must be 1 or more, not {n}")
+
+
 class Engine:
     def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
                  n_threads: int | None = None, controller: Controller | None = None,
@@ -167,6 +173,7 @@ class Engine:
         self.controller = controller or Controller()
         self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
         self._banned: np.ndarray | None = None
+        self._first_step = False
 
     def close(self) -> None:
         for d in self.drafters.values():
@@ -202,7 +209,10 @@ class Engine:
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
         for benchmarks that need a fixed length.
         """
+        check_max_tokens(max_tokens)
+        sampling.check()
         self._banned = self.target.eog_tokens if ignore_eos else None
+        self._first_step = True
         tokens = list(prompt)
         if not tokens:
             raise SpecgenError("empty prompt")
@@ -267,6 +277,12 @@ class Engine:
         draft, name = self._draft(history, room, params, rng)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
+        if self._first_step:
+            # A file whose tensor bytes are garbage still loads; its logits are what give it away.
+            self._first_step = False
+            if not np.isfinite(self.ctx.logits_row(0)).all():
+                raise SpecgenError(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
+                                   "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0)
         accepted, token = self._verify(draft, history, params, rng, step)
         self.ctx.rollback_to(len(history) + accepted)

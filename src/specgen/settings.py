@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import SpecgenError
+from .errors import SpecgenError, shorten
 
 DRAFTERS = ("auto", "model", "ngram", "none")
 """auto: n-gram copies, the draft model when it pays, else plain decoding; none: plain decoding."""
@@ -12,7 +12,7 @@ DRAFTERS = ("auto", "model", "ngram", "none")
 
 def check_drafter(name: str) -> str:
     if name not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+        raise SpecgenError(f"unknown drafter {shorten(name)!r}; choose one of {', '.join(DRAFTERS)}")
     return name
 
 
@@ -28,5 +28,5 @@ def parse_draft_max(value: Any) -> int | None:
         except ValueError:
             n = None
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise SpecgenError(f"{{draft_max}} must be a number of tokens (0 or more) or 'auto', not {value!r}")
+        raise SpecgenError(f"{{draft_max}} must be a number of tokens (0 or more) or 'auto', not {shorten(value)!r}")
     return n

@@ -37,7 +37,7 @@ from .workload import BASELINE, Config, Plan, Question, categories_of
 from ..engine import Engine, Summary
 from ..errors import SpecgenError
 from ..fileio import cache_dir, file_sha256, write_atomic
-from ..build import EngineOptions, describe_backend, load_engine
+from ..build import EngineOptions, describe_backend, load_engine, topology
 from ..llama.chat_template import chat_tokens
 from ..sampling import SamplingParams
 
@@ -426,7 +426,7 @@ def pair_info(engine: Engine, spec: PairSpec) -> dict:
             "draft": model(engine.draft_model), "backend": describe_backend(engine),
             "threads": engine.ctx.n_threads, "n_ctx": engine.n_ctx, "use_mmap": o.use_mmap,
             "gpu_layers": o.gpu_layers, "draft_gpu_layers": o.draft_gpu_layers, "draft_p_min": o.draft_p_min,
-            "drafters": list(engine.drafters)}
+            "drafters": list(engine.drafters), "topology": topology(engine)}
 
 
 def model_sha256(path: Path) -> str:
@@ -459,6 +459,7 @@ def build_result(pairs: list[dict], runs: list[dict], plan: Plan, settings: dict
         machine["gpu_layers"] = first["target"]["gpu_layers"]
         machine["draft_gpu_layers"] = first["draft"]["gpu_layers"] if first["draft"] else None
         machine["backend_detail"] = first["backend"]
+        machine["topology"] = first["topology"]
     machine["pairs"] = pairs
     machine["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
     machine["seconds"] = round(time.time() - started, 1)

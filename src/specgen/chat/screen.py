@@ -24,6 +24,7 @@ from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, pos
 from ..engine import Piece, Prefill, Summary
 from ..errors import SpecgenError
 from ..statsline import stats_parts
+from ..textstream import user_text
 
 DRAFT_STYLE = "green"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -324,6 +325,13 @@ def run(chat: Chat, screen: Screen) -> None:
         except EOFError:
             screen.line()
             return
+        try:
+            text, bad = user_text(text, "that message")
+        except SpecgenError as e:
+            screen.error(f"error: {e}")
+            continue
+        if bad:
+            screen.line(f"({bad} bytes that were not UTF-8 became \ufffd)", "dim")
         if not text.strip():
             continue
         if text.lstrip().startswith("/"):

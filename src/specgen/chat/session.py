@@ -20,7 +20,7 @@ from .. import __version__
 from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
 from ..errors import SpecgenError
 from ..llama.chat_template import Message, chat_text, prompt_tokens
-from ..sampling import SamplingParams
+from ..sampling import SamplingError, SamplingParams
 from ..statsline import stats_line
 from ..settings import parse_draft_max
 
@@ -365,9 +365,10 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
             t = float(arg)
         except ValueError:
             raise ChatError(f"usage: /temp T, a number 0 or more (now {chat.sampling.temperature:g})") from None
-        if not t >= 0 or t == float("inf"):
-            raise ChatError("usage: /temp T, a number 0 or more")
-        chat.sampling = dataclasses.replace(chat.sampling, temperature=t)
+        try:
+            chat.sampling = dataclasses.replace(chat.sampling, temperature=t).check()
+        except SamplingError as e:
+            raise ChatError(f"usage: /temp T, {e.rule}") from None
         return Outcome(f"temperature: {t:g}" + (" (greedy)" if t == 0 else ""))
     if name == "/system":
         if not arg:

@@ -15,9 +15,10 @@ from ..bench import runner
 from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
+from ..engine import check_max_tokens
 from ..settings import check_drafter
 from . import app
-from .options import EngineFlags, engine_command
+from .options import EngineFlags, engine_command, note
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -75,10 +76,12 @@ def bench(
     drafters = [check_drafter(d) for d in workload.split_list(drafter)]
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
-    if max_tokens < 1:
-        raise SpecgenError("--max-tokens must be 1 or more")
+    check_max_tokens(max_tokens)
     if repeat < 1:
-        raise SpecgenError("--repeat must be 1 or more")
+        raise SpecgenError(f"--repeat must be 1 or more, not {repeat}")
+    if limit is not None and limit < 1:
+        raise SpecgenError(f"--limit must be 1 or more, not {limit}")
+    flags.check_numbers()
     prompts = prompts or ["builtin:all"]
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")):
@@ -94,6 +97,7 @@ def bench(
                            "`specgen pair add`) instead of --target/--draft")
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
+    flags.rpc_workers()
 
     specs = []
     for name in pairs or [None]:
@@ -106,6 +110,8 @@ def bench(
         label = r.pair or (f"{r.target.stem}+{loaded_draft.stem}" if loaded_draft else r.target.stem)
         # One engine per pair that can run every configuration; the runner switches between them.
         opts = flags.options_for(r.target, loaded_draft, "auto" if needs_draft else "ngram", None)
+        for line in opts.check():
+            note(line)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
@@ -128,11 +134,15 @@ def bench(
     if plot is None:
         out.print()
         out.print(report.bar_chart(result))
-    for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
-                        (markdown_path, report.write_markdown), (plot, report.write_plot)):
-        if path is not None:
-            write(result, path)
+    outputs = [(path, write) for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
+                                                 (markdown_path, report.write_markdown), (plot, report.write_plot))
+               if path is not None]
+    failed = report.save_outputs(result, outputs)
+    for path, _ in outputs:
+        if path not in failed:
             err.print(f"wrote {path}")
+    if failed:
+        raise SpecgenError("; ".join(failed.values()))
     if interrupted:
         raise KeyboardInterrupt  # after the partial results are out; main() exits 130
     if save:

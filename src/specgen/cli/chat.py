@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from ..chat.session import Chat
-from ..errors import SpecgenError
+from ..engine import check_max_tokens
 from ..build import describe_backend, load_engine
 from ..chat.screen import Screen, run
 from . import app
@@ -24,9 +25,10 @@ def chat(
     flags: EngineFlags,
 ) -> None:
     """Chat with the target; the status line shows what speculation does for each reply."""
-    if max_tokens < 1:
-        raise SpecgenError("--max-tokens must be 1 or more")
+    check_max_tokens(max_tokens)
     sampling = flags.sampling()
+    if hasattr(sys.stdin, "reconfigure"):  # stray bytes reach the chat as surrogates, not an exception
+        sys.stdin.reconfigure(errors="surrogateescape")
     opts = flags.engine_options()
     screen = Screen(color=not no_color)
     done = screen.loading(f"loading {opts.target.name}" + (f" and {opts.draft.name}" if opts.draft else "") + "…")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..llama.vocab import check_pair_files
 from ..models import cache, download
-from ..errors import SpecgenError
+from ..errors import SpecgenError, shorten
 from ..models.registry import ModelEntry, add_pair, load_registry, parse_model_spec, user_path
 from ..settings import DRAFTERS, parse_draft_max
 from . import app
@@ -27,11 +27,13 @@ def pull(
     name: Annotated[str, typer.Argument(
         metavar="PAIR|REPO[:QUANT]",
         help="A pair from `specgen list`, a model id, or a Hugging Face repo with an optional quant (default Q4_K_M).")],
+    check: Annotated[bool, typer.Option("--check", help="Also hash what is already downloaded (sha256) and "
+                                                       "fetch again what does not match.")] = False,
 ) -> None:
     """Download a pair (or one model) into the Hugging Face cache, check it, print the local paths."""
     registry = load_registry()
     if name in registry.pairs:
-        got = download.pull_pair(registry, name)
+        got = download.pull_pair(registry, name, check=check)
         check_pair_files(got.target[0], got.draft[0])
         files = got.target + (got.draft or [])
         what = f"pair {name}"
@@ -42,16 +44,19 @@ def pull(
         elif "/" in name:
             spec = parse_model_spec(name, registry)
             if spec.path is not None:
-                raise SpecgenError(f"{name} is a local file; nothing to pull (use it with --target/--draft)")
+                if not spec.path.exists():
+                    raise SpecgenError(f"{shorten(name)} is not a pair, a model id or a Hugging Face REPO[:QUANT] "
+                                       "(`specgen list` shows the pairs)")
+                raise SpecgenError(f"{shorten(name)} is a local file; nothing to pull (use it with --target/--draft)")
             model = registry.find_model(spec.repo, quant=spec.quant or "Q4_K_M") or \
                 ModelEntry(id=name, repo=spec.repo, quant=spec.quant or "Q4_K_M")
         else:
             registry.pair(name)  # unknown pair, with close matches
             return
-        pulled = download.pull_models([model])[0]
+        pulled = download.pull_models([model], check=check)[0]
         files, what, downloaded = pulled.files, model.spec, pulled.downloaded
     status = f"downloaded {cache.human_size(downloaded)}" if downloaded else "already downloaded"
-    _err.print(f"{what}: {status}, checked")
+    _err.print(f"{what}: {status}, checked ({'sha256, ' if check else ''}size and GGUF header)")
     for f in files:
         print(f)
 
@@ -130,11 +135,14 @@ def pair_add(
     force: Annotated[bool, typer.Option("--force", help="Replace a pair of the same name.")] = False,
 ) -> None:
     """Add a pair to your models.yaml; `specgen pull NAME` then downloads it."""
+    def check(preview) -> None:  # before anything is written: a pair that is refused is never saved
+        local = cache.local_pair(preview, name)
+        if local is not None:
+            check_pair_files(local.target[0], local.draft[0])
+
     path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=parse_draft_max(draft_max), note=note,
-                              default=default, force=force)
+                              default=default, force=force, check=check)
     have = cache.local_pair(registry, name)
-    if have is not None:
-        check_pair_files(have.target[0], have.draft[0])
     t, d = registry.pair_models(name)
     _err.print(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}")
     if have is None:

@@ -5,7 +5,8 @@ tries; without a starting curve it could never discover that wide batches
 are cheap on a GPU.  So at load we time one decode of n tokens for a few n
 (about a second for a 1.5B model on a CPU, far less on a GPU) and cache the
 result under the user's cache directory, keyed by the model file, the
-llama.cpp build and the settings that change speed.
+llama.cpp build, the settings that change speed and the RPC workers the
+model's layers live on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def _key(ctx: Context, what: str) -> str:
     st = ctx.model.path.stat()
     ident = [what, str(ctx.model.path.resolve()), st.st_size, st.st_mtime_ns, ctx.model.gpu_layers,
              ctx.n_threads, system_info(), __version__]
+    if ctx.model.rpc:  # a curve measured over the network is never a local one, nor the other way round
+        ident.append(list(ctx.model.rpc))
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 

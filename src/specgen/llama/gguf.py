@@ -39,6 +39,20 @@ _TYPE_SIZES: dict[int, tuple[int, int]] = {
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_UINTS = {0, 2, 4, 10}
+_TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
+               7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+
+# Header fields this code (or llama.cpp before it could fail cleanly) reads, and the value type each
+# must have; a key ending in ".block_count" etc. is checked for any architecture.
+_FIELD_TYPES: dict[str, tuple[set[int], str]] = {
+    "general.alignment": (_UINTS, "an unsigned integer"),
+    "general.architecture": ({_STRING}, "a string"),
+    "general.name": ({_STRING}, "a string"),
+    ".block_count": (_UINTS | {5}, "an integer"),
+    ".context_length": (_UINTS | {5}, "an integer"),
+}
+_MIN_KV_BYTES, _MIN_TENSOR_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
 
 
 class GGUFError(SpecgenError):
@@ -117,6 +131,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         raise GGUFError(f"{p}: no such file")
     if p.is_dir():
         raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise GGUFError(f"{p}: not a regular file; give the path of a .gguf file")
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -136,12 +152,15 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
     if version not in (2, 3):
         raise GGUFError(f"{p}: unsupported GGUF version {version}")
     n_tensors, n_kv = r.take("<Q"), r.take("<Q")
-    if n_tensors > 1 << 24 or n_kv > 1 << 24:
-        raise GGUFError(f"{p}: corrupt GGUF header (implausible counts)")
+    if n_tensors * _MIN_TENSOR_BYTES + n_kv * _MIN_KV_BYTES > size:
+        raise GGUFError(f"{p}: corrupt GGUF header (it lists {n_tensors} tensors and {n_kv} keys, more than "
+                        f"a file of {size} bytes can hold); re-download it")
     info = GGUFInfo(path=p, version=version, size=size, n_tensors=n_tensors)
     for _ in range(n_kv):
         key = r.string()
-        info.metadata[key] = r.value(r.take("<I"))
+        vtype = r.take("<I")
+        info.metadata[key] = r.value(vtype)
+        _check_type(p, key, vtype, info.metadata[key])
     end = 0
     for _ in range(n_tensors):
         name = r.string()
@@ -157,10 +176,24 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
                             "(a newer quantization, or a damaged file); it cannot check the file's size")
         block_bytes, block_elems = _TYPE_SIZES[ttype]
         end = max(end, offset + n_elems // block_elems * block_bytes)
-    align = int(info.metadata.get("general.alignment", 32)) or 32
+    align = info.metadata.get("general.alignment", 32)
     data_start = (r.pos + align - 1) // align * align
     if data_start + end > size:
         raise GGUFError(
             f"{p}: truncated GGUF ({size} bytes, tensor data needs {data_start + end}); "
             "re-download it")
     return info
+
+
+def _check_type(p: Path, key: str, vtype: int, value: Any) -> None:
+    want = _FIELD_TYPES.get(key) or next((t for k, t in _FIELD_TYPES.items()
+                                          if k.startswith(".") and key.endswith(k)), None)
+    if want is None:
+        return
+    types, described = want
+    if vtype not in types:
+        raise GGUFError(f"{p}: corrupt GGUF header ({key} is {_TYPE_NAMES.get(vtype, f'type {vtype}')}, "
+                        f"expected {described}); re-download it")
+    if key == "general.alignment" and (value <= 0 or value & (value - 1) or value > 1 << 20):
+        raise GGUFError(f"{p}: corrupt GGUF header (general.alignment is {value}, expected a power of two); "
+                        "re-download it")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from ..errors import SpecgenError
 from ..llama.chat_template import Message
-from ..sampling import SamplingParams
+from ..sampling import SamplingError, SamplingParams
 from ..settings import parse_draft_max
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
@@ -116,18 +116,11 @@ def _kind(v: Any) -> str:
 # -- the parts both endpoints share -----------------------------------------------------------
 
 def validate_sampling(p: SamplingParams) -> SamplingParams:
-    """The bounds of every sampling parameter, in one place; the error names the request field."""
-    if not p.temperature >= 0:
-        raise bad("temperature must be 0 or more (0 is greedy)", param="temperature")
-    if not 0 < p.top_p <= 1:
-        raise bad("top_p must be more than 0 and at most 1", param="top_p")
-    if p.top_k < 0:
-        raise bad("top_k must be 0 or more (0: no limit)", param="top_k")
-    if not 0 <= p.min_p <= 1:
-        raise bad("min_p must be between 0 and 1", param="min_p")
-    if not p.repeat_penalty > 0:
-        raise bad("repeat_penalty must be more than 0 (1 is off)", param="repeat_penalty")
-    return p
+    """The sampling bounds every front end shares; the error names the request field (the same name)."""
+    try:
+        return p.check()
+    except SamplingError as e:
+        raise bad(e.worded(), param=e.field) from None
 
 
 def sampling_from(body: dict, defaults: SamplingParams) -> SamplingParams:
