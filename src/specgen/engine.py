@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -135,6 +135,24 @@ class Summary:
 
 
 Event = Union[Piece, Prefill, Step, Summary]
+
+
+def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: int, params: SamplingParams,
+                 rng: np.random.Generator, is_eog: Callable[[int], bool]) -> tuple[Draft, str]:
+    """Ask *drafter* for a draft and cut it to the prefix worth verifying: (draft, drafter that made it).
+
+    A function of its own so that an offline replay of recorded outputs sizes drafts exactly as the engine does.
+    """
+    n_max = min(room, ctl.cap)
+    if n_max <= 0:
+        return Draft(), drafter.name
+    draft = drafter.draft(history, n_max, params, rng,
+                          keep_going=lambda conf: ctl.worth_drafting_more(drafter.name, conf))
+    name = draft.source or drafter.name
+    # Leave end-of-generation to the target, so every step emits accepted + 1.
+    n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
+    n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
+    return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n]), name
 
 
 class Engine:
@@ -263,17 +281,7 @@ class Engine:
 
     def _draft(self, history: list[int], room: int, params: SamplingParams,
                rng: np.random.Generator) -> tuple[Draft, str]:
-        ctl = self.controller
-        n_max = min(room, ctl.cap)
-        if n_max <= 0:
-            return Draft(), self.drafter.name
-        draft = self.drafter.draft(history, n_max, params, rng,
-                                   keep_going=lambda conf: ctl.worth_drafting_more(self.drafter.name, conf))
-        name = draft.source or self.drafter.name
-        # Leave end-of-generation to the target, so every step emits accepted + 1.
-        n = next((i for i, t in enumerate(draft.tokens) if self.target.is_eog(t)), len(draft))
-        n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
-        return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n]), name
+        return choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog)
 
     def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
                 rng: np.random.Generator, step: Step) -> tuple[int, int]:
