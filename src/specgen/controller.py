@@ -194,19 +194,43 @@ class Controller:
         self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)
         self.cap = self.fixed if self.fixed is not None else self.auto_cap
 
-    def plain(self) -> Choice:
-        return Choice(0, 1.0, self.costs.verify_cost(1))
+    def plain(self, spent: float = 0.0) -> Choice:
+        return Choice(0, 1.0, spent + self.costs.verify_cost(1))
 
-    def best_length(self, drafter: str, confidence: Sequence[float]) -> Choice:
-        """The prefix of a draft worth verifying (0: decode plainly this step)."""
-        t_d = self.costs.draft_cost(drafter)
+    def best_length(self, drafter: str, confidence: Sequence[float], spent: float | None = None) -> Choice:
+        """The prefix of a draft worth verifying (0: decode plainly this step).
+
+        The draft is already made, so its time (*spent*; by default its
+        tokens at the drafter's cost) counts against every prefix alike:
+        cutting a costly draft short refunds nothing.
+        """
+        if spent is None:
+            spent = len(confidence) * self.costs.draft_cost(drafter)
         if self.fixed is not None:
             n = min(self.fixed, len(confidence))
-            return Choice(n, expected_tokens(confidence, n), self.costs.verify_cost(n + 1) + n * t_d)
+            return Choice(n, expected_tokens(confidence, n), spent + self.costs.verify_cost(n + 1))
         survival = self.acceptance.survival(drafter, confidence)
-        best = self.plain()
+        best = self.plain(spent)
         for n in range(1, min(len(confidence), self.cap) + 1):
-            c = Choice(n, expected_tokens(survival, n), self.costs.verify_cost(n + 1) + n * t_d)
+            c = Choice(n, expected_tokens(survival, n), spent + self.costs.verify_cost(n + 1))
+            if c.rate > best.rate:
+                best = c
+        return best
+
+    def outlook(self, drafter: str) -> Choice:
+        """The best a costly drafter is expected to offer before it drafts anything.
+
+        Each position is expected to survive as often as this drafter's tokens
+        at that position have this session, so the estimate needs no draft.
+        """
+        if self.fixed is not None:
+            return Choice(self.fixed, 1.0 + self.fixed, self.costs.verify_cost(self.fixed + 1))
+        t_d = self.costs.draft_cost(drafter)
+        best, e, p = self.plain(), 1.0, 1.0
+        for n in range(1, self.cap + 1):
+            p *= self.acceptance.next_token(drafter, n - 1)
+            e += p
+            c = Choice(n, e, self.costs.verify_cost(n + 1) + n * t_d)
             if c.rate > best.rate:
                 best = c
         return best
