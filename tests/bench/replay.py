@@ -64,11 +64,17 @@ def record(args: argparse.Namespace) -> None:
     out = {"curve": {"verify": {str(n): e.value for n, e in costs.verify.items()},
                      "draft": costs.draft_cost("model"), "threads": engine.ctx.n_threads},
            "segments": []}
+    done = set()
+    if args.resume and Path(args.out).exists():
+        out["segments"] = json.loads(Path(args.out).read_text())["segments"]
+        done = {s["id"] for s in out["segments"]}
     questions = select(load_questions(args.prompts), args.categories, args.limit) if args.prompts else []
     convs = [(str(q.question_id), q.category, q.turns, args.max_tokens) for q in questions]
     if args.code_edit:
-        convs.append(("code-edit", "code-edit", [CODE_EDIT], args.code_edit))
+        convs.insert(0, ("code-edit", "code-edit", [CODE_EDIT], args.code_edit))
     for qid, cat, turns, max_tokens in convs:
+        if qid in done:
+            continue
         messages: list[dict] = []
         for ti, turn in enumerate(turns):
             messages.append({"role": "user", "content": turn})
@@ -307,6 +313,7 @@ def main() -> None:
     r.add_argument("--code-edit", type=int, default=0, help="also the code-edit prompt, this many tokens")
     r.add_argument("--threads", type=int)
     r.add_argument("--out", required=True)
+    r.add_argument("--resume", action="store_true", help="keep the prompts already in --out")
     p = sub.add_parser("predict")
     p.add_argument("traces")
     p.add_argument("--curve", default="cpu", help="cpu (recorded), flat (GPU-like) or a JSON {verify, draft}")

@@ -8,7 +8,6 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
-from rich.console import Console
 
 from ..engine import Piece, Summary
 from ..errors import SpecgenError
@@ -74,6 +73,8 @@ def run(
                           "draft": str(opts.draft) if opts.draft else None,
                           "drafter": engine.drafter.name, "stats": summary.stats()}))
         return
+
+    from rich.console import Console  # only now: --json above never needs it
 
     tty = sys.stdout.isatty()
     color = tty and not no_color and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
