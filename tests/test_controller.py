@@ -49,6 +49,25 @@ def test_cpu_like_costs_keep_free_copies_only_when_sure():
     assert sure.n >= 11 and sure.rate > 1 / measured[1]
 
 
+def test_a_slower_machine_slows_every_batch_size_alike():
+    """Only plain steps observed, 10x slower than calibrated: wide drafts must not look cheap by comparison."""
+    measured = {1: .026, 2: .048, 4: .079, 8: .131, 16: .165}
+    costs = CostModel()
+    costs.seed(measured, {"model": .014})
+    ctl = Controller(costs)
+    for _ in range(30):
+        ctl.observe("none", 0, 0, 0.0, 0.26)
+    assert abs(costs.verify_cost(8) / costs.verify_cost(1) - measured[8] / measured[1]) < 1e-6
+    assert abs(costs.draft_cost("model") - 0.14) < 1e-6
+    assert ctl.best_length("ngram", [0.5] * 16).n == 0
+
+
+def test_a_noisy_calibration_is_made_non_decreasing():
+    costs = CostModel()
+    costs.seed({1: .010, 2: .030, 3: .020, 4: .040}, {})
+    assert [round(costs.verify_cost(n), 6) for n in (1, 2, 3, 4)] == [.010, .025, .025, .040]
+
+
 def test_acceptance_model_learns_overconfidence():
     ctl = controller(lambda n: C1 * (1 + 0.1 * (n - 1)), draft_cost=0.001)
     before = ctl.best_length("model", [0.99] * 16).n

@@ -32,57 +32,93 @@ class EMA:
 
 @dataclass
 class CostModel:
-    """Seconds to verify a batch of n tokens, and to draft one token, per drafter."""
+    """Seconds to verify a batch of n tokens, and to draft one token, per drafter.
+
+    A calibrated curve (`seed`) gives the shape of c(n); every step then
+    updates one speed factor, observed / calibrated, whatever its n.  So when
+    the machine slows down (another job, thermal limits) every size slows
+    together.  Learning each size on its own would leave the sizes not tried
+    lately at their old, fast cost, and make wide drafts look cheap exactly
+    when nothing is.
+    """
 
     verify: dict[int, EMA] = field(default_factory=dict)
+    """Observed seconds per batch size (used as the curve when none was calibrated)."""
     draft: dict[str, EMA] = field(default_factory=dict)
     slope_prior: float = 0.6
     """Marginal cost of one more verify row, as a fraction of a single-token
     step, assumed before any wide batch has been measured (a CPU-like guess:
     it errs towards short drafts until the machine shows otherwise)."""
+    shape: dict[int, float] = field(default_factory=dict)
+    """The calibrated curve, made non-decreasing: more rows never cost less."""
+    speed: EMA = field(default_factory=EMA)
+    """Observed / calibrated cost over recent steps (1: as calibrated)."""
+    draft_shape: dict[str, float] = field(default_factory=dict)
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""
-        for n, sec in verify.items():
-            self.verify[n] = EMA()
-            self.verify[n].add(sec)
-        for name, sec in draft.items():
-            self.draft[name] = EMA()
-            self.draft[name].add(sec)
+        sizes = sorted(verify)
+        self.shape = dict(zip(sizes, _non_decreasing([verify[n] for n in sizes])))
+        self.draft_shape = dict(draft)
 
     def observe_verify(self, n: int, seconds: float) -> None:
         self.verify.setdefault(n, EMA()).add(seconds)
+        if self.shape:
+            self.speed.add(seconds / self._interpolate(self.shape, n))
 
     def observe_draft(self, drafter: str, n_tokens: int, seconds: float) -> None:
         if n_tokens > 0:
             self.draft.setdefault(drafter, EMA()).add(seconds / n_tokens)
 
+    def _speed(self) -> float:
+        return self.speed.value if self.speed.count else 1.0
+
     def draft_cost(self, drafter: str) -> float:
         e = self.draft.get(drafter)
-        return e.value if e and e.count else 0.0
+        if e and e.count:
+            return e.value
+        # Never drafted yet: the calibrated cost, slowed or sped up as the target has been.
+        return self.draft_shape.get(drafter, 0.0) * self._speed()
 
     def verify_cost(self, n: int) -> float:
+        if self.shape:
+            return self._interpolate(self.shape, n) * self._speed()
         got = self.verify.get(n)
         if got and got.count:
             return got.value
-        known = sorted(k for k, v in self.verify.items() if v.count)
+        known = {k: v.value for k, v in self.verify.items() if v.count}
         if not known:
             return 1.0 + self.slope_prior * (n - 1)  # unit-free until measured
+        return self._interpolate(known, n)
+
+    def _interpolate(self, curve: dict[int, float], n: int) -> float:
+        if n in curve:
+            return curve[n]
+        known = sorted(curve)
         lo = [k for k in known if k < n]
         hi = [k for k in known if k > n]
-        if lo and hi:  # interpolate between the nearest measured sizes
+        if lo and hi:  # between the nearest measured sizes
             a, b = lo[-1], hi[0]
-            ca, cb = self.verify[a].value, self.verify[b].value
-            return ca + (cb - ca) * (n - a) / (b - a)
+            return curve[a] + (curve[b] - curve[a]) * (n - a) / (b - a)
         base_n = lo[-1] if lo else hi[0]
-        base = self.verify[base_n].value
-        one = self.verify[1].value if 1 in self.verify and self.verify[1].count else base / (
-            1 + self.slope_prior * (base_n - 1))
-        if lo and len(lo) >= 2:  # extrapolate with the measured slope
+        base = curve[base_n]
+        one = curve[1] if 1 in curve else base / (1 + self.slope_prior * (base_n - 1))
+        if len(lo) >= 2:  # beyond them, with the measured slope
             a = lo[-2]
-            slope = (base - self.verify[a].value) / (base_n - a)
+            slope = (base - curve[a]) / (base_n - a)
             return base + max(slope, 0.0) * (n - base_n)
         return max(base + self.slope_prior * one * (n - base_n), one)
+
+
+def _non_decreasing(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (pool adjacent violators): timing noise made c(4) < c(3)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
 
 
 def expected_tokens(survival: Sequence[float], n: int) -> float:
