@@ -66,9 +66,20 @@ class CostModel:
         if self.shape:
             self.speed.add(seconds / self._interpolate(self.shape, n))
 
-    def observe_draft(self, drafter: str, n_tokens: int, seconds: float) -> None:
+    def observe_draft(self, drafter: str, n_tokens: int, seconds: float, caught_up: int = 0) -> None:
         if n_tokens > 0:
-            self.draft.setdefault(drafter, EMA()).add(seconds / n_tokens)
+            # The first token came out of the catch-up batch; each further one is a one-token decode.
+            self.draft.setdefault(drafter, EMA()).add(seconds / (self.batch_factor(caught_up) + n_tokens - 1))
+
+    def batch_factor(self, n: int) -> float:
+        """What decoding n tokens in one batch costs, in one-token decodes (the target's curve's shape)."""
+        if n <= 1:
+            return 1.0
+        return self.verify_cost(n) / self.verify_cost(1)
+
+    def catch_up_cost(self, drafter: str, behind: int) -> float:
+        """Seconds a model drafter spends decoding *behind* tokens before its first guess, beyond one decode."""
+        return self.draft_cost(drafter) * (self.batch_factor(behind) - 1.0)
 
     def _speed(self) -> float:
         return self.speed.value if self.speed.count else 1.0
@@ -253,21 +264,25 @@ class Controller:
                 best = c
         return best
 
-    def outlook(self, drafter: str) -> Choice:
-        """The best a costly drafter is expected to offer before it drafts anything.
+    def outlook(self, drafter: str, behind: int = 1) -> Choice:
+        """The best draft a costly drafter is expected to offer before it drafts anything (n >= 1).
 
         Each position is expected to survive as often as this drafter's tokens
         at that position have this session, so the estimate needs no draft.
+        A drafter *behind* the history (the text was copied meanwhile) first
+        decodes what it missed, which is charged here too.
         """
-        if self.fixed is not None:
-            return Choice(self.fixed, 1.0 + self.fixed, self.costs.verify_cost(self.fixed + 1))
+        spent = self.costs.catch_up_cost(drafter, behind)
         t_d = self.costs.draft_cost(drafter)
-        best, e, p = self.plain(), 1.0, 1.0
-        for n in range(1, self.cap + 1):
+        if self.fixed is not None:
+            n = max(self.fixed, 1)
+            return Choice(n, 1.0 + n, spent + self.costs.verify_cost(n + 1) + n * t_d)
+        best, e, p = None, 1.0, 1.0
+        for n in range(1, max(self.cap, 1) + 1):
             p *= self.acceptance.next_token(drafter, n - 1)
             e += p
-            c = Choice(n, e, self.costs.verify_cost(n + 1) + n * t_d)
-            if c.rate > best.rate:
+            c = Choice(n, e, spent + self.costs.verify_cost(n + 1) + n * t_d)
+            if best is None or c.rate > best.rate:
                 best = c
         return best
 
@@ -300,9 +315,9 @@ class Controller:
         return False
 
     def observe(self, drafter: str, drafted: int, accepted: int, draft_seconds: float,
-                verify_seconds: float, confidence: Sequence[float] = ()) -> None:
+                verify_seconds: float, confidence: Sequence[float] = (), caught_up: int = 0) -> None:
         self.costs.observe_verify(drafted + 1, verify_seconds)
-        self.costs.observe_draft(drafter, drafted, draft_seconds)
+        self.costs.observe_draft(drafter, drafted, draft_seconds, caught_up)
         if drafted:
             self.acceptance.observe(drafter, confidence[:drafted], accepted)
         for i in range(min(drafted, self.MAX_CAP)):

@@ -152,7 +152,8 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
     # Leave end-of-generation to the target, so every step emits accepted + 1.
     n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
     n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
-    return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n]), name
+    return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
+                 caught_up=draft.caught_up), name
 
 
 class Engine:
@@ -276,7 +277,7 @@ class Engine:
         self.ctx.rollback_to(len(history) + accepted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
-                                draft.confidence)
+                                draft.confidence, caught_up=draft.caught_up)
         return draft.tokens[:accepted] + [token], step
 
     def _draft(self, history: list[int], room: int, params: SamplingParams,

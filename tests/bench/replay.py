@@ -113,12 +113,13 @@ class ReplayModelDrafter:
 
     name = "model"
 
-    def __init__(self) -> None:
+    def __init__(self, curve: "Curve") -> None:
+        self.curve = curve
         self.top: list[int] = []
         self.prob: list[float] = []
         self.start = 0  # history length at output position 0
         self.cached = 0  # history length the draft model's KV cache has caught up to
-        self.decodes = 0.0  # draft-model decodes charged since the last call of take_decodes()
+        self.decodes = 0.0  # draft-model decodes (one-token equivalents) since the last take_decodes()
 
     def segment(self, seg: dict) -> None:
         self.top, self.prob = seg["draft_top"], seg["draft_p"]
@@ -127,15 +128,17 @@ class ReplayModelDrafter:
     def prefill(self, history: Sequence[int]) -> None:
         self.cached = len(history)
 
+    def behind(self, history: Sequence[int]) -> int:
+        return max(1, len(history) - self.cached + 1)
+
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
         out = Draft()
         if n_max <= 0 or (keep_going and not keep_going([])):
             return out
-        # Catching up on tokens emitted since the last call: one batched decode (about one decode's cost
-        # for the few tokens of a step, a little more per extra token).
-        behind = len(history) - self.cached
-        self.decodes += 1.0 + 0.3 * max(behind - 1, 0)
+        # Catching up on the tokens emitted since the last call: one batch, priced like a verify batch.
+        out.caught_up = self.behind(history)
+        self.decodes += self.curve.c(out.caught_up) / self.curve.c(1)
         k = len(history) - self.start
         while k + len(out.tokens) < len(self.top):
             i = k + len(out.tokens)
@@ -211,7 +214,7 @@ class Session:
         self.controller = Controller(fixed=draft_max, cap=cap)
         self.controller.costs.seed(curve.verify, {"model": curve.draft})
         self.ngram = NgramDrafter()
-        self.model = ReplayModelDrafter()
+        self.model = ReplayModelDrafter(curve)
         self.drafter = {"none": NoDrafter(), "ngram": self.ngram, "model": self.model,
                         "auto": AutoDrafter(self.controller, self.ngram, self.model)}[drafter]
         self.shadow = NgramDrafter()  # what a plain copy would offer at each step, for the log
@@ -235,9 +238,10 @@ class Session:
             truth = output[k:]
             a = accepted_prefix(draft.tokens, truth)
             n = len(draft)
-            draft_s = self.model.take_decodes() * self.curve.draft if name == "model" else 0.0
+            # A model draft asked for but not used still took its time.
+            draft_s = self.model.take_decodes() * self.curve.draft
             verify_s = self.curve.c(n + 1)
-            self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence)
+            self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence, caught_up=draft.caught_up)
             res.seconds += draft_s + verify_s
             res.steps += 1
             res.drafted += n

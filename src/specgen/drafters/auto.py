@@ -17,14 +17,15 @@ import numpy as np
 
 from ..controller import Controller
 from ..sampling import SamplingParams
-from .base import Draft, Drafter, KeepGoing
+from .base import Draft, KeepGoing
+from .model import ModelDrafter
 from .ngram import NgramDrafter
 
 
 class AutoDrafter:
     name = "auto"
 
-    def __init__(self, controller: Controller, ngram: NgramDrafter, model: Drafter | None = None):
+    def __init__(self, controller: Controller, ngram: NgramDrafter, model: ModelDrafter | None = None):
         self.controller = controller
         self.ngram = ngram
         self.model = model
@@ -44,7 +45,7 @@ class AutoDrafter:
         copy_choice = ctl.best_length(self.ngram.name, copy.confidence) if copy.tokens else ctl.plain()
         if self.model is not None and n_max > 0:
             name = self.model.name
-            if ctl.outlook(name).rate > copy_choice.rate:
+            if ctl.outlook(name, self.model.behind(history)).rate > copy_choice.rate:
                 guess = self.model.draft(history, n_max, params, rng,
                                          keep_going=lambda conf: ctl.worth_drafting_more(name, conf))
                 guess.source = name
