@@ -67,13 +67,13 @@ def record(args: argparse.Namespace) -> None:
     done = set()
     if args.resume and Path(args.out).exists():
         out["segments"] = json.loads(Path(args.out).read_text())["segments"]
-        done = {s["id"] for s in out["segments"]}
+        done = {(s["category"], s["id"]) for s in out["segments"]}
     questions = select(load_questions(args.prompts), args.categories, args.limit) if args.prompts else []
     convs = [(str(q.question_id), q.category, q.turns, args.max_tokens) for q in questions]
     if args.code_edit:
         convs.insert(0, ("code-edit", "code-edit", [CODE_EDIT], args.code_edit))
     for qid, cat, turns, max_tokens in convs:
-        if qid in done:
+        if (cat, qid) in done:  # ids repeat across suites (a built-in 401 and Spec-Bench's 401)
             continue
         messages: list[dict] = []
         for ti, turn in enumerate(turns):
@@ -263,45 +263,52 @@ class Session:
         return res
 
 
-def predict(args: argparse.Namespace) -> None:
-    traces = json.loads(Path(args.traces).read_text())
-    curve = load_curve(args.curve, traces)
-    segs = traces["segments"]
-    if args.categories:
-        segs = [s for s in segs if s["category"] in args.categories]
-    configs = args.configs or ["auto/auto", "ngram/auto", "model/auto", "ngram/8", "model/4"]
-    print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
-          f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
-          f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
-    table: dict[str, dict[str, list[float]]] = {}
-    totals: dict[str, Result] = {}
+def predict_table(traces: dict, curve: Curve, configs: list[str], categories: list[str] | None = None,
+                  log: str | None = None) -> dict[str, dict]:
+    """Replayed speedup per configuration and category (geometric mean over prompts), with totals."""
+    segs = [s for s in traces["segments"] if not categories or s["category"] in categories]
+    cats = list(dict.fromkeys(s["category"] for s in segs))
+    geo = lambda v: math.exp(sum(math.log(x) for x in v) / len(v))
+    out: dict[str, dict] = {}
     for cfg in configs:
         drafter, dm = cfg.split("/")
         sess = Session(drafter, None if dm == "auto" else int(dm), curve)
-        tot = totals.setdefault(cfg, Result())
+        per: dict[str, list[float]] = {}
+        tot = Result()
         for seg in segs:
-            want = args.log is not None and seg["id"] == args.log
+            want = log is not None and seg["id"] == log
             r = sess.run(seg, want_log=want)
             if want:
                 print(f"\n--- {cfg} on {seg['id']} turn {seg['turn']}")
                 print("\n".join(r.log))
-            plain = len(seg["output"]) * curve.c(1)
-            table.setdefault(cfg, {}).setdefault(seg["category"], []).append(plain / r.seconds)
+            per.setdefault(seg["category"], []).append(len(seg["output"]) * curve.c(1) / r.seconds)
             for key in ("tokens", "seconds", "steps", "drafted", "accepted"):
                 setattr(tot, key, getattr(tot, key) + getattr(r, key))
             for d, v in r.drafter_steps.items():
                 tot.drafter_steps[d] = tot.drafter_steps.get(d, 0) + v
-    cats = list(dict.fromkeys(s["category"] for s in segs))
-    geo = lambda v: math.exp(sum(math.log(x) for x in v) / len(v))
+        row = {c: round(geo(per[c]), 3) for c in cats}
+        row["overall"] = round(geo([x for c in cats for x in per[c]]), 3)
+        row["accepted"] = round(tot.accepted / tot.drafted, 3) if tot.drafted else None
+        row["steps"] = dict(sorted(tot.drafter_steps.items()))
+        out[cfg] = row
+    return out
+
+
+def predict(args: argparse.Namespace) -> None:
+    traces = json.loads(Path(args.traces).read_text())
+    curve = load_curve(args.curve, traces)
+    configs = args.configs or ["auto/auto", "ngram/auto", "model/auto", "ngram/8", "model/4"]
+    print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
+          f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
+          f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
+    table = predict_table(traces, curve, configs, args.categories, args.log)
+    cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
     print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")
     print("|---|" + "---:|" * (len(cats) + 3))
-    for cfg in configs:
-        cells = [f"{geo(table[cfg][c]):.2f}x" for c in cats]
-        allv = [x for c in cats for x in table[cfg][c]]
-        t = totals[cfg]
-        acc = f"{t.accepted / t.drafted:.0%}" if t.drafted else "-"
-        print(f"| {cfg} | " + " | ".join(cells) + f" | {geo(allv):.2f}x | {acc} | "
-              + ", ".join(f"{k} {v}" for k, v in sorted(t.drafter_steps.items())) + " |")
+    for cfg, row in table.items():
+        acc = f"{row['accepted']:.0%}" if row["accepted"] is not None else "-"
+        print(f"| {cfg} | " + " | ".join(f"{row[c]:.2f}x" for c in cats) + f" | {row['overall']:.2f}x | {acc} | "
+              + ", ".join(f"{k} {v}" for k, v in row["steps"].items()) + " |")
 
 
 def main() -> None:
