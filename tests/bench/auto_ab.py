@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--draft", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int, default=1)
+    ap.add_argument("--prompts", action="append", help="suites (default: the Spec-Bench dev set and builtin:all)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--configs", default="auto,ngram")
     ap.add_argument("--draft-max", default="auto")
@@ -59,8 +60,9 @@ def main() -> None:
     edit.write_text(json.dumps({"question_id": "code-edit", "category": "code-edit", "turns": [CODE_EDIT]}) + "\n")
     if not args.skip_run:
         measure_curve(args.target, args.draft, out / "curve.json")
-        cmd = ["specgen", "bench", "--target", args.target, "--draft", args.draft, "--prompts", str(DEV),
-               "--prompts", "builtin:all", "--prompts", str(edit), "--limit", str(args.limit),
+        suites = [x for p in (args.prompts or [str(DEV), "builtin:all"]) for x in ("--prompts", p)]
+        cmd = ["specgen", "bench", "--target", args.target, "--draft", args.draft, *suites,
+               "--prompts", str(edit), "--limit", str(args.limit),
                "--drafter", args.configs, "--draft-max", args.draft_max, "--temperature", "0",
                "--max-tokens", str(args.max_tokens), "--no-mmap", "--json", str(out / "bench.json"),
                "--markdown", str(out / "bench.md")]
@@ -79,7 +81,7 @@ def main() -> None:
         ids = {(r["category"], str(r["question_id"])) for r in result["runs"]}
         traces["segments"] = [s for s in traces["segments"] if (s["category"], s["id"]) in ids]
         curve = replay.load_curve(str(out / "curve.json"), traces)
-        predicted = replay.predict_table(traces, curve, configs)
+        predicted = replay.predict_table(traces, curve, configs, max_tokens=args.max_tokens)
     head = ["category", "plain tok/s", *configs, "auto / best other"]
     if predicted:
         head += [f"replay {c}" for c in configs]

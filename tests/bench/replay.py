@@ -264,9 +264,14 @@ class Session:
 
 
 def predict_table(traces: dict, curve: Curve, configs: list[str], categories: list[str] | None = None,
-                  log: str | None = None) -> dict[str, dict]:
-    """Replayed speedup per configuration and category (geometric mean over prompts), with totals."""
+                  log: str | None = None, max_tokens: int | None = None) -> dict[str, dict]:
+    """Replayed speedup per configuration and category (geometric mean over prompts), with totals.
+
+    *max_tokens* cuts each recorded output, as a shorter generation would have stopped there.
+    """
     segs = [s for s in traces["segments"] if not categories or s["category"] in categories]
+    if max_tokens:
+        segs = [{**s, "output": s["output"][:max_tokens]} for s in segs]
     cats = list(dict.fromkeys(s["category"] for s in segs))
     geo = lambda v: math.exp(sum(math.log(x) for x in v) / len(v))
     out: dict[str, dict] = {}
@@ -301,7 +306,7 @@ def predict(args: argparse.Namespace) -> None:
     print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
           f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
           f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
-    table = predict_table(traces, curve, configs, args.categories, args.log)
+    table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens)
     cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
     print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")
     print("|---|" + "---:|" * (len(cats) + 3))
@@ -331,6 +336,7 @@ def main() -> None:
     p.add_argument("--configs", nargs="*")
     p.add_argument("--categories", nargs="*")
     p.add_argument("--log", help="print per-step decisions for this prompt id")
+    p.add_argument("--max-tokens", type=int, help="cut the recorded outputs to this many tokens")
     args = ap.parse_args()
     record(args) if args.cmd == "record" else predict(args)
 
