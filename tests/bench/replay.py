@@ -209,10 +209,13 @@ def accepted_prefix(draft: Sequence[int], truth: Sequence[int]) -> int:
 class Session:
     """One configuration replayed over segments in order, with state (learning) carried across them."""
 
-    def __init__(self, drafter: str, draft_max: int | None, curve: Curve, cap: int = 16):
+    def __init__(self, drafter: str, draft_max: int | None, curve: Curve, cap: int = 16,
+                 calibrated: Curve | None = None):
         self.curve = curve
         self.controller = Controller(fixed=draft_max, cap=cap)
-        self.controller.costs.seed(curve.verify, {"model": curve.draft})
+        # The controller starts from what load-time calibration saw; steps are charged what they cost now.
+        seed = calibrated or curve
+        self.controller.costs.seed(seed.verify, {"model": seed.draft})
         self.ngram = NgramDrafter()
         self.model = ReplayModelDrafter(curve)
         self.drafter = {"none": NoDrafter(), "ngram": self.ngram, "model": self.model,
@@ -264,7 +267,8 @@ class Session:
 
 
 def predict_table(traces: dict, curve: Curve, configs: list[str], categories: list[str] | None = None,
-                  log: str | None = None, max_tokens: int | None = None) -> dict[str, dict]:
+                  log: str | None = None, max_tokens: int | None = None,
+                  calibrated: Curve | None = None) -> dict[str, dict]:
     """Replayed speedup per configuration and category (geometric mean over prompts), with totals.
 
     *max_tokens* cuts each recorded output, as a shorter generation would have stopped there.
@@ -277,7 +281,7 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
     out: dict[str, dict] = {}
     for cfg in configs:
         drafter, dm = cfg.split("/")
-        sess = Session(drafter, None if dm == "auto" else int(dm), curve)
+        sess = Session(drafter, None if dm == "auto" else int(dm), curve, calibrated=calibrated)
         per: dict[str, list[float]] = {}
         tot = Result()
         for seg in segs:
@@ -306,7 +310,11 @@ def predict(args: argparse.Namespace) -> None:
     print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
           f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
           f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
-    table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens)
+    calibrated = None
+    if args.slowdown != 1.0:  # the machine got slower (other jobs) after the load-time calibration
+        calibrated = curve
+        curve = Curve({n: v * args.slowdown for n, v in curve.verify.items()}, curve.draft * args.slowdown)
+    table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens, calibrated)
     cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
     print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")
     print("|---|" + "---:|" * (len(cats) + 3))
@@ -337,6 +345,8 @@ def main() -> None:
     p.add_argument("--categories", nargs="*")
     p.add_argument("--log", help="print per-step decisions for this prompt id")
     p.add_argument("--max-tokens", type=int, help="cut the recorded outputs to this many tokens")
+    p.add_argument("--slowdown", type=float, default=1.0,
+                   help="steps cost this many times the curve the controller was calibrated with")
     args = ap.parse_args()
     record(args) if args.cmd == "record" else predict(args)
 
