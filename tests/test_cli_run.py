@@ -158,3 +158,16 @@ def test_ctrl_c_stops_with_130_and_one_line(target_path):
     assert p.returncode == 130
     err = err.decode()
     assert "Traceback" not in err and err.strip() == "specgen: interrupted"
+
+
+def test_a_pipe_loads_only_what_run_needs(target_path):
+    """Start-up: `run` in a script imports neither the other commands nor the Hub, YAML or rich."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONPROFILEIMPORTTIME": "1"}
+    r = subprocess.run([EXE, "run", "--target", str(target_path), "--max-tokens", "2", "--threads", "1", "hi"],
+                       input="", capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "specgen.engine" in imported and "specgen.cli.options" in imported
+    for heavy in ["specgen.cli.bench", "specgen.cli.chat", "specgen.cli.models", "specgen.models.registry",
+                  "yaml", "huggingface_hub", "rich.console", "rich.progress", "csv"]:
+        assert heavy not in imported, heavy

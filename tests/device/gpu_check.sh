@@ -33,7 +33,7 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import llama_cpp" 2
     "$venv/bin/pip" install -q --no-index --find-links "$carry/wheels" numpy gguf typing_extensions diskcache \
         jinja2 scikit-build-core pathspec packaging
     # Only this machine's GPU architecture, no tests/examples/server: minutes, not tens of minutes.
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native -DLLAMA_BUILD_TESTS=OFF \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=ON" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
         "$venv/bin/pip" install -q --no-index --no-build-isolation --find-links "$carry/wheels" \

@@ -15,7 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp"
 src="$tmp/llama_cpp_python-0.3.36"
 v="$src/vendor/llama.cpp"
-rm -rf "$v"/models/* "$v"/docs "$v"/media "$v"/tools/ui "$src"/docs
+rm -rf "$v"/models/* "$v"/docs "$v"/media "$v"/tools/ui "$v"/tools/mtmd "$v"/tests "$v"/benches "$src"/docs
 # Backends this build never enables (CMake adds a backend's folder only when it is switched on).
 for b in cann openvino webgpu et metal hexagon sycl vulkan opencl musa zdnn; do rm -rf "$v/ggml/src/ggml-$b"; done
 tar -czf "$carry/llama_cpp_python-0.3.36.tar.gz" -C "$tmp" llama_cpp_python-0.3.36

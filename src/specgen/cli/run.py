@@ -74,10 +74,21 @@ def run(
                           "drafter": engine.drafter.name, "stats": summary.stats()}))
         return
 
-    from rich.console import Console  # only now: --json above never needs it
-
     tty = sys.stdout.isatty()
     color = tty and not no_color and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    if not tty:  # a pipe: plain text, without loading rich
+        for ev in events:
+            if isinstance(ev, Piece):
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+            elif isinstance(ev, Summary):
+                if not ev.text.endswith("\n"):
+                    sys.stdout.write("\n")
+                if stats:
+                    print(summary_line(ev), file=sys.stderr)
+        return
+    from rich.console import Console
+
     out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, force_terminal=color or None,
                   no_color=not color)
     err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
@@ -88,5 +99,4 @@ def run(
         elif isinstance(ev, Summary):
             if not ev.text.endswith("\n"):
                 out.print()
-            if tty or stats:
-                err.print(summary_line(ev), style="dim" if tty else None)
+            err.print(summary_line(ev), style="dim")
