@@ -81,7 +81,7 @@ class CostModel:
         """Seconds a model drafter spends decoding *behind* tokens before its first guess, beyond one decode."""
         return self.draft_cost(drafter) * (self.batch_factor(behind) - 1.0)
 
-    def _speed(self) -> float:
+    def speed_factor(self) -> float:
         return self.speed.value if self.speed.count else 1.0
 
     def draft_cost(self, drafter: str) -> float:
@@ -89,11 +89,11 @@ class CostModel:
         if e and e.count:
             return e.value
         # Never drafted yet: the calibrated cost, slowed or sped up as the target has been.
-        return self.draft_shape.get(drafter, 0.0) * self._speed()
+        return self.draft_shape.get(drafter, 0.0) * self.speed_factor()
 
     def verify_cost(self, n: int) -> float:
         if self.shape:
-            return self._interpolate(self.shape, n) * self._speed()
+            return self._interpolate(self.shape, n) * self.speed_factor()
         got = self.verify.get(n)
         if got and got.count:
             return got.value
@@ -285,6 +285,18 @@ class Controller:
             if best is None or c.rate > best.rate:
                 best = c
         return best
+
+    def explain(self) -> dict:
+        """The costs behind the choices, for --json: a step's cost now, what wider verifies and a draft-model
+        token cost relative to it, and how much slower (>1) or faster than calibrated the machine runs."""
+        one = self.costs.verify_cost(1)
+        out = {"step_ms": round(one * 1e3, 2),
+               "verify_vs_step": {str(n): round(self.costs.verify_cost(n) / one, 3) for n in (2, 4, 8, 16)},
+               "speed_vs_calibration": round(self.costs.speed_factor(), 3) if self.costs.shape else None}
+        drafts = {d: round(self.costs.draft_cost(d) / one, 3) for d in {*self.costs.draft, *self.costs.draft_shape}}
+        if drafts:
+            out["draft_token_vs_step"] = drafts
+        return out
 
     def worth_drafting_more(self, drafter: str, confidence: Sequence[float]) -> bool:
         """Whether one more token from a costly drafter could raise the rate.

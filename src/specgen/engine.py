@@ -55,6 +55,8 @@ class Step:
     rule) would accept them: the two rules compared on the same drafts."""
     p_speculative: float = 0.0
     p_exact: float = 0.0
+    offered: int = 0
+    """Tokens the drafter proposed; the controller verified `drafted` of them."""
 
     @property
     def emitted(self) -> int:
@@ -81,6 +83,10 @@ class Summary:
     judged: int = 0
     p_speculative: float = 0.0
     p_exact: float = 0.0
+    by_drafter: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per drafter: steps it offered a draft, tokens offered, verified (after the controller's cut), accepted."""
+    costs: dict = field(default_factory=dict)
+    """The controller's cost model at the end (Controller.explain): why drafts were as long as they were."""
 
     @property
     def decode_tps(self) -> float:
@@ -104,6 +110,12 @@ class Summary:
         name = step.drafter if step.drafted else "none"
         self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
         self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
+        if step.offered:
+            d = self.by_drafter.setdefault(step.drafter, {"steps": 0, "offered": 0, "verified": 0, "accepted": 0})
+            d["steps"] += 1
+            d["offered"] += step.offered
+            d["verified"] += step.drafted
+            d["accepted"] += step.accepted
         self.judged += step.judged
         self.p_speculative += step.p_speculative
         self.p_exact += step.p_exact
@@ -126,7 +138,10 @@ class Summary:
             "stop_reason": self.stop_reason,
             "drafter_steps": dict(self.drafter_steps),
             "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
+            "by_drafter": {k: dict(v) for k, v in sorted(self.by_drafter.items())},
         }
+        if self.costs:
+            out["costs"] = self.costs
         if self.judged:
             out["sampling_acceptance"] = {"judged": self.judged,
                                           "speculative": round(self.p_speculative / self.judged, 4),
@@ -153,7 +168,7 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
     n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
     n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
     return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
-                 caught_up=draft.caught_up), name
+                 offered=len(draft), caught_up=draft.caught_up), name
 
 
 class Engine:
@@ -251,6 +266,7 @@ class Engine:
         for piece, from_draft in text.flush():
             yield Piece(piece, from_draft)
         summary.decode_seconds = time.perf_counter() - t0
+        summary.costs = self.controller.explain()
         summary.text = text.text
         summary.tokens = history[len(prompt):]
         yield summary
@@ -272,7 +288,7 @@ class Engine:
         draft, name = self._draft(history, room, params, rng)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
-        step = Step(name, len(draft), 0, t1 - t0, 0.0)
+        step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
         accepted, token = self._verify(draft, history, params, rng, step)
         self.ctx.rollback_to(len(history) + accepted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
