@@ -174,6 +174,10 @@ def llama_rate(llm, prompt: list[int], n: int) -> float:
     return (out - 1) / (now - t_first)
 
 
+def say(t0: float, what: str) -> None:
+    print(f"gpu_check: {time.perf_counter() - t0:6.1f} s  {what}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -207,6 +211,7 @@ def main() -> None:
         if not paths[role].exists():
             write_model(paths[role], shape, tokenizer, seed)
     report["write_seconds"] = round(time.perf_counter() - t0, 1)
+    say(t0, "models written")
     report["models"] = {r: {"shape": s, "bytes": paths[r].stat().st_size} for r, s in
                         (("target", t_shape), ("draft", d_shape))}
     report["backend"] = backend_name()
@@ -216,8 +221,10 @@ def main() -> None:
     draft = Model(paths["draft"], ModelOptions(gpu_layers=-1, use_mmap=False))
     report["gpu_layers"] = {"target": target.gpu_layers, "draft": draft.gpu_layers}
     tctx, dctx = Context(target, 4096), Context(draft, 4096)
+    say(t0, "models loaded")
     verify = measure_verify(tctx, tuple(range(1, 33)))
     per_token = measure_draft(dctx)
+    say(t0, "costs measured")
     dctx.close()
     report["verify_seconds"] = {str(n): round(s, 6) for n, s in verify.items()}
     report["verify_over_one"] = {str(n): round(s / verify[1], 3) for n, s in verify.items()}
@@ -236,6 +243,7 @@ def main() -> None:
         engine.reset_cache()
         ours.append(engine_rate(engine, prompt, args.tokens))
         theirs.append(llama_rate(llm, prompt, args.tokens))
+    say(t0, "plain decoding measured")
     report["plain_tok_s"] = {"specgen": [round(x, 2) for x in ours], "llama_cpp_python": [round(x, 2) for x in theirs],
                              "ratio_median": round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)}
     engine.close()
@@ -260,6 +268,7 @@ def main() -> None:
         traces = json.loads(Path(args.traces).read_text())
         report["replay"] = replay.predict_table(traces, curve, ["auto/auto", "ngram/auto", "model/auto", "model/4",
                                                                 "model/8", "ngram/8"])
+    say(t0, "done")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k not in ("verify_seconds", "system_info")}, indent=1))
