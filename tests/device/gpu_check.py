@@ -229,7 +229,8 @@ def main() -> None:
     report["verify_seconds"] = {str(n): round(s, 6) for n, s in verify.items()}
     report["verify_over_one"] = {str(n): round(s / verify[1], 3) for n, s in verify.items()}
     report["draft_token_seconds"] = round(per_token, 6)
-    report["draft_over_target_step"] = round(per_token / verify[1], 3)
+    report["draft_over_target_step"] = round(per_token / verify[1], 4)
+    report["threads"] = tctx.n_threads
     tctx.close()
 
     # Plain decoding: specgen's engine against llama-cpp-python's Llama, interleaved.
@@ -237,7 +238,9 @@ def main() -> None:
 
     prompt = target.tokenize("Write a Python function that merges two sorted lists. " * 4)
     engine = Engine(target, NoDrafter(), n_ctx=4096)
-    llm = Llama(str(paths["target"]), n_gpu_layers=-1, n_ctx=4096, use_mmap=False, verbose=False)
+    # The same threads on both sides (Llama's default is half of ours on a small machine).
+    llm = Llama(str(paths["target"]), n_gpu_layers=-1, n_ctx=4096, use_mmap=False, verbose=False,
+                n_threads=engine.ctx.n_threads, n_threads_batch=engine.ctx.n_threads)
     ours, theirs = [], []
     for _ in range(args.rounds):
         engine.reset_cache()
