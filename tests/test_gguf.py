@@ -57,3 +57,34 @@ def test_bad_version(tmp_path, target_path):
         h.write((9).to_bytes(4, "little"))
     with pytest.raises(GGUFError, match="unsupported GGUF version 9"):
         read_gguf(f)
+
+
+def _first_tensor_type_offset(path) -> int:
+    """Byte offset of the first tensor's ggml type field in the header."""
+    import mmap
+    import struct
+
+    from specgen.llama.gguf import _Reader
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        r = _Reader(buf, path)
+        r.pos = 8
+        r.take("<Q")
+        for _ in range(r.take("<Q")):
+            r.string()
+            r.value(r.take("<I"))
+        r.string()
+        n_dims = r.take("<I")
+        r.pos += 8 * n_dims
+        assert struct.unpack_from("<I", buf, r.pos)[0] < 64
+        return r.pos
+
+
+def test_unknown_tensor_type_is_refused(tmp_path, target_path):
+    f = tmp_path / "future.gguf"
+    shutil.copy(target_path, f)
+    with open(f, "r+b") as h:
+        h.seek(_first_tensor_type_offset(f))
+        h.write((99).to_bytes(4, "little"))
+    with pytest.raises(GGUFError, match="ggml type 99, which this specgen does not know"):
+        read_gguf(f)

@@ -6,7 +6,6 @@ The CLI runs in a subprocess because huggingface_hub reads some settings at impo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import socket
@@ -16,26 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from specgen.fileio import file_sha256
+
+from cli_helpers import one_line_error
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
 from hub_fixtures import (DRAFT_FILE, DRAFT_REPO, GATED_REPO, GATED_TOKEN, OTHER_REPO, SHARD_REPO, TARGET_FILE,
                           TARGET_REPO, _specgen_exe, run_specgen, snapshot_files)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("specgen: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr  # progress lines may come before it
-    assert "Traceback" not in r.stderr
-    return errors[0]
 
 
 def partials(hf_home: Path) -> list[Path]:
@@ -49,11 +34,11 @@ def test_pull_pair_then_again_is_a_noop(hub_env, mirror, hub_models):
     paths = [Path(p) for p in r.stdout.split()]
     assert [p.name for p in paths] == [TARGET_FILE, DRAFT_FILE]
     assert paths == snapshot_files(hf_home, TARGET_REPO) + snapshot_files(hf_home, DRAFT_REPO)
-    assert sha256(paths[0]) == sha256(hub_models["target"])
-    assert sha256(paths[1]) == sha256(hub_models["draft"])
+    assert file_sha256(paths[0]) == file_sha256(hub_models["target"])
+    assert file_sha256(paths[1]) == file_sha256(hub_models["draft"])
     for p in paths:  # the standard layout: snapshot symlink -> blob named by the sha256 ETag
         assert p.is_symlink() and p.resolve().parent.name == "blobs"
-        assert p.resolve().name == sha256(p)
+        assert p.resolve().name == file_sha256(p)
     assert "downloaded" in r.stderr and "checked" in r.stderr
     assert not partials(hf_home)
 
@@ -100,7 +85,7 @@ def test_resume_after_the_server_drops_the_connection(hub_env, mirror, hub_model
     resumed_at = int(gets[1]["range"].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= drop_at
     (path,) = map(Path, r.stdout.split())
-    assert sha256(path) == sha256(hub_models["draft"])
+    assert file_sha256(path) == file_sha256(hub_models["draft"])
 
 
 def test_interrupted_pull_leaves_nothing_run_would_load_and_resumes_later(hub_env, mirror, hub_models,
@@ -110,7 +95,7 @@ def test_interrupted_pull_leaves_nothing_run_would_load_and_resumes_later(hub_en
     fault = mirror.fault(TARGET_REPO, TARGET_FILE)
     fault.drop_at, fault.drops, fault.then_status, fault.status_times = drop_at, 1, 503, 1
     r = run_specgen("pull", "smol-q4_1", env=hub_env)
-    msg = one_line_error(r)
+    msg = one_line_error(r, progress=True)
     assert "HTTP 503" in msg
     assert snapshot_files(hf_home, TARGET_REPO) == []
     (part,) = partials(hf_home)
@@ -129,7 +114,7 @@ def test_interrupted_pull_leaves_nothing_run_would_load_and_resumes_later(hub_en
     ranges = [q["range"] for q in mirror.requests("GET", "resolve") if q["file"] == TARGET_FILE]
     assert ranges == [f"bytes={kept}-"]
     assert not partials(hf_home)
-    assert sha256(Path(r.stdout.split()[0])) == sha256(hub_models["target"])
+    assert file_sha256(Path(r.stdout.split()[0])) == file_sha256(hub_models["target"])
 
 
 def _pull_and_ctrl_c(hub_env, mirror) -> subprocess.Popen:
@@ -186,27 +171,27 @@ def test_split_shards_are_fetched_together_in_order(hub_env, mirror, hub_models)
 
 
 def test_repo_not_found(hub_env):
-    msg = one_line_error(run_specgen("pull", "nobody/No-Such-Model-GGUF:Q4_K_M", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "nobody/No-Such-Model-GGUF:Q4_K_M", env=hub_env), progress=True)
     assert "repo nobody/No-Such-Model-GGUF not found" in msg
 
 
 def test_unknown_quant_lists_the_quants_the_repo_has(hub_env):
-    msg = one_line_error(run_specgen("pull", f"{SHARD_REPO}:Q5_K_M", env=hub_env))
+    msg = one_line_error(run_specgen("pull", f"{SHARD_REPO}:Q5_K_M", env=hub_env), progress=True)
     assert f"{SHARD_REPO} has no Q5_K_M GGUF; it has Q4_K_M, Q8_0" in msg
 
 
 def test_unknown_pair_suggests_close_matches(hub_env):
-    msg = one_line_error(run_specgen("pull", "qwen2.5-coder7b", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "qwen2.5-coder7b", env=hub_env), progress=True)
     assert "unknown pair 'qwen2.5-coder7b'" in msg and "qwen2.5-coder-7b" in msg
 
 
 def test_gated_repo(hub_env, mirror, hub_models):
     hf_home = Path(hub_env["HF_HOME"])
-    msg = one_line_error(run_specgen("pull", "gated-tiny", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "gated-tiny", env=hub_env), progress=True)
     assert f"{GATED_REPO} is gated" in msg and f"{mirror.url}/{GATED_REPO}" in msg and "HF_TOKEN" in msg
     assert any(q["kind"] == "resolve" and q["auth"] is None for q in mirror.log)
 
-    msg = one_line_error(run_specgen("pull", "gated-tiny", env=hub_env, HF_TOKEN="hf_not_granted"))
+    msg = one_line_error(run_specgen("pull", "gated-tiny", env=hub_env, HF_TOKEN="hf_not_granted"), progress=True)
     assert "your token has no access" in msg
     assert snapshot_files(hf_home, GATED_REPO) == [] and not partials(hf_home)
 
@@ -225,7 +210,7 @@ def test_a_file_that_does_not_match_the_listing_is_rejected(hub_env, mirror, kin
         fault.corrupt = True
     else:
         fault.size_delta = 1000  # the listing and headers claim 1000 bytes more than are served
-    msg = one_line_error(run_specgen("pull", "smol-q2_k", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "smol-q2_k", env=hub_env), progress=True)
     assert ("checksum" if kind == "hash" else "size mismatch") in msg
     assert snapshot_files(hf_home, DRAFT_REPO) == []
     assert not partials(hf_home)
@@ -234,13 +219,13 @@ def test_a_file_that_does_not_match_the_listing_is_rejected(hub_env, mirror, kin
 
 def test_disk_full_is_caught_before_downloading(hub_env, mirror):
     mirror.fault(DRAFT_REPO, DRAFT_FILE).size_delta = 10 ** 16  # 10 PB
-    msg = one_line_error(run_specgen("pull", "smol-q2_k", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "smol-q2_k", env=hub_env), progress=True)
     assert "disk full" in msg and "HF_HOME" in msg
     assert mirror.requests("GET", "resolve") == []
 
 
 def test_offline_mode_fails_cleanly_without_the_cache(hub_env, mirror):
-    msg = one_line_error(run_specgen("pull", "smol", env=hub_env, HF_HUB_OFFLINE="1"))
+    msg = one_line_error(run_specgen("pull", "smol", env=hub_env, HF_HUB_OFFLINE="1"), progress=True)
     assert "HF_HUB_OFFLINE is set" in msg and TARGET_REPO in msg
     assert [q for q in mirror.log if q["kind"] != "other"] == []
 
@@ -257,12 +242,12 @@ def test_no_network_says_what_to_do(hub_env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
-    msg = one_line_error(run_specgen("pull", "smol", env=hub_env, HF_ENDPOINT=dead))
+    msg = one_line_error(run_specgen("pull", "smol", env=hub_env, HF_ENDPOINT=dead), progress=True)
     assert f"cannot reach {dead}" in msg and "HF_ENDPOINT" in msg and "HF_HUB_OFFLINE" in msg
 
 
 def test_incompatible_vocabularies_are_reported_after_pull(hub_env):
-    msg = one_line_error(run_specgen("pull", "smol-bad", env=hub_env))
+    msg = one_line_error(run_specgen("pull", "smol-bad", env=hub_env), progress=True)
     assert "cannot draft for target" in msg and "token 1000 differs" in msg
 
 
@@ -324,8 +309,8 @@ def test_run_resolves_the_default_pair_and_pulls_it_when_missing(hub_env, mirror
 
     r = resolve_models(None, None, None)  # the user file makes `smol` the default
     assert (r.pair, r.drafter, r.draft_max) == ("smol", "model", 4)
-    assert sha256(r.target) == sha256(hub_models["target"])
-    assert sha256(r.draft) == sha256(hub_models["draft"])
+    assert file_sha256(r.target) == file_sha256(hub_models["target"])
+    assert file_sha256(r.draft) == file_sha256(hub_models["draft"])
 
     save_local_default("smol", "ngram", None)  # what `specgen bench --save` does
     r2 = resolve_models("smol", None, None, download=False)

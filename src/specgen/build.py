@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
-
-DRAFTERS = ("auto", "model", "ngram", "none")
+from .models.cache import human_size
+from .settings import check_drafter, parse_draft_max
 
 
 @dataclass
@@ -33,45 +34,85 @@ class EngineOptions:
     use_mmap: bool = True
     calibrate: bool = True
     """Seed the controller with measured verify/draft costs (cached per model and machine)."""
+    rpc: tuple[str, ...] = ()
+    """llama.cpp RPC workers (HOST:PORT) that hold the target's offloaded layers."""
+    draft_rpc: tuple[str, ...] = ()
+    """Workers for the draft model; by default it stays on this machine."""
+
+    def check(self) -> list[str]:
+        """Refuse what makes no sense before anything loads; clamp what is merely too large.
+
+        Returns notes for the user (a clamped value, an odd pair of files); raises
+        SpecgenError for a value no run could use.  The one home of these bounds.
+        """
+        notes = self.check_numbers()
+        if self.draft is not None and self.drafter_name() in ("model", "auto"):
+            notes += _pair_notes(Path(self.target), Path(self.draft))
+        return notes
+
+    def check_numbers(self) -> list[str]:
+        """`check` without the files: what can be judged before a pair is resolved or downloaded."""
+        self.drafter_name()
+        parse_draft_max(self.draft_max)
+        if not (isinstance(self.draft_p_min, (int, float)) and 0.0 <= self.draft_p_min <= 1.0):
+            raise SpecgenError(f"{{draft_p_min}} must be from 0 to 1, not {self.draft_p_min}")
+        if not MIN_CTX <= self.n_ctx <= MAX_CTX:
+            raise SpecgenError(f"{{n_ctx}} must be from {MIN_CTX} to {MAX_CTX} tokens, not {self.n_ctx}")
+        for field, layers in (("gpu_layers", self.gpu_layers), ("draft_gpu_layers", self.draft_gpu_layers)):
+            if layers < -1:
+                raise SpecgenError(f"{{{field}}} must be -1 (all) or 0 or more, not {layers}")
+        notes = []
+        if self.threads is not None:
+            cores = os.cpu_count() or 1
+            if self.threads < 1:
+                raise SpecgenError(f"{{threads}} must be 1 or more, not {self.threads} (leave it out for the default)")
+            if self.threads > cores:
+                notes.append(f"{{threads}} {self.threads} is more than this machine's {cores} CPUs; using {cores}")
+                self.threads = cores
+        return notes
 
     def drafter_name(self) -> str:
-        name = self.drafter or "auto"
-        if name not in DRAFTERS:
-            raise SpecgenError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
-        return name
+        return check_drafter(self.drafter or "auto")
 
 
-def parse_draft_max(value: str) -> int | None:
-    """A --draft-max value: 'auto' -> None (the controller sizes each draft), else a count >= 0."""
-    if value == "auto":
-        return None
+MIN_CTX, MAX_CTX = 64, 1 << 24
+
+
+def _pair_notes(target: Path, draft: Path) -> list[str]:
+    """Warnings for a draft that cannot pay: the target itself, or a bigger file than the target."""
     try:
-        n = int(value)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {value!r}") from None
-    if n < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
-    return n
+        if target.resolve() == draft.resolve() or os.path.samefile(target, draft):
+            return [f"the draft is the target itself ({target.name}): every draft is accepted but costs as much "
+                    "as decoding it; use a smaller draft or {drafter} ngram"]
+        t, d = target.stat().st_size, draft.stat().st_size
+    except OSError:
+        return []  # a missing file is reported by the loader, with its own message
+    if d > t:
+        return [f"the draft {draft.name} ({human_size(d)}) is larger than the target {target.name} "
+                f"({human_size(t)}): drafting will cost more than it saves; did you swap {target} and {draft}?"]
+    return []
 
 
 def load_engine(opts: EngineOptions) -> Engine:
+    """Load the models and build the engine; call `opts.check()` first to show its notes."""
+    opts.check()
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:
-        raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or use --drafter ngram)")
-    if opts.draft_max is not None and opts.draft_max < 0:
-        raise SpecgenError("--draft-max must be 0 or more")
+        raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or use {drafter} ngram)")
+    parse_draft_max(opts.draft_max)
     # Validate both files before loading either: a bad draft should not cost a target load.
     use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)
     draft_info = read_gguf(opts.draft) if use_draft else None
 
-    target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap), info=target_info)
+    target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap, rpc=opts.rpc), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
     controller = Controller(fixed=opts.draft_max)
     drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
     draft_model = None
     if use_draft:
-        draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap), info=draft_info)
+        draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap,
+                                                        rpc=opts.draft_rpc), info=draft_info)
         check_compatible(target, draft_model)
         drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
                                          n_vocab=min(target.n_vocab, draft_model.n_vocab))
@@ -85,12 +126,24 @@ def load_engine(opts: EngineOptions) -> Engine:
     return engine
 
 
+def topology(engine: Engine) -> dict:
+    """Where each model's layers live: this machine's backend and the RPC workers, for --json and bench."""
+    out = {"local": backend_name()}
+    for role, model in (("target", engine.target), ("draft", engine.draft_model)):
+        if model is not None:
+            out[role] = {"rpc": list(model.rpc), "devices": model.devices,
+                         "offloaded_layers": model.gpu_layers, "layers": model.n_layer + 1}
+    return out
+
+
 def describe_backend(engine: Engine) -> str:
-    """'CPU' or e.g. 'CUDA, target 29/29 layers, draft 25/25 layers'."""
+    """'CPU' or e.g. 'CUDA, target 29/29 layers, draft 25/25 layers' (+ ', target over RPC host:port')."""
     name = backend_name()
+    rpc = [f"{role} over RPC {', '.join(m.rpc)}" for role, m in (("target", engine.target),
+                                                              ("draft", engine.draft_model)) if m and m.rpc]
     if name == "CPU":
-        return name
+        return ", ".join([name] + rpc)
     parts = [f"target {engine.target.gpu_layers}/{engine.target.n_layer + 1} layers"]
     if engine.draft_model is not None:
         parts.append(f"draft {engine.draft_model.gpu_layers}/{engine.draft_model.n_layer + 1} layers")
-    return f"{name}, " + ", ".join(parts)
+    return f"{name}, " + ", ".join(parts + rpc)

@@ -9,8 +9,8 @@ consume the events; nothing here prints.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import SpecgenError
 from .sampling import SamplingParams, accept_or_resample, accept_probability, argmax, distribution, sample
+from .settings import parse_draft_max
 from .textstream import TextStream
 
 
@@ -101,24 +102,38 @@ class Summary:
         return self.generated_tokens / self.steps if self.steps else 0.0
 
     def add(self, step: Step) -> None:
-        self.steps += 1
-        self.drafted += step.drafted
-        self.accepted += step.accepted
-        self.generated_tokens += step.emitted
-        self.draft_seconds += step.draft_seconds
-        self.verify_seconds += step.verify_seconds
-        name = step.drafter if step.drafted else "none"
-        self.drafter_steps[name] = self.drafter_steps.get(name, 0) + 1
-        self.draft_lengths[step.drafted] = self.draft_lengths.get(step.drafted, 0) + 1
-        if step.offered:
-            d = self.by_drafter.setdefault(step.drafter, {"steps": 0, "offered": 0, "verified": 0, "accepted": 0})
-            d["steps"] += 1
-            d["offered"] += step.offered
-            d["verified"] += step.drafted
-            d["accepted"] += step.accepted
-        self.judged += step.judged
-        self.p_speculative += step.p_speculative
-        self.p_exact += step.p_exact
+        """Count one verify step."""
+        self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
+                           draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
+                           drafter_steps={step.drafter if step.drafted else "none": 1},
+                           draft_lengths={step.drafted: 1}, judged=step.judged,
+                           p_speculative=step.p_speculative, p_exact=step.p_exact,
+                           by_drafter={step.drafter: {"steps": 1, "offered": step.offered, "verified": step.drafted,
+                                                      "accepted": step.accepted}} if step.offered else {}))
+
+    def merge(self, other: Summary) -> None:
+        """Add *other*'s totals to these (the turns of a chat, the turns and runs of a benchmark).
+
+        Text, tokens and stop reason stay this summary's own.
+        """
+        for name in _TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        for name, counts in other.by_drafter.items():
+            mine = self.by_drafter.setdefault(name, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+        if other.costs:
+            self.costs = dict(other.costs)  # the controller's latest view
+
+    @classmethod
+    def total(cls, parts: Iterable[Summary]) -> Summary:
+        out = cls()
+        for s in parts:
+            out.merge(s)
+        return out
 
     def stats(self) -> dict:
         out = {
@@ -149,6 +164,9 @@ class Summary:
         return out
 
 
+# Every count and time in a Summary adds up; its text, tokens and stop reason do not.
+_TOTALS = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
+
 Event = Union[Piece, Prefill, Step, Summary]
 
 
@@ -171,6 +189,12 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
                  offered=len(draft), caught_up=draft.caught_up), name
 
 
+def check_max_tokens(n: int) -> None:
+    """The one bound on a generation's length, for every front end."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SpecgenError(f"{{max_tokens}} must be 1 or more, not {n}")
+
+
 class Engine:
     def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
                  n_threads: int | None = None, controller: Controller | None = None,
@@ -185,6 +209,7 @@ class Engine:
         self.controller = controller or Controller()
         self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
         self._banned: np.ndarray | None = None
+        self._first_step = False
 
     def close(self) -> None:
         for d in self.drafters.values():
@@ -202,14 +227,12 @@ class Engine:
         """Switch drafters between generations (chat's /drafter)."""
         if name not in self.drafters:
             raise SpecgenError(f"drafter {name!r} is not available here; choose one of {', '.join(self.drafters)}"
-                               + ("" if "model" in self.drafters else " (start with --draft for 'model')"))
+                               + ("" if "model" in self.drafters else " (start with {draft} for 'model')"))
         self.drafter = self.drafters[name]
 
     def set_draft_max(self, n: int | None) -> None:
         """A fixed draft length, or None to let the controller choose each step."""
-        if n is not None and n < 0:
-            raise SpecgenError("draft length must be 0 or more")
-        self.controller.set_fixed(n)
+        self.controller.set_fixed(parse_draft_max(n))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
@@ -222,13 +245,16 @@ class Engine:
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
         for benchmarks that need a fixed length.
         """
+        check_max_tokens(max_tokens)
+        sampling.check()
         self._banned = self.target.eog_tokens if ignore_eos else None
+        self._first_step = True
         tokens = list(prompt)
         if not tokens:
             raise SpecgenError("empty prompt")
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                                  "shorten it or raise --ctx")
+                                  "shorten it or raise {n_ctx}")
         rng = np.random.default_rng(sampling.seed)
         summary = Summary(prompt_tokens=len(tokens))
 
@@ -288,6 +314,12 @@ class Engine:
         draft, name = self._draft(history, room, params, rng)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
+        if self._first_step:
+            # A file whose tensor bytes are garbage still loads; its logits are what give it away.
+            self._first_step = False
+            if not np.isfinite(self.ctx.logits_row(0)).all():
+                raise SpecgenError(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
+                                   "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
         accepted, token = self._verify(draft, history, params, rng, step)
         self.ctx.rollback_to(len(history) + accepted)

@@ -1,4 +1,5 @@
-"""Turn token bytes into text pieces: whole UTF-8 characters, stop strings held back.
+"""Text in and out: a user's bytes decided once (`user_text`), and token bytes turned into text
+pieces (`TextStream`): whole UTF-8 characters, stop strings held back.
 
 A token may end in the middle of a multi-byte character, and a stop string may
 straddle tokens; both mean some bytes must wait before they can be shown.  Each
@@ -10,6 +11,23 @@ from __future__ import annotations
 
 import codecs
 from typing import Sequence
+
+from .errors import SpecgenError
+
+
+def user_text(data: bytes | str, what: str) -> tuple[str, int]:
+    """A prompt as the engine can take it, and how many bytes were not UTF-8.
+
+    Undecodable bytes become U+FFFD (a mis-encoded file still gets an answer);
+    NUL bytes mean binary data, which no model can use, so it is refused.
+    A str may carry such bytes as surrogates (argv, input() under some locales).
+    """
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    if b"\0" in raw:
+        raise SpecgenError(f"{what} is binary data (it contains NUL bytes), not text; give a text prompt")
+    text = raw.decode("utf-8", errors="replace")
+    bad = 0 if "\ufffd" not in text else text.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd")
+    return text, bad
 
 
 class TextStream:

@@ -1,4 +1,4 @@
-"""Engine A/B benchmark (issue 2): a script, not a test.
+"""Engine A/B benchmark: a script, not a test.
 
     python tests/bench/engine_ab.py --target T.gguf --draft D.gguf [--rounds 3] [--tokens 256]
 

@@ -1,6 +1,6 @@
 """Render and store `specgen bench` results: tables, JSON/CSV/Markdown, bar charts, comparisons.
 
-Everything here reads the result dict built by `bench.build_result` (or a
+Everything here reads the result dict built by `runner.build_result` (or a
 JSON file of it), so a result can be re-rendered or compared long after the
 run, on another machine.
 """
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from rich.console import Group
 from rich.table import Table
@@ -257,11 +259,44 @@ def check_output_path(path: Path | None, flag: str) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
     if path is None:
         return
+    path = path.expanduser()
     if path.is_dir():
         raise SpecgenError(f"{flag} {path}: is a directory; give a file name")
-    parent = path.expanduser().resolve().parent
+    parent = path.resolve().parent
     if not parent.is_dir():
-        raise SpecgenError(f"{flag} {path}: folder {parent} does not exist")
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise SpecgenError(f"{flag} {path}: {parent} {what}; give a path in an existing folder")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise SpecgenError(f"{flag} {path}: permission denied; give a file you can write")
+        return
+    try:  # the only sure test that a file can be made here (read-only mounts, ACLs, root)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".specgen-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SpecgenError(f"{flag} {path}: cannot create a file in {parent} ({e.strerror or e}); "
+                           "give a path you can write") from None
+
+
+def save_outputs(result: dict, outputs: list[tuple[Path, Callable[[dict, Path], None]]]) -> dict[Path, str]:
+    """Write each output; one that fails goes to a temporary file instead, so a long run is never lost.
+
+    Returns, for each output that could not be written where asked, a line saying where it went.
+    """
+    failed: dict[Path, str] = {}
+    for path, write in outputs:
+        existed = path.exists()
+        try:
+            write(result, path)
+        except OSError as e:
+            if not existed and path.is_file():  # a half-written file of ours, not the user's
+                path.unlink(missing_ok=True)
+            fd, spare = tempfile.mkstemp(prefix="specgen-bench-", suffix=path.suffix or ".out")
+            os.close(fd)
+            write(result, Path(spare))
+            failed[path] = f"could not write {path} ({e.strerror or e}); saved it to {spare}"
+    return failed
 
 
 def write_json(result: dict, path: Path) -> None:

@@ -5,7 +5,8 @@ engine, so every configuration runs on the same weights, threads and caches.
 For every question the baseline (plain decoding through the same engine) and
 the configurations run interleaved, A B1 A B2 A ... A, and each configuration
 is compared with the geometric mean of the two baseline runs around it: drift
-on a noisy, shared machine (NOTES.md) hits both sides of every ratio.
+on a noisy, shared machine (single-token decode was seen to swing from 25 ms
+to 3 s on a VM under page reclaim) hits both sides of every ratio.
 
 Rates are decode tokens/s (first generated token to the last), which the KV
 cache's prefix reuse between runs does not affect.  Prompt tokens/s is taken
@@ -19,7 +20,6 @@ over the runs.  Nothing here prints; the CLI renders the events.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,7 +36,8 @@ from .. import __version__
 from .workload import BASELINE, Config, Plan, Question, categories_of
 from ..engine import Engine, Summary
 from ..errors import SpecgenError
-from ..build import EngineOptions, describe_backend, load_engine
+from ..fileio import cache_dir, file_sha256, write_atomic
+from ..build import EngineOptions, describe_backend, load_engine, topology
 from ..llama.chat_template import chat_tokens
 from ..sampling import SamplingParams
 
@@ -192,38 +193,25 @@ def _generate(engine: Engine, messages: list[dict], max_tokens: int, sampling: S
 
 
 def _row(seq: int, pair: str, q: Question, config: Config, temperature: float, repeat: int,
-         turns: list, prefill: tuple[int, float]) -> dict:
-    gen = sum(s.generated_tokens for s in turns)
-    dec = sum(s.decode_seconds for s in turns)
-    steps = sum(s.steps for s in turns)
-    drafted = sum(s.drafted for s in turns)
-    accepted = sum(s.accepted for s in turns)
-    drafter_steps: dict[str, int] = {}
-    draft_lengths: dict[str, int] = {}
-    for s in turns:
-        for k, v in s.drafter_steps.items():
-            drafter_steps[k] = drafter_steps.get(k, 0) + v
-        for k, v in s.draft_lengths.items():
-            draft_lengths[str(k)] = draft_lengths.get(str(k), 0) + v
-    tps = round(gen / dec, 3) if dec > 0 else 0.0
+         turns: list[Summary], prefill: tuple[int, float]) -> dict:
+    s = Summary.total(turns)
+    tps = round(s.decode_tps, 3)
     p_tokens, p_seconds = prefill
     return {
         "seq": seq, "pair": pair, "role": "baseline" if config.baseline else "config",
         "drafter": config.drafter, "draft_max": config.draft_max_label, "config": config.label,
         "temperature": temperature, "repeat": repeat, "question_id": q.question_id, "category": q.category,
-        "turns": len(turns), "prompt_tokens": sum(s.prompt_tokens for s in turns),
-        "generated_tokens": gen, "decode_seconds": round(dec, 5), "decode_tps": tps,
+        "turns": len(turns), "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens, "decode_seconds": round(s.decode_seconds, 5), "decode_tps": tps,
         "baseline_tps": tps if config.baseline else None, "speedup": 1.0 if config.baseline else None,
-        "steps": steps, "drafted": drafted, "accepted": accepted,
-        "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
-        "mean_accepted": round(gen / steps, 4) if steps else 0.0,
-        "draft_seconds": round(sum(s.draft_seconds for s in turns), 5),
-        "verify_seconds": round(sum(s.verify_seconds for s in turns), 5),
+        "steps": s.steps, "drafted": s.drafted, "accepted": s.accepted,
+        "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted": round(s.mean_accepted, 4),
+        "draft_seconds": round(s.draft_seconds, 5), "verify_seconds": round(s.verify_seconds, 5),
         "prefill_tokens": p_tokens, "prefill_seconds": round(p_seconds, 5),
         "prompt_tps": round(p_tokens / p_seconds, 3) if p_seconds > 0 else None,
         "same_as_baseline": None, "diverged_at": None,
         "stop_reason": turns[-1].stop_reason,
-        "drafter_steps": drafter_steps, "draft_lengths": draft_lengths,
+        "drafter_steps": s.drafter_steps, "draft_lengths": {str(k): v for k, v in s.draft_lengths.items()},
         "peak_rss_mb": peak_rss_mb(),
         "tokens": [t for s in turns for t in s.tokens],
     }
@@ -235,7 +223,8 @@ def _pair_with_baseline(row: dict, before: dict, after: dict) -> None:
     row["baseline_tps"] = base
     row["speedup"] = round(row["decode_tps"] / base, 4) if base > 0 else 0.0
     if row["temperature"] == 0:
-        # A flag, not an error: batched and single-token kernels round differently (NOTES.md).
+        # A flag, not an error: llama.cpp's batched and single-token kernels round differently, so
+        # greedy output may part from the baseline where the target's top two logits nearly tie.
         row["same_as_baseline"], row["diverged_at"] = compare_tokens(before["tokens"], row["tokens"])
 
 
@@ -267,6 +256,14 @@ def _per_question(rows: list[dict], key: str) -> list[float]:
     return [statistics.median(v) for v in by_q.values()]
 
 
+def _summary_of(row: dict) -> Summary:
+    """A run row's totals as a Summary, to add up rows the way the engine adds up steps."""
+    return Summary(generated_tokens=row["generated_tokens"], decode_seconds=row["decode_seconds"],
+                   steps=row["steps"], drafted=row["drafted"], accepted=row["accepted"],
+                   draft_seconds=row["draft_seconds"], verify_seconds=row["verify_seconds"],
+                   drafter_steps=dict(row["drafter_steps"]))
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per pair x configuration x temperature x category, plus category "overall"."""
     groups: dict[tuple, list[dict]] = {}
@@ -278,15 +275,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         for cat in [*dict.fromkeys(r["category"] for r in rows), "overall"]:
             sel = rows if cat == "overall" else [r for r in rows if r["category"] == cat]
             first = sel[0]
-            drafted = sum(r["drafted"] for r in sel)
-            steps = sum(r["steps"] for r in sel)
-            gen = sum(r["generated_tokens"] for r in sel)
-            draft_s = sum(r["draft_seconds"] for r in sel)
-            verify_s = sum(r["verify_seconds"] for r in sel)
-            drafter_steps: dict[str, int] = {}
-            for r in sel:
-                for k, v in r["drafter_steps"].items():
-                    drafter_steps[k] = drafter_steps.get(k, 0) + v
+            tot = Summary.total(_summary_of(r) for r in sel)
+            draft_s, verify_s = tot.draft_seconds, tot.verify_seconds
             flags = [r["same_as_baseline"] for r in sel if r["same_as_baseline"] is not None]
             out.append({
                 "pair": pair, "drafter": first["drafter"], "draft_max": first["draft_max"],
@@ -295,15 +285,14 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "speedup": round(geomean(_per_question(sel, "speedup")), 4),
                 "decode_tps": round(geomean(_per_question(sel, "decode_tps")), 3),
                 "baseline_tps": round(geomean(_per_question(sel, "baseline_tps")), 3),
-                "acceptance_rate": round(sum(r["accepted"] for r in sel) / drafted, 4) if drafted else 0.0,
-                "mean_accepted": round(gen / steps, 4) if steps else 0.0,
+                "acceptance_rate": round(tot.acceptance_rate, 4), "mean_accepted": round(tot.mean_accepted, 4),
                 "prompt_tps": round(geomean(_per_question(sel, "prompt_tps")), 3),
                 "draft_seconds": round(draft_s, 4), "verify_seconds": round(verify_s, 4),
                 "draft_share": round(draft_s / (draft_s + verify_s), 4) if draft_s + verify_s > 0 else 0.0,
-                "generated_tokens": gen, "steps": steps, "drafted": drafted,
-                "accepted": sum(r["accepted"] for r in sel),
+                "generated_tokens": tot.generated_tokens, "steps": tot.steps, "drafted": tot.drafted,
+                "accepted": tot.accepted,
                 "n_diverged": sum(not f for f in flags) if temperature == 0 and first["role"] == "config" else None,
-                "drafter_steps": drafter_steps,
+                "drafter_steps": tot.drafter_steps,
                 "peak_rss_mb": max((r["peak_rss_mb"] or 0 for r in sel), default=0) or None,
             })
     return out
@@ -430,41 +419,33 @@ def pair_info(engine: Engine, spec: PairSpec) -> dict:
     def model(m) -> dict | None:
         if m is None:
             return None
-        return {"path": str(m.path), "name": m.name, "bytes": m.path.stat().st_size, "sha256": file_sha256(m.path),
+        return {"path": str(m.path), "name": m.name, "bytes": m.path.stat().st_size, "sha256": model_sha256(m.path),
                 "gpu_layers": m.gpu_layers, "n_layer": m.n_layer}
 
     return {"pair": spec.name, "registry_pair": spec.registry_pair, "target": model(engine.target),
             "draft": model(engine.draft_model), "backend": describe_backend(engine),
             "threads": engine.ctx.n_threads, "n_ctx": engine.n_ctx, "use_mmap": o.use_mmap,
             "gpu_layers": o.gpu_layers, "draft_gpu_layers": o.draft_gpu_layers, "draft_p_min": o.draft_p_min,
-            "drafters": list(engine.drafters)}
+            "drafters": list(engine.drafters), "topology": topology(engine)}
 
 
-def file_sha256(path: Path) -> str:
+def model_sha256(path: Path) -> str:
     """sha256 of a model file, cached by path, size and mtime (a 5 GB file takes a while)."""
     path = Path(path).resolve()
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    cache_path = Path(base) / "specgen" / "sha256.json"
+    cache_path = cache_dir() / "sha256.json"
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
     if isinstance(cache, dict) and isinstance(cache.get(key), str):
         return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     try:
         cache = cache if isinstance(cache, dict) else {}
         cache[key] = digest
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
+        write_atomic(cache_path, json.dumps(cache))
     except OSError:
         pass  # an unwritable cache only costs hashing again
     return digest
@@ -478,6 +459,7 @@ def build_result(pairs: list[dict], runs: list[dict], plan: Plan, settings: dict
         machine["gpu_layers"] = first["target"]["gpu_layers"]
         machine["draft_gpu_layers"] = first["draft"]["gpu_layers"] if first["draft"] else None
         machine["backend_detail"] = first["backend"]
+        machine["topology"] = first["topology"]
     machine["pairs"] = pairs
     machine["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
     machine["seconds"] = round(time.time() - started, 1)

@@ -2,21 +2,21 @@
 
 A prompt file has one JSON object a line, `{"question_id", "category",
 "turns": [...]}`; multi-turn questions are asked as one conversation.  The
-built-in suites ship as such files in `specgen/suites/`.  Every problem with a
+built-in suites ship as such files in `specgen/bench/suites/`.  Every problem with a
 file is reported as one line naming the file and line.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import SpecgenError
-from ..build import parse_draft_max
+from ..settings import parse_draft_max
+from ..sampling import SamplingError, SamplingParams
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 
@@ -189,8 +189,10 @@ def parse_temperatures(values: Sequence[str]) -> list[float]:
             t = float(v)
         except ValueError:
             raise SpecgenError(f"--temperature takes numbers, not {v!r}") from None
-        if not math.isfinite(t) or t < 0:
-            raise SpecgenError(f"--temperature must be 0 or more, not {v}")
+        try:
+            SamplingParams(temperature=t).check()
+        except SamplingError as e:
+            raise SpecgenError(e.worded("--temperature")) from None
         out.append(t)
     return list(dict.fromkeys(out))
 

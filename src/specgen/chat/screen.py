@@ -20,9 +20,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, position_acceptance, run_command,
-                   session_rows, stats_parts)
+                      session_rows)
 from ..engine import Piece, Prefill, Summary
 from ..errors import SpecgenError
+from ..statsline import stats_parts
+from ..textstream import user_text
 
 DRAFT_STYLE = "green"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -148,7 +150,7 @@ class Screen:
             interrupted = True
         except SpecgenError as e:
             view.finish()
-            self.error(f"error: {e}")
+            self.error(f"error: {e.worded(chat.setting_names)}")
             return
         finally:
             events.close()
@@ -323,6 +325,13 @@ def run(chat: Chat, screen: Screen) -> None:
         except EOFError:
             screen.line()
             return
+        try:
+            text, bad = user_text(text, "that message")
+        except SpecgenError as e:
+            screen.error(f"error: {e}")
+            continue
+        if bad:
+            screen.line(f"({bad} bytes that were not UTF-8 became \ufffd)", "dim")
         if not text.strip():
             continue
         if text.lstrip().startswith("/"):

@@ -14,13 +14,15 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Union
 
 from .. import __version__
 from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
 from ..errors import SpecgenError
-from ..llama.chat_template import Message, render_chat
-from ..sampling import SamplingParams
+from ..llama.chat_template import Message, chat_text, prompt_tokens
+from ..sampling import SamplingError, SamplingParams
+from ..statsline import stats_line
+from ..settings import parse_draft_max
 
 
 class ChatError(SpecgenError):
@@ -122,8 +124,11 @@ class TurnMeter:
 
 class Chat:
     def __init__(self, engine: Engine, system: str | None = None, sampling: SamplingParams | None = None,
-                 max_tokens: int = 1024, pair: str = "", backend: str = ""):
+                 max_tokens: int = 1024, pair: str = "", backend: str = "",
+                 setting_names: Mapping[str, str] | None = None):
         self.engine = engine
+        self.setting_names = setting_names or {}
+        """What the front end calls the engine settings that errors name (SpecgenError.worded)."""
         self.model = engine.target
         self.system = system or None
         self.sampling = sampling or SamplingParams()
@@ -157,19 +162,13 @@ class Chat:
         return msgs
 
     def render(self, messages: list[Message]) -> str:
-        if self._template is None:  # a base model: plain text, as `run` does
-            return "\n\n".join(m["content"] for m in messages if m["content"])
-        m = self.model
-        return render_chat(self._template, messages, m.token_text(m.bos) if m.bos >= 0 else "",
-                           m.token_text(m.eos) if m.eos >= 0 else "")
+        return chat_text(self.model, messages, self._template)
 
     def tokens_for(self, text: str) -> list[int]:
         if self._decoded and text.startswith(self._decoded[0]):
             done, tokens = self._decoded
             return tokens + self.model.tokenize(text[len(done):], add_special=False)
-        bos = self.model.token_text(self.model.bos) if self.model.bos >= 0 else ""
-        # Templates often write the BOS themselves; don't add a second one.
-        return self.model.tokenize(text, add_special=not (bos and text.startswith(bos)))
+        return prompt_tokens(self.model, text)
 
     def _fit(self, user: str) -> tuple[str, list[int], int]:
         """The prompt for *user*, dropping the oldest turns when a reply would not have room."""
@@ -194,17 +193,7 @@ class Chat:
     # -- a turn -----------------------------------------------------------------
 
     def session_summary(self) -> Summary:
-        s = Summary()
-        for t in self.turns:
-            if t.summary is None:
-                continue
-            for k in ("prompt_tokens", "reused_tokens", "prompt_seconds", "generated_tokens", "decode_seconds",
-                      "steps", "drafted", "accepted", "draft_seconds", "verify_seconds"):
-                setattr(s, k, getattr(s, k) + getattr(t.summary, k))
-            for d, src in ((s.drafter_steps, t.summary.drafter_steps), (s.draft_lengths, t.summary.draft_lengths)):
-                for k, v in src.items():
-                    d[k] = d.get(k, 0) + v
-        return s
+        return Summary.total(t.summary for t in self.turns if t.summary is not None)
 
     def send(self, user: str) -> Iterator[ChatEvent]:
         """Generate the reply to *user*; the turn is recorded even if the stream is cut short.
@@ -290,28 +279,6 @@ class Chat:
         return p
 
 
-def stats_line(st: dict) -> str:
-    """One line of a turn's figures (for the Markdown transcript)."""
-    return " · ".join(stats_parts(st))
-
-
-def stats_parts(st: dict) -> list[str]:
-    """A turn's (or the session's) figures, as short phrases."""
-    parts = [f"{st.get('generated_tokens', 0)} tokens", f"{st.get('decode_tps', 0):.1f} tok/s"]
-    if st.get("drafted"):
-        parts.append(f"accepted {st['accepted']}/{st['drafted']} ({st['acceptance_rate']:.0%})")
-    parts.append(f"{st.get('mean_accepted', 0):.2f} tokens/step")
-    if "prompt_decoded" in st:
-        parts.append(f"prompt {st['prompt_decoded']} new + {st.get('reused_tokens', 0)} reused")
-    if st.get("drafter_steps"):
-        parts.append("steps " + ", ".join(f"{k} {v}" for k, v in sorted(st["drafter_steps"].items())))
-    if st.get("context_used"):
-        parts.append(f"context {st['context_used']} tokens")
-    if st.get("interrupted"):
-        parts.append("interrupted")
-    return parts
-
-
 def markdown(data: dict) -> str:
     lines = ["# specgen chat", "", f"- saved: {data['saved']}", f"- target: `{data['target']}`"]
     if data["draft"]:
@@ -364,7 +331,7 @@ def run_command(chat: Chat, line: str) -> Outcome:
     try:
         return _command(chat, name, arg)
     except SpecgenError as e:
-        return Outcome(str(e), error=True)
+        return Outcome(e.worded(chat.setting_names), error=True)
 
 
 def _command(chat: Chat, name: str, arg: str) -> Outcome:
@@ -381,17 +348,12 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
         chat.clear()
         return Outcome("conversation cleared" + (" (system prompt kept)" if chat.system else ""))
     if name == "/draft":
-        if arg == "auto":
-            eng.set_draft_max(None)
-            return Outcome("draft length: auto")
         try:
-            n = int(arg)
-        except ValueError:
+            n = parse_draft_max(arg)
+        except SpecgenError:
             raise ChatError("usage: /draft N (0 or more) or /draft auto") from None
-        if n < 0:
-            raise ChatError("usage: /draft N (0 or more) or /draft auto")
         eng.set_draft_max(n)
-        return Outcome(f"draft length: {eng.controller.fixed}")
+        return Outcome("draft length: auto" if n is None else f"draft length: {eng.controller.fixed}")
     if name == "/drafter":
         if not arg:
             raise ChatError(f"usage: /drafter NAME, one of {', '.join(sorted(eng.drafters))} "
@@ -403,9 +365,10 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
             t = float(arg)
         except ValueError:
             raise ChatError(f"usage: /temp T, a number 0 or more (now {chat.sampling.temperature:g})") from None
-        if not t >= 0 or t == float("inf"):
-            raise ChatError("usage: /temp T, a number 0 or more")
-        chat.sampling = dataclasses.replace(chat.sampling, temperature=t)
+        try:
+            chat.sampling = dataclasses.replace(chat.sampling, temperature=t).check()
+        except SamplingError as e:
+            raise ChatError(f"usage: /temp T, {e.rule}") from None
         return Outcome(f"temperature: {t:g}" + (" (greedy)" if t == 0 else ""))
     if name == "/system":
         if not arg:
@@ -448,4 +411,4 @@ def session_rows(chat: Chat) -> list[tuple[str, str]]:
 
 
 __all__ = ["Chat", "ChatError", "ChatEvent", "Prompt", "Turn", "TurnMeter", "COMMANDS", "Outcome",
-           "run_command", "session_rows", "stats_line", "stats_parts", "markdown", "position_acceptance"]
+           "run_command", "session_rows", "markdown", "position_acceptance"]

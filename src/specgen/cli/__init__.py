@@ -7,11 +7,34 @@ non-zero exit; no traceback reaches a user.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-import typer
 
-from ..errors import SpecgenError
+def _interrupted_while_starting(signum, frame) -> None:
+    print("specgen: interrupted", file=sys.stderr)
+    os._exit(130)
+
+
+# Importing the commands (typer, rich, numpy) takes a second or more on a busy machine; Ctrl+C
+# then would print an import traceback.  Until main() runs, it exits quietly instead (only in the
+# `specgen` program: a library user importing this module keeps their own handler).
+if (os.path.basename(sys.argv[0]) in ("specgen", "__main__.py")
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if os.environ.get("SPECGEN_TEST_PAUSE") == "startup" and os.environ.get("SPECGEN_TEST_PAUSE_FILE"):
+        with open(os.environ["SPECGEN_TEST_PAUSE_FILE"], "w") as _marker:  # tests: Ctrl+C lands here
+            _marker.write("startup")
+        import time
+        time.sleep(60)  # the handler ends the process
+
+import errno  # noqa: E402
+import select  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from ..errors import SpecgenError  # noqa: E402
 
 app = typer.Typer(
     name="specgen",
@@ -22,6 +45,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+from .options import SETTING_FLAGS  # noqa: E402
+
+
 @app.callback()
 def _commands() -> None:
     # A callback keeps `specgen` a group of commands even when only one of them is registered.
@@ -31,9 +57,9 @@ def _commands() -> None:
 # The module that registers each command.  Only the invoked command's module is
 # imported: a script piping into `specgen run` should not pay for the Hub client,
 # the chat screen or the bench tables.  Help, completion or an unknown name load all.
-_MODULES = ("run", "models", "chat", "bench")
+_MODULES = ("run", "models", "chat", "bench", "worker")
 _COMMANDS = {"run": "run", "chat": "chat", "bench": "bench", "pull": "models", "list": "models", "rm": "models",
-             "pair": "models"}
+             "pair": "models", "worker": "worker"}
 
 
 def register_commands(argv: list[str] | None = None) -> None:
@@ -46,21 +72,68 @@ def register_commands(argv: list[str] | None = None) -> None:
         importlib.import_module(f"{__name__}.{name}")
 
 
+BROKEN_PIPE_EXIT = 128 + 13
+"""A reader that closed the pipe early (`specgen run ... | head`): exit as a process killed by SIGPIPE
+reports in the shell, the status `cat` and `head` give, with no message."""
+
+
+class _PipeClosed(Exception):
+    """Not an OSError, so that click's own EPIPE handling (exit 1) lets it through to main()."""
+
+
+def _broken_pipe(self) -> None:
+    raise _PipeClosed
+
+
+# rich's own handler exits 1 from inside print(); route it to main()'s quiet exit instead.
+Console.on_broken_pipe = _broken_pipe
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on the write end)."""
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _exit_broken_pipe() -> None:
+    # Whatever is still buffered for stdout would fail again at interpreter exit and print a warning.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(BROKEN_PIPE_EXIT)
+
+
 def main() -> None:
-    register_commands(sys.argv[1:])
+    register_commands(sys.argv[1:])  # still under the quiet start-up Ctrl+C handler
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = app(standalone_mode=False)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a warning
     except SpecgenError as e:
-        print(f"specgen: error: {e}", file=sys.stderr)
+        print(f"specgen: error: {e.worded(SETTING_FLAGS)}", file=sys.stderr)
         sys.exit(1)
+    except _PipeClosed:
+        _exit_broken_pipe()
+    except SystemExit as e:
+        # click turns a BrokenPipeError from print() into exit 1; make it the documented status.
+        if e.code == 1 and _stdout_closed():
+            _exit_broken_pipe()
+        raise
     except (KeyboardInterrupt, typer.Abort, EOFError):
         print("specgen: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # e.g. a closed pipe (`specgen run ... | head`) or a full disk
-        if getattr(e, "errno", None) == 32:
-            sys.exit(0)
+        if getattr(e, "errno", None) == errno.EPIPE:
+            _exit_broken_pipe()
         print(f"specgen: error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:

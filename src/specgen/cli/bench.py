@@ -16,8 +16,10 @@ from ..bench import runner
 from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
-from ..build import DRAFTERS, EngineOptions
+from ..engine import check_max_tokens
+from ..settings import check_drafter
 from . import app
+from .options import EngineFlags, engine_command, note
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -26,13 +28,12 @@ M, W, O = "Models", "Workload", "Output"
 
 
 @bench_app.callback(invoke_without_command=True)
+@engine_command(sampling=False)
 def bench(
     context: typer.Context,
     pair: Annotated[Optional[List[str]], typer.Option(
         metavar="NAME", help="A pair from models.yaml (repeatable); default: the default pair.",
         rich_help_panel=M)] = None,
-    target: Annotated[Optional[Path], typer.Option(help="Target GGUF.", rich_help_panel=M)] = None,
-    draft: Annotated[Optional[Path], typer.Option(help="Draft GGUF (same vocabulary).", rich_help_panel=M)] = None,
     drafter: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model "
                              "(default: auto,ngram and, with a draft model, model).", rich_help_panel=W)] = None,
@@ -63,18 +64,8 @@ def bench(
         help="Draw speedups to a PNG (needs matplotlib, the `plot` extra).", rich_help_panel=O)] = None,
     save: Annotated[bool, typer.Option(
         "--save", help="Store the recommendation as the pair's default for run and chat.", rich_help_panel=O)] = False,
-    n_ctx: Annotated[int, typer.Option("--ctx", help="Context size in tokens.", rich_help_panel=M)] = 4096,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads.", rich_help_panel=M)] = None,
-    gpu_layers: Annotated[int, typer.Option(help="Target layers to offload (-1: all).", rich_help_panel=M)] = -1,
-    draft_gpu_layers: Annotated[int, typer.Option(help="Draft layers to offload (-1: all).",
-                                                  rich_help_panel=M)] = -1,
-    draft_p_min: Annotated[float, typer.Option(
-        help="Stop drafting when the draft model's top probability falls below this.", rich_help_panel=W)] = 0.0,
-    no_mmap: Annotated[bool, typer.Option(
-        "--no-mmap", help="Read weights into memory (steadier timings on VMs).", rich_help_panel=M)] = False,
-    no_download: Annotated[bool, typer.Option(
-        "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.",
-        rich_help_panel=M)] = False,
+    *,
+    flags: EngineFlags,
 ) -> None:
     """Compare plain decoding with drafters and draft lengths on your prompts, on this machine.
 
@@ -85,16 +76,15 @@ def bench(
     if context.invoked_subcommand is not None:
         return
     # Everything that can be wrong with the arguments fails here, before minutes of loading and running.
-    drafters = workload.split_list(drafter)
-    unknown = [d for d in drafters if d not in DRAFTERS]
-    if unknown:
-        raise SpecgenError(f"unknown drafter {unknown[0]!r}; choose from {', '.join(DRAFTERS)}")
+    drafters = [check_drafter(d) for d in workload.split_list(drafter)]
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
-    if max_tokens < 1:
-        raise SpecgenError("--max-tokens must be 1 or more")
+    check_max_tokens(max_tokens)
     if repeat < 1:
-        raise SpecgenError("--repeat must be 1 or more")
+        raise SpecgenError(f"--repeat must be 1 or more, not {repeat}")
+    if limit is not None and limit < 1:
+        raise SpecgenError(f"--limit must be 1 or more, not {limit}")
+    flags.check_numbers()
     prompts = prompts or ["builtin:all"]
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")):
@@ -102,6 +92,7 @@ def bench(
     if plot is not None:
         report.check_plot_available()
     pairs = workload.split_list(pair)
+    target, draft = flags.target, flags.draft
     if target is not None and len(pairs) > 1:
         raise SpecgenError("--target/--draft replace one side of a pair; give at most one --pair with them")
     if save and target is not None:
@@ -109,22 +100,21 @@ def bench(
                            "`specgen pair add`) instead of --target/--draft")
     if draft is not None and target is None and not pairs:
         raise SpecgenError("--draft needs --target (or a --pair whose draft it replaces)")
-
-    from ..models.resolve import resolve_models  # models.yaml and downloads
+    flags.rpc_workers()
 
     specs = []
     for name in pairs or [None]:
-        r = resolve_models(name, target, draft, download=not no_download)
+        r = flags.resolve(name)
         use = drafters or ["auto", "ngram", *(["model"] if r.draft else [])]
         if "model" in use and r.draft is None:
             raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or leave model out)")
         needs_draft = any(d in ("model", "auto") for d in use)
         loaded_draft = r.draft if needs_draft else None
         label = r.pair or (f"{r.target.stem}+{loaded_draft.stem}" if loaded_draft else r.target.stem)
-        opts = EngineOptions(target=r.target, draft=loaded_draft,
-                             drafter="auto" if needs_draft else "ngram", draft_max=None, draft_p_min=draft_p_min,
-                             n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                             draft_gpu_layers=draft_gpu_layers, use_mmap=not no_mmap)
+        # One engine per pair that can run every configuration; the runner switches between them.
+        opts = flags.options_for(r.target, loaded_draft, "auto" if needs_draft else "ngram", None)
+        for line in opts.check():
+            note(line)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
@@ -147,11 +137,15 @@ def bench(
     if plot is None:
         out.print()
         out.print(report.bar_chart(result))
-    for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
-                        (markdown_path, report.write_markdown), (plot, report.write_plot)):
-        if path is not None:
-            write(result, path)
+    outputs = [(path, write) for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
+                                                 (markdown_path, report.write_markdown), (plot, report.write_plot))
+               if path is not None]
+    failed = report.save_outputs(result, outputs)
+    for path, _ in outputs:
+        if path not in failed:
             err.print(f"wrote {path}")
+    if failed:
+        raise SpecgenError("; ".join(failed.values()))
     if interrupted:
         raise KeyboardInterrupt  # after the partial results are out; main() exits 130
     if save:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from ..chat.session import Chat
-from ..errors import SpecgenError
+from ..engine import check_max_tokens
 from ..build import describe_backend, load_engine
 from ..chat.screen import Screen, run
 from . import app
-from .options import EngineFlags, engine_command
+from .options import SETTING_FLAGS, EngineFlags, engine_command
 
 
 @app.command()
@@ -24,9 +25,10 @@ def chat(
     flags: EngineFlags,
 ) -> None:
     """Chat with the target; the status line shows what speculation does for each reply."""
-    if max_tokens < 1:
-        raise SpecgenError("--max-tokens must be 1 or more")
+    check_max_tokens(max_tokens)
     sampling = flags.sampling()
+    if hasattr(sys.stdin, "reconfigure"):  # stray bytes reach the chat as surrogates, not an exception
+        sys.stdin.reconfigure(errors="surrogateescape")
     opts = flags.engine_options()
     screen = Screen(color=not no_color)
     done = screen.loading(f"loading {opts.target.name}" + (f" and {opts.draft.name}" if opts.draft else "") + "…")
@@ -38,7 +40,7 @@ def chat(
         names = [opts.target.stem] + ([opts.draft.stem] if engine.draft_model is not None else [])
         pair = (f"{flags.pair}: " if flags.pair else "") + " + ".join(names)
         conv = Chat(engine, system=system, sampling=sampling, max_tokens=max_tokens, pair=pair,
-                    backend=describe_backend(engine))
+                    backend=describe_backend(engine), setting_names=SETTING_FLAGS)
         screen.banner(conv, conv.backend)
         run(conv, screen)
     finally:

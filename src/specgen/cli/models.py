@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..llama.vocab import check_pair_files
 from ..models import cache, download
-from ..errors import SpecgenError
-from ..models.registry import ModelEntry, add_pair, load_registry, parse_draft_max, parse_model_spec, user_path
+from ..errors import SpecgenError, shorten
+from ..models.registry import ModelEntry, add_pair, load_registry, parse_model_spec, user_path
+from ..settings import DRAFTERS, parse_draft_max
 from . import app
 
 pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
@@ -26,11 +27,13 @@ def pull(
     name: Annotated[str, typer.Argument(
         metavar="PAIR|REPO[:QUANT]",
         help="A pair from `specgen list`, a model id, or a Hugging Face repo with an optional quant (default Q4_K_M).")],
+    check: Annotated[bool, typer.Option("--check", help="Also hash what is already downloaded (sha256) and "
+                                                       "fetch again what does not match.")] = False,
 ) -> None:
     """Download a pair (or one model) into the Hugging Face cache, check it, print the local paths."""
     registry = load_registry()
     if name in registry.pairs:
-        got = download.pull_pair(registry, name)
+        got = download.pull_pair(registry, name, check=check)
         check_pair_files(got.target[0], got.draft[0])
         files = got.target + (got.draft or [])
         what = f"pair {name}"
@@ -41,16 +44,19 @@ def pull(
         elif "/" in name:
             spec = parse_model_spec(name, registry)
             if spec.path is not None:
-                raise SpecgenError(f"{name} is a local file; nothing to pull (use it with --target/--draft)")
+                if not spec.path.exists():
+                    raise SpecgenError(f"{shorten(name)} is not a pair, a model id or a Hugging Face REPO[:QUANT] "
+                                       "(`specgen list` shows the pairs)")
+                raise SpecgenError(f"{shorten(name)} is a local file; nothing to pull (use it with --target/--draft)")
             model = registry.find_model(spec.repo, quant=spec.quant or "Q4_K_M") or \
                 ModelEntry(id=name, repo=spec.repo, quant=spec.quant or "Q4_K_M")
         else:
             registry.pair(name)  # unknown pair, with close matches
             return
-        pulled = download.pull_models([model])[0]
+        pulled = download.pull_models([model], check=check)[0]
         files, what, downloaded = pulled.files, model.spec, pulled.downloaded
     status = f"downloaded {cache.human_size(downloaded)}" if downloaded else "already downloaded"
-    _err.print(f"{what}: {status}, checked")
+    _err.print(f"{what}: {status}, checked ({'sha256, ' if check else ''}size and GGUF header)")
     for f in files:
         print(f)
 
@@ -122,22 +128,21 @@ def pair_add(
     name: Annotated[str, typer.Argument(help="Name for the pair.")],
     target: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path.")],
     draft: Annotated[str, typer.Option(help="REPO[:QUANT], a model id, or a .gguf path (same vocabulary).")],
-    drafter: Annotated[Optional[str], typer.Option(help="model | ngram | none (default model).")] = None,
+    drafter: Annotated[Optional[str], typer.Option(help=f"{' | '.join(DRAFTERS)} (default auto).")] = None,
     draft_max: Annotated[str, typer.Option(help="Most draft tokens per step, or auto.")] = "auto",
     note: Annotated[Optional[str], typer.Option(help="One line shown by `specgen list`.")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default pair.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a pair of the same name.")] = False,
 ) -> None:
     """Add a pair to your models.yaml; `specgen pull NAME` then downloads it."""
-    try:
-        dm = parse_draft_max(int(draft_max) if draft_max.isdigit() else draft_max)
-    except ValueError:
-        raise SpecgenError(f"--draft-max must be a number or 'auto', not {draft_max!r}") from None
-    path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=dm, note=note,
-                              default=default, force=force)
+    def check(preview) -> None:  # before anything is written: a pair that is refused is never saved
+        local = cache.local_pair(preview, name)
+        if local is not None:
+            check_pair_files(local.target[0], local.draft[0])
+
+    path, registry = add_pair(name, target, draft, drafter=drafter, draft_max=parse_draft_max(draft_max), note=note,
+                              default=default, force=force, check=check)
     have = cache.local_pair(registry, name)
-    if have is not None:
-        check_pair_files(have.target[0], have.draft[0])
     t, d = registry.pair_models(name)
     _err.print(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}")
     if have is None:

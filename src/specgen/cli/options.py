@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..errors import SpecgenError
-from ..build import EngineOptions, parse_draft_max
-from ..sampling import SamplingParams
+from ..errors import SpecgenError, worded
+from ..build import EngineOptions
+from ..models.resolve import Resolved
+from ..sampling import SamplingError, SamplingParams
+from ..settings import parse_draft_max
 
 M, D, S = "Models", "Drafting", "Sampling"
+
+SETTING_FLAGS = {"target": "--target", "draft": "--draft", "drafter": "--drafter", "draft_max": "--draft-max",
+                 "n_ctx": "--ctx", "draft_p_min": "--draft-p-min", "threads": "--threads",
+                 "gpu_layers": "--gpu-layers", "draft_gpu_layers": "--draft-gpu-layers", "max_tokens": "--max-tokens"}
+"""How the CLI words the engine settings that library errors name (see SpecgenError.worded)."""
 
 
 @dataclass
@@ -47,6 +55,11 @@ class EngineFlags:
     draft_gpu_layers: Annotated[int, typer.Option(
         help="Draft layers to offload (-1: all). A draft left on the CPU loses the speedup.",
         rich_help_panel=M)] = -1
+    rpc: Annotated[Optional[str], typer.Option(
+        help="Spread the target's layers over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] "
+             "(see `specgen worker`).", rich_help_panel=M)] = None
+    draft_rpc: Annotated[Optional[str], typer.Option(
+        help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)] = None
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
                                           rich_help_panel=M)] = False
     temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
@@ -58,25 +71,72 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
-        from ..models.resolve import resolve_models  # models.yaml and downloads
-
-        r = resolve_models(self.pair, self.target, self.draft, download=not self.no_download)
+        """Check every number first, then resolve (maybe download) the pair; notes go to stderr."""
+        self.check_numbers()
+        self.rpc_workers()  # a malformed --rpc fails before any download
+        r = self.resolve(self.pair)
         draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
             else r.draft_max
+        opts = self.options_for(r.target, r.draft, self.drafter or r.drafter, draft_max)
+        for line in opts.check():
+            note(line)
+        return opts
+
+    def check_numbers(self) -> None:
+        """Refuse a bad number flag before any pair is resolved or downloaded; clamp with a note."""
+        opts = self.options_for(Path(), self.draft, self.drafter, parse_draft_max(self.draft_max))
+        for line in opts.check_numbers():
+            note(line)
+        self.threads = opts.threads
+
+    def resolve(self, pair: str | None) -> Resolved:
+        """The files to load: *pair* (or the default pair), with --target/--draft replacing its sides."""
+        from ..models.resolve import resolve_models  # models.yaml and downloads
+
+        return resolve_models(pair, self.target, self.draft, download=not self.no_download)
+
+    def rpc_workers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """--rpc and --draft-rpc as endpoint lists, or one line saying which is malformed."""
+        from ..llama.rpc import parse_endpoints
+
+        return parse_endpoints(self.rpc, "--rpc"), parse_endpoints(self.draft_rpc, "--draft-rpc")
+
+    def options_for(self, target: Path, draft: Path | None, drafter: str | None,
+                    draft_max: int | None) -> EngineOptions:
+        """EngineOptions for these files and drafting choices, with the rest of the flags."""
+        rpc, draft_rpc = self.rpc_workers()
         return EngineOptions(
-            target=r.target, draft=r.draft, drafter=self.drafter or r.drafter, draft_max=draft_max,
+            target=target, draft=draft, drafter=drafter, draft_max=draft_max,
             draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
-            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap)
+            gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
+            rpc=rpc, draft_rpc=draft_rpc)
 
     def sampling(self) -> SamplingParams:
-        if self.temperature < 0:
-            raise SpecgenError("--temperature must be 0 or more")
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
+        try:
+            return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                  min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed).check()
+        except SamplingError as e:
+            raise SpecgenError(e.worded(e.flag)) from None
 
 
-def engine_command(fn: Callable) -> Callable:
-    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags."""
+def note(text: str) -> None:
+    """A warning that does not stop the command, on stderr."""
+    print(f"specgen: note: {worded(text, SETTING_FLAGS)}", file=sys.stderr)
+
+
+def _panel(hint: Any) -> str | None:
+    return next((getattr(m, "rich_help_panel", None) for m in getattr(hint, "__metadata__", ())), None)
+
+
+def engine_command(fn: Callable | None = None, *, sampling: bool = True) -> Callable:
+    """Give *fn* (which takes `flags: EngineFlags`) the shared engine flags.
+
+    A flag *fn* declares itself is its own (bench takes lists for --pair, --drafter and
+    --draft-max) and keeps its default in `flags`; `sampling=False` leaves out the
+    sampling flags, for a command that sets sampling itself.
+    """
+    if fn is None:
+        return functools.partial(engine_command, sampling=sampling)
     # Resolve string annotations (from __future__ import annotations) so typer sees
     # the real Annotated[...] metadata of both the command's own and the shared flags.
     own_hints = typing.get_type_hints(fn, include_extras=True)
@@ -84,7 +144,9 @@ def engine_command(fn: Callable) -> Callable:
     sig = inspect.signature(fn)
     own = [p.replace(annotation=own_hints.get(p.name, p.annotation))
            for p in sig.parameters.values() if p.name != "flags"]
-    names = [f.name for f in fields(EngineFlags)]
+    taken = {p.name for p in own}
+    names = [f.name for f in fields(EngineFlags)
+             if f.name not in taken and (sampling or _panel(flag_hints[f.name]) != S)]
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(EngineFlags, n),
                                annotation=flag_hints[n]) for n in names]
 
@@ -99,4 +161,4 @@ def engine_command(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command"]
+__all__ = ["EngineFlags", "SETTING_FLAGS", "engine_command", "note"]

@@ -9,37 +9,33 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..engine import Piece, Summary
+from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
-from ..build import load_engine
+from ..textstream import user_text
+from ..build import load_engine, topology
 from ..llama.chat_template import chat_tokens, messages_for
+from ..statsline import stats_line
 from . import app
-from .options import EngineFlags, engine_command
+from .options import EngineFlags, engine_command, note
 
 
 def read_prompt(arg: str | None) -> str:
     """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
     parts = []
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+        piped, bad = user_text(sys.stdin.buffer.read(), "stdin")
+        if bad:
+            note(f"stdin is not valid UTF-8: {bad} bytes were replaced with \ufffd")
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if arg:
-        parts.append(arg)
+        text, bad = user_text(arg, "the prompt")
+        if bad:
+            note(f"the prompt is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+        parts.append(text)
     if not parts:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
     return "\n\n".join(parts)
-
-
-def summary_line(s: Summary) -> str:
-    line = (f"{s.generated_tokens} tokens in {s.decode_seconds:.2f}s, {s.decode_tps:.1f} tok/s"
-            f" | prompt {s.prompt_tokens} tokens in {s.prompt_seconds:.2f}s")
-    if s.drafted:
-        line += (f" | accepted {s.accepted}/{s.drafted} drafted ({s.acceptance_rate:.0%}),"
-                 f" {s.mean_accepted:.2f} tokens/step")
-    if len(s.drafter_steps) > 1:  # auto: show what it chose
-        line += " | steps " + ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items()))
-    return line
 
 
 @app.command()
@@ -59,8 +55,9 @@ def run(
     flags: EngineFlags,
 ) -> None:
     """Generate a reply to PROMPT with speculative decoding."""
-    text_in = read_prompt(prompt)
+    check_max_tokens(max_tokens)
     sampling = flags.sampling()
+    text_in = read_prompt(prompt)
     opts = flags.engine_options()
     engine = load_engine(opts)
     tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)
@@ -71,7 +68,8 @@ def run(
         summary = next(e for e in events if isinstance(e, Summary))
         print(json.dumps({"text": summary.text, "target": str(opts.target),
                           "draft": str(opts.draft) if opts.draft else None,
-                          "drafter": engine.drafter.name, "stats": summary.stats()}))
+                          "drafter": engine.drafter.name, "topology": topology(engine),
+                          "stats": summary.stats()}))
         return
 
     tty = sys.stdout.isatty()
@@ -85,7 +83,7 @@ def run(
                 if not ev.text.endswith("\n"):
                     sys.stdout.write("\n")
                 if stats:
-                    print(summary_line(ev), file=sys.stderr)
+                    print(stats_line(ev.stats()), file=sys.stderr)
         return
     from rich.console import Console
 
@@ -99,4 +97,4 @@ def run(
         elif isinstance(ev, Summary):
             if not ev.text.endswith("\n"):
                 out.print()
-            err.print(summary_line(ev), style="dim")
+            err.print(stats_line(ev.stats()), style="dim")

@@ -1,6 +1,6 @@
 """A thin, typed layer over llama-cpp-python's low-level (ctypes) API.
 
-Only this module and `pair` touch llama.cpp.  It exists so that the engine can
+Only this module calls llama.cpp.  It exists so that the engine can
 say "decode these tokens at these positions and give me row i of the logits"
 without ctypes noise, and so that logits are read in place (no copies of
 150k-float rows we never look at).
@@ -8,12 +8,15 @@ without ctypes noise, and so that logits are read in place (no copies of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +45,64 @@ def _llama():
     return llama_cpp
 
 
+class _Interrupts:
+    """Ctrl+C while llama.cpp runs, held until it returns.
+
+    Python runs signal handlers at the next bytecode, and inside a long C call
+    that is one of our ctypes callbacks (the log or progress callback); a
+    KeyboardInterrupt raised there is printed and dropped by ctypes, and the
+    load goes on.  So while llama.cpp works, SIGINT only sets a flag: the
+    progress callback turns it into "stop loading", and leaving the block
+    raises the KeyboardInterrupt in plain Python.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.pending = True
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        if (threading.current_thread() is not threading.main_thread() or self.depth
+                or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+            # Only the main thread receives signals; nested blocks share the outer one; a process
+            # started with SIGINT ignored (a background job, nohup) keeps ignoring it.
+            yield
+            return
+        self.pending = False
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        self.depth = 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+            signal.signal(signal.SIGINT, self._previous)
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+    def pause_for_tests(self, point: str, detail: str = "") -> None:
+        """With SPECGEN_TEST_PAUSE=point (or point:detail), write SPECGEN_TEST_PAUSE_FILE and wait
+        (up to 60 s) for Ctrl+C.
+
+        Lets tests interrupt at a known moment instead of after a guessed sleep.
+        """
+        if os.environ.get("SPECGEN_TEST_PAUSE") not in (point, f"{point}:{detail}"):
+            return
+        marker = os.environ.get("SPECGEN_TEST_PAUSE_FILE")
+        if marker:
+            Path(marker).write_text(point)
+        deadline = time.monotonic() + 60
+        while not self.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+interrupts = _Interrupts()
+
+
 def supports_gpu_offload() -> bool:
     return bool(_llama().llama_supports_gpu_offload())
 
@@ -52,6 +113,11 @@ def system_info() -> str:
 
 def backend_name() -> str:
     """'CUDA', 'Metal', 'Vulkan'... or 'CPU', read from llama.cpp's system info."""
+    from .devices import local_gpus
+
+    # An RPC-enabled build "supports GPU offload" (to workers) without a local GPU.
+    if not local_gpus():
+        return "CPU"
     info = system_info().upper()
     for name in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
         if f"{name} :" in info or f"{name} =" in info or name in info.split(" | ")[0]:
@@ -65,6 +131,8 @@ class ModelOptions:
     """-1: every layer when the build supports GPU offload (ignored on CPU builds)."""
     use_mmap: bool = True
     vocab_only: bool = False
+    rpc: tuple[str, ...] = ()
+    """HOST:PORT of llama.cpp RPC workers that take the offloaded layers (ahead of local GPUs)."""
 
 
 class Model:
@@ -88,8 +156,37 @@ class Model:
             mp.use_mmap = options.use_mmap
         mp.vocab_only = options.vocab_only
         self._lib = lib
-        self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
+        self.rpc = tuple(options.rpc)
+        self.devices: list[str] = []
+        devs = None
+        if self.rpc and not options.vocab_only:
+            devs = self._rpc_devices(options, n_layer)
+            mp.devices = ctypes.cast(devs, ctypes.c_void_p)
+            mp.n_gpu_layers = n_layer + 1 if options.gpu_layers < 0 else options.gpu_layers
+            self.gpu_layers = min(mp.n_gpu_layers, n_layer + 1)
+        self.ptr = None
+        paused = []
+
+        def progress(fraction: float, user_data) -> bool:
+            if not paused:
+                paused.append(True)
+                interrupts.pause_for_tests("load", self.path.name)
+            return not interrupts.pending
+
+        # Kept on self: llama.cpp holds the pointer for as long as the load runs.
+        self._progress = lib.llama_progress_callback(progress)
+        mp.progress_callback = self._progress
+        with interrupts.deferred():
+            if options.vocab_only:  # a vocabulary-only load reports no progress
+                interrupts.pause_for_tests("load", self.path.name)
+            self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
+            if interrupts.pending:
+                self.close()
+        del devs  # llama.cpp copied the list
         if not self.ptr:
+            if self.rpc:
+                raise SpecgenError(f"{self.path}: llama.cpp could not load this model across "
+                                   f"{', '.join(self.devices)} (out of memory on a worker?)")
             raise SpecgenError(f"{self.path}: llama.cpp could not load this GGUF "
                                "(corrupt, or an architecture this llama.cpp build does not know)")
         self.vocab = lib.llama_model_get_vocab(self.ptr)
@@ -103,6 +200,24 @@ class Model:
         self._eog: dict[int, bool] = {}
         self._eog_all: np.ndarray | None = None
         self._pieces: dict[int, bytes] = {}
+
+    def _rpc_devices(self, options: ModelOptions, n_layer: int):
+        """RPC workers first (as llama.cpp orders them), then this machine's GPUs; refuses a model that
+        cannot fit in what the workers report free."""
+        from . import rpc
+        from .devices import local_gpus, null_terminated
+
+        remote = rpc.connect(self.rpc)
+        local = local_gpus()
+        self.devices = [f"{d.name} ({d.description})" for d in remote + local]
+        if options.gpu_layers < 0 or options.gpu_layers > n_layer:
+            free = {d.description: d.memory()[0] for d in remote + local}
+            need = self.path.stat().st_size
+            if need > sum(free.values()):
+                have = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in free.items())
+                raise SpecgenError(f"not enough memory for {self.path.name} ({need / 2**30:.1f} GiB) across the "
+                                   f"workers ({have} free): add a worker, or keep layers here with {{gpu_layers}} N")
+        return null_terminated([d.ptr for d in remote + local])
 
     @property
     def name(self) -> str:
@@ -136,7 +251,7 @@ class Model:
         return self._lib.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        raw = text.encode("utf-8")
+        raw = text.encode("utf-8", "replace")  # lone surrogates: front ends decide input bytes (user_text)
         cap = len(raw) + 16
         buf = (ctypes.c_int32 * cap)()
         n = self._lib.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_special, parse_special)
@@ -158,9 +273,6 @@ class Model:
             got = self._pieces[token] = buf.raw[:n]
         return got
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
-
     def chat_template(self) -> str | None:
         raw = self._lib.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", "replace") if raw else None
@@ -180,10 +292,12 @@ class Context:
         cp.n_threads = cp.n_threads_batch = threads
         self.n_threads = threads
         cp.no_perf = True
-        self.ptr = lib.llama_init_from_model(model.ptr, cp)
+        self.ptr = None
+        with interrupts.deferred():
+            self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
             raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
-                               "(out of memory? try a smaller --ctx)")
+                               "(out of memory? try a smaller {n_ctx})")
         self.n_ctx = int(lib.llama_n_ctx(self.ptr))
         self._mem = lib.llama_get_memory(self.ptr)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
@@ -193,7 +307,8 @@ class Context:
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
-            self._lib.llama_batch_free(self._batch)
+            if hasattr(self, "_batch"):
+                self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self.ptr)
             self.ptr = None
 
@@ -212,7 +327,7 @@ class Context:
         where it was, so callers' token bookkeeping stays true.
         """
         if self.n_past + len(tokens) > self.n_ctx:
-            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger --ctx")
+            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
         start_past = self.n_past
         b = self._batch
         try:
@@ -226,7 +341,9 @@ class Context:
                     b.seq_id[i][0] = 0
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
-                rc = self._lib.llama_decode(self.ptr, b)
+                with interrupts.deferred():
+                    interrupts.pause_for_tests("decode")
+                    rc = self._lib.llama_decode(self.ptr, b)
                 if rc != 0:
                     raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")
                 self.n_past += len(chunk)
@@ -259,7 +376,3 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def file_path(path: str | os.PathLike[str]) -> Path:
-    return Path(path).expanduser()

@@ -5,20 +5,20 @@ tries; without a starting curve it could never discover that wide batches
 are cheap on a GPU.  So at load we time one decode of n tokens for a few n
 (about a second for a 1.5B model on a CPU, far less on a GPU) and cache the
 result under the user's cache directory, keyed by the model file, the
-llama.cpp build and the settings that change speed.
+llama.cpp build, the settings that change speed and the RPC workers the
+model's layers live on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from .. import __version__
+from ..fileio import cache_dir, write_atomic
 from .backend import Context, system_info
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
@@ -27,14 +27,15 @@ REPEATS = 3
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "specgen" / "costs.json"
+    return cache_dir() / "costs.json"
 
 
 def _key(ctx: Context, what: str) -> str:
     st = ctx.model.path.stat()
     ident = [what, str(ctx.model.path.resolve()), st.st_size, st.st_mtime_ns, ctx.model.gpu_layers,
              ctx.n_threads, system_info(), __version__]
+    if ctx.model.rpc:  # a curve measured over the network is never a local one, nor the other way round
+        ident.append(list(ctx.model.rpc))
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
@@ -101,16 +102,8 @@ def cached_costs(target: Context, draft: Context | None) -> tuple[dict[int, floa
             changed = True
         draft_cost = float(cache[dk])
     if changed:
-        _write_atomic(path, cache)
+        try:
+            write_atomic(path, json.dumps(cache))
+        except OSError:
+            pass  # a read-only cache only costs a re-measure next time
     return verify, draft_cost
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a re-measure next time

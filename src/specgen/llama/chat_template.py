@@ -56,16 +56,26 @@ def chat_tokens(model: Model, messages: Sequence[Message], raw: bool = False) ->
     raw=True (or a GGUF without a template) feeds the text as it is, as a
     base model expects.
     """
-    template = None if raw else model.chat_template()
+    return prompt_tokens(model, chat_text(model, messages, None if raw else model.chat_template()))
+
+
+def chat_text(model: Model, messages: Sequence[Message], template: str | None) -> str:
+    """*messages* rendered with *template* and the model's BOS/EOS texts; without a
+    template, the contents one after another, as a base model reads text."""
     if template is None:
-        text = "\n\n".join(m["content"] for m in messages if m["content"])
-        return model.tokenize(text, add_special=True)
-    bos = model.token_text(model.bos) if model.bos >= 0 else ""
-    eos = model.token_text(model.eos) if model.eos >= 0 else ""
-    text = render_chat(template, messages, bos, eos)
-    # Templates often write the BOS themselves; don't add a second one.
-    add_special = not (bos and text.startswith(bos))
-    return model.tokenize(text, add_special=add_special)
+        return "\n\n".join(m["content"] for m in messages if m["content"])
+    return render_chat(template, messages, _text(model, model.bos), _text(model, model.eos))
+
+
+def prompt_tokens(model: Model, text: str) -> list[int]:
+    """*text* as prompt tokens, with the model's BOS unless the text already starts with it
+    (templates often write it themselves, and a second BOS changes what the model sees)."""
+    bos = _text(model, model.bos)
+    return model.tokenize(text, add_special=not (bos and text.startswith(bos)))
+
+
+def _text(model: Model, token: int) -> str:
+    return model.token_text(token) if token >= 0 else ""
 
 
 def messages_for(prompt: str, system: str | None = None) -> list[Message]:

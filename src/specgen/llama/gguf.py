@@ -20,7 +20,12 @@ from ..errors import SpecgenError
 
 MAGIC = b"GGUF"
 
-# ggml type id -> (bytes per block, elements per block); from ggml.h / ggml.c.
+# ggml type id -> (bytes per block, elements per block): ggml's type_traits as of the
+# llama.cpp in llama-cpp-python 0.3.36, whose last type is
+# Q2_0 = 42; 4, 5 and 31-33, 36-38 were removed from ggml.  A type missing here is
+# refused: counting it as 0 bytes would let a truncated file through.  The `gguf`
+# package's copy of this table lags llama.cpp (no Q2_0 in 0.19) and sizes Q8_1 as
+# 40 bytes where ggml's block is 36, so it is not used.
 _TYPE_SIZES: dict[int, tuple[int, int]] = {
     0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32),
     8: (34, 32), 9: (36, 32), 10: (84, 256), 11: (110, 256), 12: (144, 256),
@@ -28,6 +33,7 @@ _TYPE_SIZES: dict[int, tuple[int, int]] = {
     18: (98, 256), 19: (50, 256), 20: (18, 32), 21: (110, 256), 22: (82, 256),
     23: (136, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1),
     29: (56, 256), 30: (2, 1), 34: (54, 256), 35: (66, 256), 39: (17, 32),
+    40: (36, 64), 41: (18, 128), 42: (18, 64),
 }
 
 # GGUF value type id -> struct format for scalars.
@@ -35,6 +41,20 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
+_UINTS = {0, 2, 4, 10}
+_TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
+               7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+
+# Header fields this code (or llama.cpp before it could fail cleanly) reads, and the value type each
+# must have; a key ending in ".block_count" etc. is checked for any architecture.
+_FIELD_TYPES: dict[str, tuple[set[int], str]] = {
+    "general.alignment": (_UINTS, "an unsigned integer"),
+    "general.architecture": ({_STRING}, "a string"),
+    "general.name": ({_STRING}, "a string"),
+    ".block_count": (_UINTS | {5}, "an integer"),
+    ".context_length": (_UINTS | {5}, "an integer"),
+}
+_MIN_KV_BYTES, _MIN_TENSOR_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
 
 
 class GGUFError(SpecgenError):
@@ -119,6 +139,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         raise GGUFError(f"{p}: no such file")
     if p.is_dir():
         raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise GGUFError(f"{p}: not a regular file; give the path of a .gguf file")
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -138,18 +160,21 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
     if version not in (2, 3):
         raise GGUFError(f"{p}: unsupported GGUF version {version}")
     n_tensors, n_kv = r.take("<Q"), r.take("<Q")
-    if n_tensors > 1 << 24 or n_kv > 1 << 24:
-        raise GGUFError(f"{p}: corrupt GGUF header (implausible counts)")
+    if n_tensors * _MIN_TENSOR_BYTES + n_kv * _MIN_KV_BYTES > size:
+        raise GGUFError(f"{p}: corrupt GGUF header (it lists {n_tensors} tensors and {n_kv} keys, more than "
+                        f"a file of {size} bytes can hold); re-download it")
     info = GGUFInfo(path=p, version=version, size=size, n_tensors=n_tensors)
     for _ in range(n_kv):
         key = r.string()
         start = r.pos
-        info.metadata[key] = r.value(r.take("<I"))
+        vtype = r.take("<I")
+        info.metadata[key] = r.value(vtype)
+        _check_type(p, key, vtype, info.metadata[key])
         if key == "tokenizer.ggml.tokens":
             info.tokens_digest = hashlib.sha256(r.buf[start:r.pos]).hexdigest()
     end = 0
     for _ in range(n_tensors):
-        r.string()
+        name = r.string()
         n_dims = r.take("<I")
         if n_dims > 8:
             raise GGUFError(f"{p}: corrupt GGUF header (tensor with {n_dims} dimensions)")
@@ -157,12 +182,29 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
         for _ in range(n_dims):
             n_elems *= r.take("<Q")
         ttype, offset = r.take("<I"), r.take("<Q")
-        block_bytes, block_elems = _TYPE_SIZES.get(ttype, (0, 1))
+        if ttype not in _TYPE_SIZES:
+            raise GGUFError(f"{p}: tensor {name!r} has ggml type {ttype}, which this specgen does not know "
+                            "(a newer quantization, or a damaged file); it cannot check the file's size")
+        block_bytes, block_elems = _TYPE_SIZES[ttype]
         end = max(end, offset + n_elems // block_elems * block_bytes)
-    align = int(info.metadata.get("general.alignment", 32)) or 32
+    align = info.metadata.get("general.alignment", 32)
     data_start = (r.pos + align - 1) // align * align
     if data_start + end > size:
         raise GGUFError(
             f"{p}: truncated GGUF ({size} bytes, tensor data needs {data_start + end}); "
             "re-download it")
     return info
+
+
+def _check_type(p: Path, key: str, vtype: int, value: Any) -> None:
+    want = _FIELD_TYPES.get(key) or next((t for k, t in _FIELD_TYPES.items()
+                                          if k.startswith(".") and key.endswith(k)), None)
+    if want is None:
+        return
+    types, described = want
+    if vtype not in types:
+        raise GGUFError(f"{p}: corrupt GGUF header ({key} is {_TYPE_NAMES.get(vtype, f'type {vtype}')}, "
+                        f"expected {described}); re-download it")
+    if key == "general.alignment" and (value <= 0 or value & (value - 1) or value > 1 << 20):
+        raise GGUFError(f"{p}: corrupt GGUF header (general.alignment is {value}, expected a power of two); "
+                        "re-download it")

@@ -20,12 +20,23 @@ class IncompatiblePair(SpecgenError):
     pass
 
 
+# llama.cpp's enum llama_vocab_type
+_VOCAB_KINDS = {0: "no vocabulary", 1: "SentencePiece (SPM)", 2: "byte-level BPE", 3: "WordPiece",
+                4: "Unigram (T5)", 5: "RWKV", 6: "PLaMo-2"}
+
+
+def _vocab_kind(code: int) -> str:
+    return _VOCAB_KINDS.get(code, f"vocabulary type {code}")
+
+
 def check_compatible(target: Model, draft: Model) -> None:
     def fail(what: str) -> None:
-        raise IncompatiblePair(f"draft {draft.path.name} cannot draft for target {target.path.name}: {what}")
+        raise IncompatiblePair(f"draft {draft.path.name} cannot draft for target {target.path.name}: {what}; "
+                               "pick a draft of the target's model family, or use --drafter ngram (no draft model)")
 
     if target.vocab_type != draft.vocab_type:
-        fail(f"vocabulary types differ (target {target.vocab_type}, draft {draft.vocab_type})")
+        fail(f"their vocabularies differ (target {_vocab_kind(target.vocab_type)}, "
+             f"draft {_vocab_kind(draft.vocab_type)})")
     if (target.add_bos, target.bos) != (draft.add_bos, draft.bos):
         fail(f"BOS handling differs (target add_bos={target.add_bos} bos={target.bos}, "
              f"draft add_bos={draft.add_bos} bos={draft.bos})")

@@ -17,18 +17,26 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError
-from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
+from ..fileio import cache_home
+from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
 
 
 # ---------------------------------------------------------------- where the cache is
 
 def cache_dir() -> Path:
-    """The Hub cache: HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    """The Hub cache: HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub.
+
+    A variable that points at a file (or below one) is named in the error, rather than
+    surfacing later as "Not a directory" on some file inside it.
+    """
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        value = os.environ.get(var)
+        if value:
+            check_env_folder(var, Path(os.path.expandvars(value)).expanduser())
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
@@ -151,9 +159,27 @@ def local_files(model: ModelEntry, cache: Path | None = None) -> list[Path] | No
     return None
 
 
+def file_problem(path: Path) -> str | None:
+    """Why a cached model file cannot be used (not a GGUF, truncated, damaged header), or None.
+
+    Reads the header only: cheap enough for `list` and before every `run`.
+    """
+    from ..llama.gguf import MAGIC, GGUFError, read_gguf
+
+    try:
+        if _SHARD_RE.match(path.name):  # a later shard has no full header of its own
+            with open(path, "rb") as f:
+                return None if f.read(4) == MAGIC else "not a GGUF file"
+        read_gguf(path)
+    except GGUFError as e:
+        return str(e).split(": ", 1)[-1].removesuffix("; re-download it")
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 @dataclass
 class PairFiles:
-    name: str | None
     target: list[Path]
     draft: list[Path] | None
     downloaded: int = 0
@@ -164,7 +190,7 @@ def local_pair(registry: Registry, name: str) -> PairFiles | None:
     t, d = local_files(target), local_files(draft)
     if t is None or d is None:
         return None
-    return PairFiles(name, t, d)
+    return PairFiles(t, d)
 
 
 # ---------------------------------------------------------------- pair status and removal
@@ -182,9 +208,13 @@ class PairStatus:
     draft_max: int | None
     target_files: list[Path] | None
     draft_files: list[Path] | None
+    damaged: str | None = None
+    """Why a downloaded file cannot be used (then `specgen pull` fetches it again)."""
 
     @property
     def downloaded(self) -> str:
+        if self.damaged:
+            return "damaged"
         have = (self.target_files is not None) + (self.draft_files is not None)
         return ("no", "partly", "yes")[have]
 
@@ -208,7 +238,7 @@ class PairStatus:
             "draft": self.draft.id, "draft_spec": self.draft.spec,
             "drafter": self.drafter, "draft_max": "auto" if self.draft_max is None else self.draft_max,
             "target_bytes": t, "draft_bytes": d, "sizes_exact": exact,
-            "downloaded": self.downloaded,
+            "downloaded": self.downloaded, "damaged": self.damaged,
             "target_files": [str(f) for f in self.target_files] if self.target_files else None,
             "draft_files": [str(f) for f in self.draft_files] if self.draft_files else None,
             "note": self.note,
@@ -218,17 +248,27 @@ class PairStatus:
 def pair_statuses(registry: Registry) -> list[PairStatus]:
     """Every pair and what of it is downloaded; reads only the local cache."""
     cache: dict[str, list[Path] | None] = {}
+    problems: dict[Path, str | None] = {}
 
     def files(m: ModelEntry) -> list[Path] | None:
         if m.id not in cache:
             cache[m.id] = local_files(m)
         return cache[m.id]
 
+    def damage(found: list[Path] | None) -> str | None:
+        for f in found or []:
+            if f not in problems:
+                problems[f] = file_problem(f)
+            if problems[f]:
+                return f"{f.name}: {problems[f]}"
+        return None
+
     out = []
     for p in registry.pairs.values():
         t, d = registry.models[p.target], registry.models[p.draft]
+        tf, df = files(t), files(d)
         out.append(PairStatus(p.name, t, d, p.default, registry.pair_verified(p.name), p.user, p.note,
-                              p.drafter, p.draft_max, files(t), files(d)))
+                              p.drafter, p.draft_max, tf, df, damage(tf) or damage(df)))
     return out
 
 

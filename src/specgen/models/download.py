@@ -35,7 +35,9 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from ..errors import SpecgenError
-from .cache import _SHARD_RE, PairFiles, cache_dir, human_size, local_files, select_files, storage_folder
+from ..fileio import write_atomic
+from .cache import (_SHARD_RE, PairFiles, cache_dir, file_problem, human_size, local_files, select_files,
+                    storage_folder)
 from .registry import ModelEntry, Registry
 
 
@@ -60,13 +62,19 @@ def offline() -> bool:
 def _token() -> str | None:
     from huggingface_hub import get_token
 
+    cache_dir()  # huggingface_hub reads $HF_HOME/token: a bad HF_HOME is named before it fails there
     return os.environ.get("HF_TOKEN") or get_token()
 
 
 def _httpx():
-    try:
-        import httpx2 as httpx  # huggingface_hub >= 2
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+    """The HTTP library huggingface_hub's own session is built on: httpx2 from huggingface_hub 2
+    on, httpx in 1.x.  Chosen by the hub's version, not by what imports: both can be installed,
+    and the other one's Timeout and exception types do not fit the session."""
+    from huggingface_hub import __version__ as hub_version
+
+    if int(hub_version.split(".")[0]) >= 2:
+        import httpx2 as httpx
+    else:
         import httpx
     return httpx
 
@@ -140,10 +148,8 @@ class RemoteFile:
 @dataclass(frozen=True)
 class RepoListing:
     repo: str
-    revision: str
     commit: str
     files: dict[str, RemoteFile]
-    gated: bool = False
 
 
 def list_repo(repo: str, revision: str = "main") -> RepoListing:
@@ -160,7 +166,7 @@ def list_repo(repo: str, revision: str = "main") -> RepoListing:
     for s in info.siblings or []:
         files[s.rfilename] = RemoteFile(s.rfilename, s.size if s.size is not None else (s.lfs.size if s.lfs else None),
                                         s.lfs.sha256 if s.lfs else None, s.blob_id)
-    return RepoListing(repo, revision, commit, files, gated=bool(info.gated))
+    return RepoListing(repo, commit, files)
 
 
 # ---------------------------------------------------------------- what is already local
@@ -432,10 +438,7 @@ def _link(plan: _Plan, token: str | None) -> Path:
                                        endpoint=ep, token=token))
     ref = plan.folder / "refs" / plan.revision
     if plan.revision != plan.commit and (not ref.is_file() or ref.read_text().strip() != plan.commit):
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
-        tmp.write_text(plan.commit)
-        os.replace(tmp, ref)
+        write_atomic(ref, plan.commit)
     return pointer
 
 
@@ -472,11 +475,34 @@ def _disk_check(plans: list[_Plan]) -> None:
                            f"{human_size(free)} is free; free some space or set HF_HOME to a bigger disk")
 
 
-def pull_models(models: list[ModelEntry], progress: Progress | None = None,
-                revision: str = "main") -> list[PulledModel]:
-    """Make every model local (downloading what is missing) and return their files.
+def _cached_problem(plan: _Plan, full: bool) -> str | None:
+    """What is wrong with the cached copy of *plan*'s file: size, GGUF header, and with *full* its hash."""
+    size = plan.pointer.stat().st_size
+    if plan.size is not None and size != plan.size:
+        return f"{size} bytes, the Hub says {plan.size}"
+    problem = file_problem(plan.pointer)
+    if problem is None and full:
+        hasher = _Hasher(plan)
+        if hasher.h is not None:
+            hasher.catch_up(plan.pointer, size)
+            problem = hasher.check()
+    return problem
 
-    With HF_HUB_OFFLINE set only the cache is used, and a missing model is an error.
+
+def _discard_cached(plan: _Plan) -> None:
+    blob = plan.pointer.resolve()
+    plan.pointer.unlink(missing_ok=True)
+    if blob != plan.pointer:
+        blob.unlink(missing_ok=True)
+
+
+def pull_models(models: list[ModelEntry], progress: Progress | None = None,
+                revision: str = "main", check: bool = False) -> list[PulledModel]:
+    """Make every model local (downloading what is missing or damaged) and return their files.
+
+    A cached file is checked against the Hub's listing (size, GGUF header; with
+    *check* also its sha256) and fetched again when it does not match.  With
+    HF_HUB_OFFLINE set only the cache is used, and a missing model is an error.
     """
     from huggingface_hub.utils import WeakFileLock, build_hf_headers, disable_progress_bars
 
@@ -498,6 +524,11 @@ def pull_models(models: list[ModelEntry], progress: Progress | None = None,
             if files is None:
                 raise SpecgenError(f"{model.id} ({model.spec}) is not downloaded and HF_HUB_OFFLINE is set; "
                                    f"{_missing_hint(model)} is missing from {cache_dir()}")
+            for f in files:
+                problem = file_problem(f)
+                if problem is not None:
+                    raise SpecgenError(f"{f}: the cached copy is damaged ({problem}) and HF_HUB_OFFLINE is set; "
+                                       "unset it and run `specgen pull` again to fetch it")
             results.append(PulledModel(model, files))
             plans_by_model.append((model, []))
             continue
@@ -514,8 +545,15 @@ def pull_models(models: list[ModelEntry], progress: Progress | None = None,
     pending: list[_Plan] = []
     for _, plans in plans_by_model:
         for p in plans:  # a pair may use one model twice: fetch each file once
-            if not p.pointer.is_file() and all(q.key != p.key for q in pending):
-                pending.append(p)
+            if any(q.key == p.key for q in pending):
+                continue
+            if p.pointer.is_file():
+                problem = _cached_problem(p, check)
+                if problem is None:
+                    continue
+                progress.message(f"{p.key}: the cached copy is damaged ({problem}); downloading it again")
+                _discard_cached(p)
+            pending.append(p)
     for p in pending:  # every HEAD before any byte: a gated or missing file fails the whole pull
         _head(p, token)
     if pending:
@@ -554,10 +592,10 @@ def _missing_hint(model: ModelEntry) -> str:
 
 # ---------------------------------------------------------------- pairs
 
-def pull_pair(registry: Registry, name: str, progress: Progress | None = None) -> PairFiles:
-    """Download pair *name*'s target and draft (what is missing).  Whether they fit together is
-    the caller's check (`llama.vocab.check_pair_files`): downloading never loads a model."""
+def pull_pair(registry: Registry, name: str, progress: Progress | None = None, check: bool = False) -> PairFiles:
+    """Download pair *name*'s target and draft (what is missing or damaged).  Whether they fit together
+    is the caller's check (`llama.vocab.check_pair_files`): downloading never loads a model."""
     target, draft = registry.pair_models(name)
-    got = pull_models([target, draft], progress)
-    return PairFiles(name, got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
+    got = pull_models([target, draft], progress, check=check)
+    return PairFiles(got[0].files, got[1].files, got[0].downloaded + got[1].downloaded)
 

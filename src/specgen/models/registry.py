@@ -7,7 +7,7 @@ pair there is merged field by field (so `drafter:` alone tunes a built-in pair
 and `default: true` picks another default).  `specgen pair add` and
 `specgen bench --save` write the user file, atomically.
 
-This module knows nothing about downloads; see `hub`.
+This module knows nothing about downloads; see `models.download`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from ..errors import SpecgenError
+from ..errors import SpecgenError, shorten
+from ..fileio import write_atomic
+from ..settings import DRAFTERS, check_drafter, parse_draft_max
 
-DRAFTERS = ("auto", "model", "ngram", "none")
 DEFAULT_QUANT = "Q4_K_M"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -101,13 +101,13 @@ class Registry:
     def pair(self, name: str) -> PairEntry:
         if name in self.pairs:
             return self.pairs[name]
-        raise SpecgenError(f"unknown pair {name!r}{_did_you_mean(name, self.pairs)}; "
+        raise SpecgenError(f"unknown pair {shorten(name)!r}{_did_you_mean(name, self.pairs)}; "
                            "`specgen list` shows the pairs, `specgen pair add` makes one")
 
     def model(self, model_id: str) -> ModelEntry:
         if model_id in self.models:
             return self.models[model_id]
-        raise SpecgenError(f"unknown model {model_id!r}{_did_you_mean(model_id, self.models)}")
+        raise SpecgenError(f"unknown model {shorten(model_id)!r}{_did_you_mean(model_id, self.models)}")
 
     def pair_models(self, name: str) -> tuple[ModelEntry, ModelEntry]:
         p = self.pair(name)
@@ -146,8 +146,24 @@ def builtin_path() -> Path:
 
 
 def user_path() -> Path:
+    if os.environ.get("XDG_CONFIG_HOME"):
+        check_env_folder("XDG_CONFIG_HOME", Path(os.environ["XDG_CONFIG_HOME"]).expanduser())
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "specgen" / "models.yaml"
+
+
+def check_env_folder(var: str, path: Path) -> None:
+    """Name the environment variable when it points at a file (or below one), not a folder.
+
+    Otherwise the failure surfaces later as "Not a directory" on some file inside it.
+    """
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is a file)"
+        raise SpecgenError(f"{var}={shorten(str(path))} is not a folder{where}; point {var} at a folder, "
+                           "or unset it")
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -155,9 +171,14 @@ def user_path() -> Path:
 class _Doc:
     """A parsed YAML document as plain Python data, plus the line of every node."""
 
+    MAX_NODES = 20_000
+    """A models.yaml has tens of entries; more nodes than this means aliases multiplying (a "YAML bomb")."""
+
     def __init__(self, path: Path, text: str):
         self.path = path
         self.lines: dict[tuple, int] = {}
+        self._nodes = 0
+        self._open: set[int] = set()  # nodes being converted: meeting one again is an alias cycle
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -173,6 +194,23 @@ class _Doc:
             loader.dispose()
 
     def _plain(self, loader: yaml.SafeLoader, node: yaml.Node, at: tuple) -> Any:
+        # The composer shares one node among its aliases; converting to plain data copies it each
+        # time, so nested aliases can multiply a small file into gigabytes.  Count and stop early.
+        self._nodes += 1
+        if self._nodes > self.MAX_NODES or id(node) in self._open:
+            what = "refers to itself" if id(node) in self._open else \
+                f"expands to more than {self.MAX_NODES} entries"
+            raise RegistryError(f"{self.path}:{node.start_mark.line + 1}: the YAML anchor here {what} "
+                                "through aliases (*name); write the entries out instead of aliasing them")
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            self._open.add(id(node))
+            try:
+                return self._plain_inner(loader, node, at)
+            finally:
+                self._open.discard(id(node))
+        return self._plain_inner(loader, node, at)
+
+    def _plain_inner(self, loader: yaml.SafeLoader, node: yaml.Node, at: tuple) -> Any:
         self.lines[at] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -226,7 +264,7 @@ def safe_repo_path(name: str) -> str:
     p = PurePosixPath(name)
     if (not name or "\\" in name or "\x00" in name or p.is_absolute() or name.startswith("~")
             or any(part in ("", ".", "..") for part in name.split("/")) or re.match(r"^[A-Za-z]:", name)):
-        raise SpecgenError(f"refusing repo file name {name!r}: it would escape the download folder")
+        raise SpecgenError(f"refusing repo file name {shorten(name)!r}: it would escape the download folder")
     return name
 
 
@@ -235,7 +273,7 @@ def _check_str(doc: _Doc, at: tuple, value: Any, pattern: re.Pattern | None = No
         raise doc.error(at, f"expected a string, got {_kind(value)}")
     value = str(value)
     if pattern is not None and not pattern.match(value):
-        raise doc.error(at, f"{value!r} is not {what}")
+        raise doc.error(at, f"{shorten(value)!r} is not {what}")
     return value
 
 
@@ -254,15 +292,6 @@ def _unknown_keys(doc: _Doc, at: tuple, got: dict, allowed: set[str]) -> None:
         if key not in allowed:
             raise doc.error(at + (key,), f"unknown field{_did_you_mean(key, allowed)}; "
                                          f"allowed: {', '.join(sorted(allowed))}")
-
-
-def parse_draft_max(value: Any) -> int | None:
-    """`auto` (or absent) -> None, a non-negative integer -> itself; raises ValueError otherwise."""
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(value)
-    return value
 
 
 def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
@@ -330,7 +359,7 @@ def _pair_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
     if "draft_max" in raw:
         try:
             out["draft_max"] = parse_draft_max(raw["draft_max"])
-        except ValueError:
+        except SpecgenError:
             raise doc.error(at + ("draft_max",), f"expected a number of tokens (0 or more) or auto, "
                                                  f"got {raw['draft_max']!r}") from None
     if "note" in raw:
@@ -371,7 +400,6 @@ def _merge(docs: list[_Doc]) -> Registry:
     pair_raw: dict[str, dict[str, Any]] = {}
     pair_src: dict[str, tuple[_Doc, dict[str, tuple]]] = {}
     user_pairs: set[str] = set()
-    default_from: dict[str, tuple[_Doc, tuple]] = {}
     for n, doc in enumerate(docs):
         raw_models, raw_pairs = _top(doc)
         for model_id, raw in raw_models.items():
@@ -397,7 +425,6 @@ def _merge(docs: list[_Doc]) -> Registry:
             for other in pair_raw:  # a later file's default replaces an earlier one
                 if other != defaults_here[0]:
                     pair_raw[other]["default"] = False
-            default_from = {defaults_here[0]: (docs[n], ("pairs", defaults_here[0], "default"))}
 
     pairs: dict[str, PairEntry] = {}
     for name, raw in pair_raw.items():
@@ -427,29 +454,20 @@ def _load_user_raw(path: Path) -> dict[str, Any]:
     return dict(doc.data or {"version": 1})
 
 
+def _render_user(path: Path, raw: dict[str, Any], builtin_file: Path | None = None) -> tuple[str, Registry]:
+    """The user file's text for *raw*, and the registry it would give (validated, nothing written)."""
+    text = USER_HEADER + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text, _merge([_read_doc(builtin_file or builtin_path()), _Doc(path, text)])
+
+
 def _write_user_raw(path: Path, raw: dict[str, Any], builtin_file: Path | None = None) -> Path:
     """Validate *raw* merged over the built-in file, then replace *path* atomically."""
     raw = {"version": 1, **{k: v for k, v in raw.items() if k != "version"}}
     for key in ("models", "pairs"):
         if key in raw and not raw[key]:
             del raw[key]
-    text = USER_HEADER + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    _merge([_read_doc(builtin_file or builtin_path()), _Doc(path, text)])  # raises before anything is written
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.", suffix=".yaml.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    text, _ = _render_user(path, raw, builtin_file)  # raises before anything is written
+    return write_atomic(path, text)
 
 
 def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
@@ -458,10 +476,8 @@ def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
     Used by `specgen bench --save`; `run`/`chat` then use these over the pair's
     built-in recommendation.  Returns the file written.
     """
-    if drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
-    if draft_max is not None and (isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 0):
-        raise SpecgenError(f"draft_max must be 0 or more, or None for auto, not {draft_max!r}")
+    check_drafter(drafter)
+    parse_draft_max(draft_max)
     path = user_path()
     load_registry(path).pair(pair)  # unknown pair -> error with close matches
     raw = _load_user_raw(path)
@@ -495,7 +511,7 @@ def parse_model_spec(spec: str, registry: Registry | None = None) -> ModelSpec:
     if _REPO_RE.match(repo) and (not quant or _QUANT_RE.match(quant)):
         return ModelSpec(repo=repo, quant=quant or None)
     known = _did_you_mean(spec, registry.models) if registry is not None else ""
-    raise SpecgenError(f"{spec!r} is not a model id{known}, a Hugging Face REPO[:QUANT] "
+    raise SpecgenError(f"{shorten(spec)!r} is not a model id{known}, a Hugging Face REPO[:QUANT] "
                        "(like Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:Q4_K_M), or a .gguf file")
 
 
@@ -526,21 +542,22 @@ def _model_id_for(spec: ModelSpec, registry: Registry, new_models: dict[str, Any
 
 def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
              draft_max: int | None = None, note: str | None = None, default: bool = False,
-             force: bool = False) -> tuple[Path, Registry]:
+             force: bool = False, check: Callable[[Registry], None] | None = None) -> tuple[Path, Registry]:
     """Write pair *name* (and any new model entries) to the user models.yaml.
 
     *target* and *draft* are model ids, `REPO[:QUANT]` or local .gguf paths.
-    Returns the file written and the registry as it now reads.
+    *check* sees the registry as it would read with the pair and may raise: then
+    nothing is written.  Returns the file written and the registry as it now reads.
     """
     if not _ID_RE.match(name):
-        raise SpecgenError(f"pair name {name!r}: use letters, digits and . _ + - only")
+        raise SpecgenError(f"pair name {shorten(name)!r}: use letters, digits and . _ + - only")
     path = user_path()
     registry = load_registry(path)
     if name in registry.pairs and not force:
         where = "your models.yaml" if registry.pairs[name].user else "the built-in models.yaml"
-        raise SpecgenError(f"pair {name!r} already exists in {where}; choose another name or pass --force")
-    if drafter is not None and drafter not in DRAFTERS:
-        raise SpecgenError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTERS)}")
+        raise SpecgenError(f"pair {shorten(name)!r} already exists in {where}; choose another name or pass --force")
+    if drafter is not None:
+        check_drafter(drafter)
     new_models: dict[str, Any] = {}
     ids = []
     for spec_text in (target, draft):
@@ -564,5 +581,7 @@ def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
                 other.pop("default", None)
     pairs[name] = entry
     raw["pairs"] = pairs
+    if check is not None:
+        check(_render_user(path, {"version": 1, **{k: v for k, v in raw.items() if k != "version"}})[1])
     written = _write_user_raw(path, raw)
     return written, load_registry(path)

@@ -29,7 +29,7 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
         return Resolved(target, draft)
 
     from ..llama.vocab import check_pair_files
-    from .cache import local_files
+    from .cache import file_problem, local_files
     from .download import Progress, pull_models
     from .registry import load_registry
 
@@ -38,7 +38,17 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
     entry = registry.pair(name)
     t_model, d_model = registry.pair_models(name)
     need = [m for m, given in ((t_model, target), (d_model, draft)) if given is None]
+    for m in need:
+        if m.path is not None and not m.path.is_file():
+            raise SpecgenError(f"pair {name}: model {m.id} is the local file {m.path}, which does not exist; "
+                               f"fix its `path:` ({m.source}) or make the pair again with `specgen pair add --force`")
     local = {m.id: local_files(m) for m in need}
+    for m in need:
+        for f in (local[m.id] or []) if m.path is None else []:
+            problem = file_problem(f)
+            if problem is not None:
+                raise SpecgenError(f"{f}: the downloaded copy of {m.id} is damaged ({problem}); "
+                                   f"run `specgen pull {name}` to fetch it again")
     missing = [m for m in need if local[m.id] is None]
     if missing:
         if not download:
