@@ -245,8 +245,75 @@ def test_csv_markdown_and_terminal_agree_with_the_json(bench):
     greedy_overall = next(s for s in summary if s["config"] == "ngram/3" and s["temperature"] == 0
                           and s["category"] == "overall")
     assert f"{greedy_overall['speedup']:.2f}x" in out
-    # Piped: no progress bar, only the files written.
-    assert all(line.startswith("wrote ") for line in bench["proc"].stderr.strip().splitlines())
+    # Piped at the default 80 columns: the table fits, no header cut to an ellipsis, every label whole.
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines() if line != rec["line"]) <= 80
+    for name in ["copy", "chat", "overall", "#mean accepted", "ngram/3", "model/3"]:
+        assert name in out
+
+
+def test_piped_progress_is_one_plain_line_per_run(bench):
+    """Off a terminal there is no bar: each run gets a line with its rate and its configuration's running speedup."""
+    lines = bench["proc"].stderr.strip().splitlines()
+    progress = [ln for ln in lines if ln.startswith("[")]
+    assert all(ln.startswith("wrote ") for ln in lines if not ln.startswith("["))
+    runs = bench["runs"]
+    assert len(progress) == len(runs)
+    seen: dict[tuple, list[float]] = {}
+    for i, (line, run) in enumerate(zip(progress, runs)):
+        mode = "greedy" if run["temperature"] == 0 else f"T={run['temperature']:g}"
+        head = (f"[{i + 1}/{len(runs)}] {run['category']} #{run['question_id']} {run['config']} {mode}: "
+                f"{run['decode_tps']:.1f} tok/s")
+        if run["role"] == "baseline":
+            assert line == head
+        else:
+            sp = seen.setdefault((run["temperature"], run["config"]), [])
+            sp.append(run["speedup"])
+            assert line == f"{head}, {run['speedup']:.2f}x (running {geomean(sp):.2f}x over {len(sp)})"
+
+
+def test_a_wide_table_is_transposed_to_fit(bench):
+    """Many categories: categories go down and configurations across, in groups that fit the width."""
+    from rich.console import Console
+
+    from specgen.bench.report import tables
+
+    result = copy.deepcopy(bench["result"])
+    extra = []
+    for s in result["summary"]:
+        if s["category"] == "chat":
+            for name in ["extraction", "summarization", "translation", "math_reasoning", "code-editing"]:
+                extra.append({**s, "category": name})
+    result["summary"] += extra
+    console = Console(width=80, record=True, color_system=None)
+    console.print(tables(result, 80))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    # Transposed: a line starts with each category, and the configurations head the columns.
+    for name in ["extraction", "math_reasoning", "code-editing", "overall", "decode tok/s"]:
+        assert any(line.startswith(name) for line in text.splitlines()), name
+    assert any("ngram/3" in line and "model/3" in line for line in text.splitlines())
+    wide = Console(width=300, record=True, color_system=None)
+    wide.print(tables(result, 300))
+    assert any(line.startswith("config") and "math_reasoning" in line for line in wide.export_text().splitlines())
+
+
+def test_seed_repeats_a_sampling_run(target_path, tmp_path):
+    suite = write_jsonl(tmp_path / "q.jsonl", [SUITE[0]])
+
+    def tokens(seed: str) -> list:
+        out = tmp_path / f"r{seed}-{len(list(tmp_path.iterdir()))}.json"
+        r = specgen("bench", "--target", str(target_path), "--prompts", str(suite), "--drafter", "ngram",
+                    "--temperature", "1.0", "--max-tokens", "16", "--threads", "1", "--seed", seed,
+                    "--json", str(out))
+        assert r.returncode == 0, r.stderr
+        result = json.loads(out.read_text())
+        assert result["settings"]["seed"] == int(seed)
+        return [run["tokens"] for run in sorted(result["runs"], key=lambda x: x["seq"])]
+
+    first = tokens("5")
+    assert tokens("5") == first
+    assert tokens("6") != first
 
 
 def test_compare_puts_two_results_side_by_side(bench, tmp_path):

@@ -55,6 +55,15 @@ def test_auto_is_the_default_and_reports_its_choices(target_path, draft_path):
     assert set(st["drafter_steps"]) <= {"none", "ngram", "model"}
     assert sum(st["drafter_steps"].values()) == st["steps"]
     assert sum(st["draft_lengths"].values()) == st["steps"]
+    # Why: what each drafter offered, what the controller verified of it, and the costs it priced with.
+    for name, d in st["by_drafter"].items():
+        assert name in {"ngram", "model"} and d["offered"] >= d["verified"] >= d["accepted"] >= 0
+        assert d["steps"] >= st["drafter_steps"].get(name, 0)
+    assert sum(d["verified"] for d in st["by_drafter"].values()) == st["drafted"]
+    assert sum(d["accepted"] for d in st["by_drafter"].values()) == st["accepted"]
+    costs = st["costs"]
+    assert costs["step_ms"] > 0 and set(costs["verify_vs_step"]) == {"2", "4", "8", "16"}
+    assert costs["speed_vs_calibration"] > 0 and costs["draft_token_vs_step"]["model"] > 0
 
 
 def test_piped_stdin_goes_before_the_argument(target_path):
@@ -158,3 +167,16 @@ def test_ctrl_c_stops_with_130_and_one_line(target_path):
     assert p.returncode == 130
     err = err.decode()
     assert "Traceback" not in err and err.strip() == "specgen: interrupted"
+
+
+def test_a_pipe_loads_only_what_run_needs(target_path):
+    """Start-up: `run` in a script imports neither the other commands nor the Hub, YAML or the bench tables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONPROFILEIMPORTTIME": "1"}
+    r = subprocess.run([EXE, "run", "--target", str(target_path), "--max-tokens", "2", "--threads", "1", "hi"],
+                       input="", capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "specgen.engine" in imported and "specgen.cli.options" in imported
+    for heavy in ["specgen.cli.bench", "specgen.cli.chat", "specgen.cli.models", "specgen.models.registry",
+                  "yaml", "huggingface_hub", "rich.progress", "rich.table"]:
+        assert heavy not in imported, heavy

@@ -27,7 +27,15 @@ def test_linear_verify_cost_means_no_draft_model():
     """Verify cost linear in n: a costly drafter can never beat plain decoding."""
     ctl = controller(lambda n: C1 * n, draft_cost=0.005)
     assert not ctl.worth_drafting_more("model", [])
-    assert ctl.best_length("model", [0.999] * 16).n == 0
+    assert ctl.outlook("model").rate < ctl.plain().rate
+    assert ctl.best_length("model", [0.999] * 16, spent=0.0).n == 0
+
+
+def test_a_made_draft_is_priced_without_its_drafting_time():
+    """Cutting a draft refunds none of its time: a sure 4-token draft is verified even where drafting it did not pay."""
+    ctl = controller(lambda n: C1 * (1 + 0.3 * (n - 1)), draft_cost=0.02)
+    assert not ctl.worth_drafting_more("model", [])
+    assert ctl.best_length("model", [0.999] * 4).n == 4
 
 
 def test_cpu_like_costs_keep_free_copies_only_when_sure():
@@ -41,11 +49,30 @@ def test_cpu_like_costs_keep_free_copies_only_when_sure():
     assert sure.n >= 11 and sure.rate > 1 / measured[1]
 
 
+def test_a_slower_machine_slows_every_batch_size_alike():
+    """Only plain steps observed, 10x slower than calibrated: wide drafts must not look cheap by comparison."""
+    measured = {1: .026, 2: .048, 4: .079, 8: .131, 16: .165}
+    costs = CostModel()
+    costs.seed(measured, {"model": .014})
+    ctl = Controller(costs)
+    for _ in range(30):
+        ctl.observe("none", 0, 0, 0.0, 0.26)
+    assert abs(costs.verify_cost(8) / costs.verify_cost(1) - measured[8] / measured[1]) < 1e-6
+    assert abs(costs.draft_cost("model") - 0.14) < 1e-6
+    assert ctl.best_length("ngram", [0.5] * 16).n == 0
+
+
+def test_a_noisy_calibration_is_made_non_decreasing():
+    costs = CostModel()
+    costs.seed({1: .010, 2: .030, 3: .020, 4: .040}, {})
+    assert [round(costs.verify_cost(n), 6) for n in (1, 2, 3, 4)] == [.010, .025, .025, .040]
+
+
 def test_acceptance_model_learns_overconfidence():
     ctl = controller(lambda n: C1 * (1 + 0.1 * (n - 1)), draft_cost=0.001)
     before = ctl.best_length("model", [0.99] * 16).n
     for _ in range(200):  # the draft says 0.99 but its first token is always wrong
-        ctl.observe("model", 4, 0, 0.004, C1, [0.99] * 4)
+        ctl.observe("model", 4, 0, 0.004, C1 * 1.4, [0.99] * 4)
     after = ctl.best_length("model", [0.99] * 16).n
     assert before >= 8 and after == 0
     assert not ctl.worth_drafting_more("model", [])
@@ -68,3 +95,50 @@ def test_hybrid_copies_when_the_text_repeats_and_stays_plain_otherwise():
     d = auto.draft(history, 16, params, rng)
     assert d.source == "ngram" and d.tokens[:5] == span[10:15]
     assert auto.draft(list(range(200, 260)), 16, params, rng).tokens == []  # nothing repeats, no model
+
+
+class Scripted:
+    """A drafter that proposes fixed tokens with a fixed confidence (stands in for a draft model's guesses)."""
+
+    name = "model"
+
+    def __init__(self, tokens, confidence):
+        self.tokens, self.confidence, self.calls = tokens, confidence, 0
+
+    def draft(self, history, n_max, params, rng, keep_going=None):
+        from specgen.drafters.base import Draft
+
+        self.calls += 1
+        out = Draft()
+        for t in self.tokens[:n_max]:
+            if keep_going and not keep_going(out.confidence):
+                break
+            out.tokens.append(t)
+            out.confidence.append(self.confidence)
+        return out
+
+    def behind(self, history):
+        return 1
+
+    def prefill(self, history):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_hybrid_prefers_a_good_draft_model_to_a_doubtful_copy_where_verifying_is_flat():
+    span = list(range(100, 160))
+    history = span + [7, 8] + span[:2]  # a two-token echo: a doubtful copy
+    rng, params = np.random.default_rng(0), SamplingParams()
+    flat = controller(lambda n: C1, draft_cost=0.002)
+    for _ in range(50):  # this session's draft model is right nine times in ten
+        flat.observe("model", 8, 8, 0.016, C1, [0.9] * 8)
+    model = Scripted(list(range(300, 316)), 0.9)
+    d = AutoDrafter(flat, NgramDrafter(), model).draft(history, 16, params, rng)
+    assert d.source == "model" and len(d.tokens) >= 8
+    # Where a wide verify costs as much as several steps, the same model is never asked.
+    steep = controller(lambda n: C1 * n, draft_cost=0.01)
+    model = Scripted(list(range(300, 316)), 0.9)
+    d = AutoDrafter(steep, NgramDrafter(), model).draft(history, 16, params, rng)
+    assert model.calls == 0 and d.source != "model"

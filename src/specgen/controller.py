@@ -32,57 +32,104 @@ class EMA:
 
 @dataclass
 class CostModel:
-    """Seconds to verify a batch of n tokens, and to draft one token, per drafter."""
+    """Seconds to verify a batch of n tokens, and to draft one token, per drafter.
+
+    A calibrated curve (`seed`) gives the shape of c(n); every step then
+    updates one speed factor, observed / calibrated, whatever its n.  So when
+    the machine slows down (another job, thermal limits) every size slows
+    together.  Learning each size on its own would leave the sizes not tried
+    lately at their old, fast cost, and make wide drafts look cheap exactly
+    when nothing is.
+    """
 
     verify: dict[int, EMA] = field(default_factory=dict)
+    """Observed seconds per batch size (used as the curve when none was calibrated)."""
     draft: dict[str, EMA] = field(default_factory=dict)
     slope_prior: float = 0.6
     """Marginal cost of one more verify row, as a fraction of a single-token
     step, assumed before any wide batch has been measured (a CPU-like guess:
     it errs towards short drafts until the machine shows otherwise)."""
+    shape: dict[int, float] = field(default_factory=dict)
+    """The calibrated curve, made non-decreasing: more rows never cost less."""
+    speed: EMA = field(default_factory=EMA)
+    """Observed / calibrated cost over recent steps (1: as calibrated)."""
+    draft_shape: dict[str, float] = field(default_factory=dict)
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""
-        for n, sec in verify.items():
-            self.verify[n] = EMA()
-            self.verify[n].add(sec)
-        for name, sec in draft.items():
-            self.draft[name] = EMA()
-            self.draft[name].add(sec)
+        sizes = sorted(verify)
+        self.shape = dict(zip(sizes, _non_decreasing([verify[n] for n in sizes])))
+        self.draft_shape = dict(draft)
 
     def observe_verify(self, n: int, seconds: float) -> None:
         self.verify.setdefault(n, EMA()).add(seconds)
+        if self.shape:
+            self.speed.add(seconds / self._interpolate(self.shape, n))
 
-    def observe_draft(self, drafter: str, n_tokens: int, seconds: float) -> None:
+    def observe_draft(self, drafter: str, n_tokens: int, seconds: float, caught_up: int = 0) -> None:
         if n_tokens > 0:
-            self.draft.setdefault(drafter, EMA()).add(seconds / n_tokens)
+            # The first token came out of the catch-up batch; each further one is a one-token decode.
+            self.draft.setdefault(drafter, EMA()).add(seconds / (self.batch_factor(caught_up) + n_tokens - 1))
+
+    def batch_factor(self, n: int) -> float:
+        """What decoding n tokens in one batch costs, in one-token decodes (the target's curve's shape)."""
+        if n <= 1:
+            return 1.0
+        return self.verify_cost(n) / self.verify_cost(1)
+
+    def catch_up_cost(self, drafter: str, behind: int) -> float:
+        """Seconds a model drafter spends decoding *behind* tokens before its first guess, beyond one decode."""
+        return self.draft_cost(drafter) * (self.batch_factor(behind) - 1.0)
+
+    def speed_factor(self) -> float:
+        return self.speed.value if self.speed.count else 1.0
 
     def draft_cost(self, drafter: str) -> float:
         e = self.draft.get(drafter)
-        return e.value if e and e.count else 0.0
+        if e and e.count:
+            return e.value
+        # Never drafted yet: the calibrated cost, slowed or sped up as the target has been.
+        return self.draft_shape.get(drafter, 0.0) * self.speed_factor()
 
     def verify_cost(self, n: int) -> float:
+        if self.shape:
+            return self._interpolate(self.shape, n) * self.speed_factor()
         got = self.verify.get(n)
         if got and got.count:
             return got.value
-        known = sorted(k for k, v in self.verify.items() if v.count)
+        known = {k: v.value for k, v in self.verify.items() if v.count}
         if not known:
             return 1.0 + self.slope_prior * (n - 1)  # unit-free until measured
+        return self._interpolate(known, n)
+
+    def _interpolate(self, curve: dict[int, float], n: int) -> float:
+        if n in curve:
+            return curve[n]
+        known = sorted(curve)
         lo = [k for k in known if k < n]
         hi = [k for k in known if k > n]
-        if lo and hi:  # interpolate between the nearest measured sizes
+        if lo and hi:  # between the nearest measured sizes
             a, b = lo[-1], hi[0]
-            ca, cb = self.verify[a].value, self.verify[b].value
-            return ca + (cb - ca) * (n - a) / (b - a)
+            return curve[a] + (curve[b] - curve[a]) * (n - a) / (b - a)
         base_n = lo[-1] if lo else hi[0]
-        base = self.verify[base_n].value
-        one = self.verify[1].value if 1 in self.verify and self.verify[1].count else base / (
-            1 + self.slope_prior * (base_n - 1))
-        if lo and len(lo) >= 2:  # extrapolate with the measured slope
+        base = curve[base_n]
+        one = curve[1] if 1 in curve else base / (1 + self.slope_prior * (base_n - 1))
+        if len(lo) >= 2:  # beyond them, with the measured slope
             a = lo[-2]
-            slope = (base - self.verify[a].value) / (base_n - a)
+            slope = (base - curve[a]) / (base_n - a)
             return base + max(slope, 0.0) * (n - base_n)
         return max(base + self.slope_prior * one * (n - base_n), one)
+
+
+def _non_decreasing(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (pool adjacent violators): timing noise made c(4) < c(3)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
 
 
 def expected_tokens(survival: Sequence[float], n: int) -> float:
@@ -194,22 +241,62 @@ class Controller:
         self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)
         self.cap = self.fixed if self.fixed is not None else self.auto_cap
 
-    def plain(self) -> Choice:
-        return Choice(0, 1.0, self.costs.verify_cost(1))
+    def plain(self, spent: float = 0.0) -> Choice:
+        return Choice(0, 1.0, spent + self.costs.verify_cost(1))
 
-    def best_length(self, drafter: str, confidence: Sequence[float]) -> Choice:
-        """The prefix of a draft worth verifying (0: decode plainly this step)."""
-        t_d = self.costs.draft_cost(drafter)
+    def best_length(self, drafter: str, confidence: Sequence[float], spent: float | None = None) -> Choice:
+        """The prefix of a draft worth verifying (0: decode plainly this step).
+
+        The draft is already made, so its time (*spent*; by default its
+        tokens at the drafter's cost) counts against every prefix alike:
+        cutting a costly draft short refunds nothing.
+        """
+        if spent is None:
+            spent = len(confidence) * self.costs.draft_cost(drafter)
         if self.fixed is not None:
             n = min(self.fixed, len(confidence))
-            return Choice(n, expected_tokens(confidence, n), self.costs.verify_cost(n + 1) + n * t_d)
+            return Choice(n, expected_tokens(confidence, n), spent + self.costs.verify_cost(n + 1))
         survival = self.acceptance.survival(drafter, confidence)
-        best = self.plain()
+        best = self.plain(spent)
         for n in range(1, min(len(confidence), self.cap) + 1):
-            c = Choice(n, expected_tokens(survival, n), self.costs.verify_cost(n + 1) + n * t_d)
+            c = Choice(n, expected_tokens(survival, n), spent + self.costs.verify_cost(n + 1))
             if c.rate > best.rate:
                 best = c
         return best
+
+    def outlook(self, drafter: str, behind: int = 1) -> Choice:
+        """The best draft a costly drafter is expected to offer before it drafts anything (n >= 1).
+
+        Each position is expected to survive as often as this drafter's tokens
+        at that position have this session, so the estimate needs no draft.
+        A drafter *behind* the history (the text was copied meanwhile) first
+        decodes what it missed, which is charged here too.
+        """
+        spent = self.costs.catch_up_cost(drafter, behind)
+        t_d = self.costs.draft_cost(drafter)
+        if self.fixed is not None:
+            n = max(self.fixed, 1)
+            return Choice(n, 1.0 + n, spent + self.costs.verify_cost(n + 1) + n * t_d)
+        best, e, p = None, 1.0, 1.0
+        for n in range(1, max(self.cap, 1) + 1):
+            p *= self.acceptance.next_token(drafter, n - 1)
+            e += p
+            c = Choice(n, e, spent + self.costs.verify_cost(n + 1) + n * t_d)
+            if best is None or c.rate > best.rate:
+                best = c
+        return best
+
+    def explain(self) -> dict:
+        """The costs behind the choices, for --json: a step's cost now, what wider verifies and a draft-model
+        token cost relative to it, and how much slower (>1) or faster than calibrated the machine runs."""
+        one = self.costs.verify_cost(1)
+        out = {"step_ms": round(one * 1e3, 2),
+               "verify_vs_step": {str(n): round(self.costs.verify_cost(n) / one, 3) for n in (2, 4, 8, 16)},
+               "speed_vs_calibration": round(self.costs.speed_factor(), 3) if self.costs.shape else None}
+        drafts = {d: round(self.costs.draft_cost(d) / one, 3) for d in {*self.costs.draft, *self.costs.draft_shape}}
+        if drafts:
+            out["draft_token_vs_step"] = drafts
+        return out
 
     def worth_drafting_more(self, drafter: str, confidence: Sequence[float]) -> bool:
         """Whether one more token from a costly drafter could raise the rate.
@@ -240,9 +327,9 @@ class Controller:
         return False
 
     def observe(self, drafter: str, drafted: int, accepted: int, draft_seconds: float,
-                verify_seconds: float, confidence: Sequence[float] = ()) -> None:
+                verify_seconds: float, confidence: Sequence[float] = (), caught_up: int = 0) -> None:
         self.costs.observe_verify(drafted + 1, verify_seconds)
-        self.costs.observe_draft(drafter, drafted, draft_seconds)
+        self.costs.observe_draft(drafter, drafted, draft_seconds, caught_up)
         if drafted:
             self.acceptance.observe(drafter, confidence[:drafted], accepted)
         for i in range(min(drafted, self.MAX_CAP)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -56,6 +56,8 @@ class Step:
     rule) would accept them: the two rules compared on the same drafts."""
     p_speculative: float = 0.0
     p_exact: float = 0.0
+    offered: int = 0
+    """Tokens the drafter proposed; the controller verified `drafted` of them."""
 
     @property
     def emitted(self) -> int:
@@ -82,6 +84,10 @@ class Summary:
     judged: int = 0
     p_speculative: float = 0.0
     p_exact: float = 0.0
+    by_drafter: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per drafter: steps it offered a draft, tokens offered, verified (after the controller's cut), accepted."""
+    costs: dict = field(default_factory=dict)
+    """The controller's cost model at the end (Controller.explain): why drafts were as long as they were."""
 
     @property
     def decode_tps(self) -> float:
@@ -101,7 +107,9 @@ class Summary:
                            draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
                            drafter_steps={step.drafter if step.drafted else "none": 1},
                            draft_lengths={step.drafted: 1}, judged=step.judged,
-                           p_speculative=step.p_speculative, p_exact=step.p_exact))
+                           p_speculative=step.p_speculative, p_exact=step.p_exact,
+                           by_drafter={step.drafter: {"steps": 1, "offered": step.offered, "verified": step.drafted,
+                                                      "accepted": step.accepted}} if step.offered else {}))
 
     def merge(self, other: Summary) -> None:
         """Add *other*'s totals to these (the turns of a chat, the turns and runs of a benchmark).
@@ -113,6 +121,12 @@ class Summary:
         for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
+        for name, counts in other.by_drafter.items():
+            mine = self.by_drafter.setdefault(name, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+        if other.costs:
+            self.costs = dict(other.costs)  # the controller's latest view
 
     @classmethod
     def total(cls, parts: Iterable[Summary]) -> Summary:
@@ -139,7 +153,10 @@ class Summary:
             "stop_reason": self.stop_reason,
             "drafter_steps": dict(self.drafter_steps),
             "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
+            "by_drafter": {k: dict(v) for k, v in sorted(self.by_drafter.items())},
         }
+        if self.costs:
+            out["costs"] = self.costs
         if self.judged:
             out["sampling_acceptance"] = {"judged": self.judged,
                                           "speculative": round(self.p_speculative / self.judged, 4),
@@ -151,6 +168,25 @@ class Summary:
 _TOTALS = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
 
 Event = Union[Piece, Prefill, Step, Summary]
+
+
+def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: int, params: SamplingParams,
+                 rng: np.random.Generator, is_eog: Callable[[int], bool]) -> tuple[Draft, str]:
+    """Ask *drafter* for a draft and cut it to the prefix worth verifying: (draft, drafter that made it).
+
+    A function of its own so that an offline replay of recorded outputs sizes drafts exactly as the engine does.
+    """
+    n_max = min(room, ctl.cap)
+    if n_max <= 0:
+        return Draft(), drafter.name
+    draft = drafter.draft(history, n_max, params, rng,
+                          keep_going=lambda conf: ctl.worth_drafting_more(drafter.name, conf))
+    name = draft.source or drafter.name
+    # Leave end-of-generation to the target, so every step emits accepted + 1.
+    n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
+    n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
+    return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
+                 offered=len(draft), caught_up=draft.caught_up), name
 
 
 def check_max_tokens(n: int) -> None:
@@ -256,6 +292,7 @@ class Engine:
         for piece, from_draft in text.flush():
             yield Piece(piece, from_draft)
         summary.decode_seconds = time.perf_counter() - t0
+        summary.costs = self.controller.explain()
         summary.text = text.text
         summary.tokens = history[len(prompt):]
         yield summary
@@ -283,27 +320,17 @@ class Engine:
             if not np.isfinite(self.ctx.logits_row(0)).all():
                 raise SpecgenError(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
                                    "infinity); the file may be corrupt, download it again")
-        step = Step(name, len(draft), 0, t1 - t0, 0.0)
+        step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
         accepted, token = self._verify(draft, history, params, rng, step)
         self.ctx.rollback_to(len(history) + accepted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
-                                draft.confidence)
+                                draft.confidence, caught_up=draft.caught_up)
         return draft.tokens[:accepted] + [token], step
 
     def _draft(self, history: list[int], room: int, params: SamplingParams,
                rng: np.random.Generator) -> tuple[Draft, str]:
-        ctl = self.controller
-        n_max = min(room, ctl.cap)
-        if n_max <= 0:
-            return Draft(), self.drafter.name
-        draft = self.drafter.draft(history, n_max, params, rng,
-                                   keep_going=lambda conf: ctl.worth_drafting_more(self.drafter.name, conf))
-        name = draft.source or self.drafter.name
-        # Leave end-of-generation to the target, so every step emits accepted + 1.
-        n = next((i for i, t in enumerate(draft.tokens) if self.target.is_eog(t)), len(draft))
-        n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
-        return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n]), name
+        return choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog)
 
     def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
                 rng: np.random.Generator, step: Step) -> tuple[int, int]:

@@ -120,7 +120,13 @@ def partial_note(result: dict) -> str | None:
     return f"interrupted: partial results from the {len(result['runs'])} runs that finished"
 
 
-def tables(result: dict) -> Group:
+def tables(result: dict, width: int = 200) -> Group:
+    """The leaderboards, laid out to fit *width* columns.
+
+    Categories across when that fits; otherwise transposed (categories down,
+    configurations across, in as many side-by-side groups as the width needs),
+    so that no header is cut to an ellipsis on an 80-column terminal.
+    """
     parts: list[Any] = []
     if partial_note(result):
         parts.append(Text(partial_note(result), style="bold yellow"))
@@ -129,16 +135,76 @@ def tables(result: dict) -> Group:
         header, rows, notes = leaderboard(block, best)
         # The title as its own line: a table title would wrap at the table's width.
         parts.append(Text(_title(block, result), style="bold"))
-        table = Table(header_style="bold", box=None, pad_edge=False, caption=" · ".join(notes) or None,
-                      caption_justify="left")
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
-        for cfg, cells in zip(block.configs, rows):
-            table.add_row(*cells, style="bold green" if cfg == best else ("dim" if cfg == "none" else None))
-        parts += [table, Text("")]
-    for line in recommendation_lines(result):
-        parts.append(Text(line, style="bold"))
+        styles = ["bold green" if cfg == best else ("dim" if cfg == "none" else None) for cfg in block.configs]
+        table = _table(header, rows, styles)
+        if _width(table) <= width:
+            parts.append(table)
+        else:
+            parts += _transposed(header, rows, styles, width)
+        if notes:
+            parts.append(Text(" · ".join(notes), style="italic"))
+        parts.append(Text(""))
     return Group(*parts)
+
+
+def _table(header: list[str], rows: list[list[str]], styles: list[str | None]) -> Table:
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+    for cells, style in zip(rows, styles):
+        table.add_row(*cells, style=style)
+    return table
+
+
+def _width(table: Table) -> int:
+    from rich.console import Console
+
+    return Console(width=10_000).measure(table).maximum
+
+
+def _transposed(header: list[str], rows: list[list[str]], styles: list[str | None], width: int) -> list[Table]:
+    """One line per category or figure, one column per configuration, split into groups that fit."""
+    first = max(len(h) for h in header[1:])
+    groups: list[list[int]] = [[]]
+    used = first
+    for i, cells in enumerate(rows):
+        w = max(len(c) for c in cells) + 2
+        if groups[-1] and used + w > width:
+            groups.append([])
+            used = first
+        groups[-1].append(i)
+        used += w
+    out = []
+    for group in groups:
+        table = Table(header_style="bold", box=None, pad_edge=False)
+        table.add_column("", no_wrap=True)
+        for i in group:
+            table.add_column(rows[i][0], justify="right", no_wrap=True, header_style=styles[i] or "bold")
+        for r, name in enumerate(header[1:], start=1):
+            table.add_row(name, *(rows[i][r] for i in group))
+        out.append(table)
+    return out
+
+
+class ProgressLog:
+    """One plain line per finished run, for logs: a long benchmark in a script is not silent until it ends."""
+
+    def __init__(self, total: int, with_pair: bool = False):
+        self.total, self.with_pair, self.done = total, with_pair, 0
+        self.speedups: dict[tuple, list[float]] = {}
+
+    def line(self, row: dict) -> str:
+        from .runner import geomean
+
+        self.done += 1
+        where = f"{row['pair']} " if self.with_pair else ""
+        head = (f"[{self.done}/{self.total}] {where}{row['category']} #{row['question_id']} {row['config']} "
+                f"{mode(row['temperature'])}: {row['decode_tps']:.1f} tok/s")
+        if row["role"] == "baseline":
+            return head
+        seen = self.speedups.setdefault((row["pair"], row["temperature"], row["config"]), [])
+        seen.append(row["speedup"])
+        return f"{head}, {row['speedup']:.2f}x (running {geomean(seen):.2f}x over {len(seen)})"
 
 
 def recommendation_lines(result: dict) -> list[str]:

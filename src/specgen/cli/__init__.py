@@ -45,13 +45,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from . import run as _run  # noqa: E402,F401  (registers the command)
-from . import models as _models  # noqa: E402,F401
-from . import chat as _chat  # noqa: E402,F401
-from . import bench as _bench  # noqa: E402,F401
-from . import serve as _serve  # noqa: E402,F401
-from . import worker as _worker  # noqa: E402,F401
 from .options import SETTING_FLAGS  # noqa: E402
+
+
+@app.callback()
+def _commands() -> None:
+    # A callback keeps `specgen` a group of commands even when only one of them is registered.
+    pass
+
+
+# The module that registers each command.  Only the invoked command's module is
+# imported: a script piping into `specgen run` should not pay for the Hub client,
+# the chat screen or the bench tables.  Help, completion or an unknown name load all.
+_MODULES = ("run", "models", "chat", "bench", "serve", "worker")
+_COMMANDS = {"run": "run", "chat": "chat", "bench": "bench", "serve": "serve", "pull": "models", "list": "models",
+             "rm": "models", "pair": "models", "worker": "worker"}
+
+
+def register_commands(argv: list[str] | None = None) -> None:
+    """Import the command modules that *argv* needs (all of them when it is None or names no known command)."""
+    import importlib
+
+    first = next((a for a in argv or [] if not a.startswith("-")), None)
+    only = _COMMANDS.get(first) if argv is not None else None
+    for name in [only] if only else _MODULES:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 BROKEN_PIPE_EXIT = 128 + 13
@@ -92,6 +110,7 @@ def _exit_broken_pipe() -> None:
 
 
 def main() -> None:
+    register_commands(sys.argv[1:])  # still under the quiet start-up Ctrl+C handler
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -51,6 +52,8 @@ def bench(
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per turn.", rich_help_panel=W)] = 128,
     repeat: Annotated[int, typer.Option(help="Runs of each prompt and configuration (medians are "
                                               "reported).", rich_help_panel=W)] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling runs (T > 0): the same seed repeats them.",
+                                      rich_help_panel=W)] = 0,
     json_path: Annotated[Optional[Path], typer.Option(
         "--json", help="Write machine, runs and summary as JSON.", rich_help_panel=O)] = None,
     csv_path: Annotated[Optional[Path], typer.Option(
@@ -116,11 +119,11 @@ def bench(
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
     plan = workload.Plan(questions, workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
-                         repeat)
+                         repeat, seed=seed)
     if len(specs) > 1 and any("model" not in use for _, use in specs) and "model" in plan_drafters:
         raise SpecgenError("some pairs have no draft model; leave `model` out of --drafter to compare them")
     settings = {"prompts": prompts, "limit": limit, "drafters": plan_drafters,
-                "draft_max": [c if c is not None else "auto" for c in draft_maxes]}
+                "draft_max": [c if c is not None else "auto" for c in draft_maxes], "seed": seed}
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     result, interrupted = _run(err, [s for s, _ in specs], plan, settings)
@@ -128,9 +131,9 @@ def bench(
         raise KeyboardInterrupt
 
     out = Console(highlight=False)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=max(out.width, 200))  # piped: no wrapping
-    out.print(report.tables(result))
+    out.print(report.tables(result, out.width))
+    for line in report.recommendation_lines(result):
+        out.print(line, style="bold", soft_wrap=True)  # whole, however narrow: scripts grep for it
     if plot is None:
         out.print()
         out.print(report.bar_chart(result))
@@ -165,6 +168,10 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
                         transient=True, disable=not err.is_terminal)
+    # Off a terminal (a log, a script) the bar is hidden: one plain line per run instead.
+    lines = None if err.is_terminal else report.ProgressLog(
+        len(plan.questions) * len(plan.temperatures) * plan.repeat * (2 * len(plan.configs) + 1) * len(specs),
+        with_pair=len(specs) > 1)
     try:
         with progress:
             task = progress.add_task("loading", total=total)
@@ -176,6 +183,8 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
                     infos.append(ev.info)
                 elif isinstance(ev, runner.Run):
                     runs.append(ev.row)
+                    if lines is not None:
+                        print(lines.line(ev.row), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         if not runs:
             return None, True

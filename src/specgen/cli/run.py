@@ -8,7 +8,6 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
-from rich.console import Console
 
 from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
@@ -75,6 +74,19 @@ def run(
 
     tty = sys.stdout.isatty()
     color = tty and not no_color and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    if not tty:  # a pipe: plain text, without loading rich
+        for ev in events:
+            if isinstance(ev, Piece):
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+            elif isinstance(ev, Summary):
+                if not ev.text.endswith("\n"):
+                    sys.stdout.write("\n")
+                if stats:
+                    print(stats_line(ev.stats()), file=sys.stderr)
+        return
+    from rich.console import Console
+
     out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, force_terminal=color or None,
                   no_color=not color)
     err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
@@ -85,5 +97,4 @@ def run(
         elif isinstance(ev, Summary):
             if not ev.text.endswith("\n"):
                 out.print()
-            if tty or stats:
-                err.print(stats_line(ev.stats()), style="dim" if tty else None)
+            err.print(stats_line(ev.stats()), style="dim")

@@ -1,10 +1,12 @@
 """The hybrid drafter: copy when the text repeats, the draft model otherwise, or nothing.
 
-Each step the free n-gram lookup goes first; if the controller prices its
-draft above plain decoding, it is used.  Otherwise the draft model is asked
-only when the controller expects its tokens (at their measured cost and this
-session's acceptance) to beat plain decoding.  So on hardware where a draft
-model cannot pay, `auto` degrades to n-gram copying and plain steps.
+Each step the free n-gram lookup goes first and the controller prices its
+copy.  The draft model is asked only when the controller expects its tokens
+(at their measured cost and this session's acceptance per position) to beat
+both that copy and plain decoding, and its draft is used if, once priced, it
+still does.  So on hardware where a draft model cannot pay, `auto` degrades
+to n-gram copying and plain steps; where verifying is nearly free, a doubtful
+copy does not crowd out a good draft model.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import numpy as np
 
 from ..controller import Controller
 from ..sampling import SamplingParams
-from .base import Draft, Drafter, KeepGoing
+from .base import Draft, KeepGoing
+from .model import ModelDrafter
 from .ngram import NgramDrafter
 
 
 class AutoDrafter:
     name = "auto"
 
-    def __init__(self, controller: Controller, ngram: NgramDrafter, model: Drafter | None = None):
+    def __init__(self, controller: Controller, ngram: NgramDrafter, model: ModelDrafter | None = None):
         self.controller = controller
         self.ngram = ngram
         self.model = model
@@ -36,16 +39,24 @@ class AutoDrafter:
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
         ctl = self.controller
         copy = self.ngram.draft(history, n_max, params, rng)
-        if copy.tokens and ctl.best_length(self.ngram.name, copy.confidence).n > 0:
-            copy.source = self.ngram.name
-            return copy
+        copy.source = self.ngram.name
+        # The copy is free, but not always the better bet: where a wide verify costs
+        # about one step (a GPU), a good draft model beats a doubtful copy.
+        copy_choice = ctl.best_length(self.ngram.name, copy.confidence) if copy.tokens else ctl.plain()
         if self.model is not None and n_max > 0:
             name = self.model.name
-            guess = self.model.draft(history, n_max, params, rng,
-                                     keep_going=lambda conf: ctl.worth_drafting_more(name, conf))
-            guess.source = name
-            return guess
-        return Draft()
+            if ctl.outlook(name, self.model.behind(history)).rate > copy_choice.rate:
+                guess = self.model.draft(history, n_max, params, rng,
+                                         keep_going=lambda conf: ctl.worth_drafting_more(name, conf))
+                guess.source = name
+                if guess.tokens:
+                    # Both now carry the time the draft model took.
+                    spent = len(guess) * ctl.costs.draft_cost(name)
+                    mine = ctl.best_length(name, guess.confidence, spent)
+                    other = ctl.best_length(self.ngram.name, copy.confidence, spent) if copy.tokens else None
+                    if mine.n > 0 and (other is None or mine.rate >= other.rate):
+                        return guess
+        return copy if copy_choice.n > 0 else Draft()
 
     def close(self) -> None:
         self.ngram.close()

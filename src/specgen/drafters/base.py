@@ -29,6 +29,11 @@ class Draft:
     """The drafter's own probability for each token (its top-1 prob, or a match score)."""
     source: str | None = None
     """Which drafter made it, when a drafter delegates (auto); None: the drafter itself."""
+    offered: int = 0
+    """How many tokens the drafter proposed before the controller cut the draft (set by the engine)."""
+    caught_up: int = 0
+    """Tokens a model drafter decoded in one batch to catch up with the history before drafting
+    (the text copied or decoded since it last drafted); part of the draft time."""
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -22,7 +22,11 @@ class ModelDrafter:
         self.n_vocab = n_vocab or model.n_vocab  # ids shared with the target
         self.cached: list[int] = []  # tokens whose KV is in self.ctx
 
-    def _sync(self, history: Sequence[int]) -> None:
+    def behind(self, history: Sequence[int]) -> int:
+        """About how many tokens the next draft must first decode to catch up with *history*."""
+        return max(1, len(history) - len(self.cached) + 1)
+
+    def _sync(self, history: Sequence[int]) -> int:
         """Bring the draft KV cache to *history*, decoding only what it lacks.
 
         After a verify step the cache holds the accepted prefix of the last
@@ -34,6 +38,7 @@ class ModelDrafter:
         self.cached = self.cached[:keep]
         self.ctx.decode(history[keep:], logits="last")
         self.cached = list(history)
+        return len(history) - keep
 
     def prefill(self, history: Sequence[int]) -> None:
         if not history:  # the engine's reset_cache: drop everything
@@ -49,7 +54,7 @@ class ModelDrafter:
             return out
         if keep_going and not keep_going([]):
             return out
-        self._sync(history)
+        out.caught_up = self._sync(history)
         while True:
             logits = self.ctx.logits_row(-1)[: self.n_vocab]
             if params.greedy:

@@ -196,7 +196,9 @@ class Model:
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
         self.vocab_type = int(lib.llama_vocab_type(self.vocab))
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.ptr))
-        self._eog = np.array([bool(lib.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
+        # Asked per token as tokens appear: the whole table costs 150k calls into llama.cpp at load.
+        self._eog: dict[int, bool] = {}
+        self._eog_all: np.ndarray | None = None
         self._pieces: dict[int, bytes] = {}
 
     def _rpc_devices(self, options: ModelOptions, n_layer: int):
@@ -234,10 +236,16 @@ class Model:
 
     @property
     def eog_tokens(self) -> np.ndarray:
-        return np.flatnonzero(self._eog)
+        """Every end-of-generation token (for --ignore-eos), looked up once."""
+        if self._eog_all is None:
+            self._eog_all = np.array([t for t in range(self.n_vocab) if self.is_eog(t)], dtype=np.int64)
+        return self._eog_all
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._eog[token]) if 0 <= token < self.n_vocab else False
+        got = self._eog.get(token)
+        if got is None:
+            got = self._eog[token] = 0 <= token < self.n_vocab and bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+        return got
 
     def token_text(self, token: int) -> str:
         return self._lib.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")

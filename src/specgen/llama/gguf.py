@@ -8,6 +8,7 @@ clear line before llama.cpp ever sees the file.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import struct
@@ -39,6 +40,7 @@ _TYPE_SIZES: dict[int, tuple[int, int]] = {
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _UINTS = {0, 2, 4, 10}
 _TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
                7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
@@ -67,6 +69,8 @@ class GGUFInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     """Scalar keys as values; array keys as their length (token lists are big)."""
     n_tensors: int = 0
+    tokens_digest: str | None = None
+    """sha256 of the raw `tokenizer.ggml.tokens` array: equal digests mean equal vocabularies."""
 
     @property
     def name(self) -> str:
@@ -108,10 +112,14 @@ class _Reader:
                 self.pos += struct.calcsize(_SCALARS[itype]) * count
                 if self.pos > len(self.buf):
                     raise GGUFError(f"{self.path}: truncated GGUF header (array runs past the end)")
-            elif itype == _STRING:  # vocabularies: 150k strings, skipped by length
-                for _ in range(count):
-                    n = self.take("<Q")
-                    self.pos += n
+            elif itype == _STRING:  # vocabularies: 150k strings, skipped by length in a tight loop
+                length, buf, pos = _U64.unpack_from, self.buf, self.pos
+                try:
+                    for _ in range(count):
+                        pos += 8 + length(buf, pos)[0]
+                except struct.error:
+                    pos = len(self.buf) + 1
+                self.pos = pos
                 if self.pos > len(self.buf):
                     raise GGUFError(f"{self.path}: truncated GGUF header (array runs past the end)")
             else:
@@ -158,9 +166,12 @@ def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:
     info = GGUFInfo(path=p, version=version, size=size, n_tensors=n_tensors)
     for _ in range(n_kv):
         key = r.string()
+        start = r.pos
         vtype = r.take("<I")
         info.metadata[key] = r.value(vtype)
         _check_type(p, key, vtype, info.metadata[key])
+        if key == "tokenizer.ggml.tokens":
+            info.tokens_digest = hashlib.sha256(r.buf[start:r.pos]).hexdigest()
     end = 0
     for _ in range(n_tensors):
         name = r.string()

@@ -45,6 +45,8 @@ def check_compatible(target: Model, draft: Model) -> None:
     if abs(target.n_vocab - draft.n_vocab) > VOCAB_MAX_SIZE_DIFFERENCE:
         fail(f"vocabulary sizes differ by more than {VOCAB_MAX_SIZE_DIFFERENCE} "
              f"(target {target.n_vocab}, draft {draft.n_vocab})")
+    if target.info.tokens_digest and target.info.tokens_digest == draft.info.tokens_digest:
+        return  # byte-identical token lists (the usual case): skip 150k lookups through llama.cpp
     for i in range(VOCAB_CHECK_START_TOKEN_ID, min(target.n_vocab, draft.n_vocab)):
         t, d = target.token_text(i), draft.token_text(i)
         if t != d:

@@ -1,0 +1,355 @@
+"""Offline replay of drafters and the controller over recorded greedy outputs: a script, not a test.
+
+    python tests/bench/replay.py record --target T.gguf --draft D.gguf --prompts SUITE ... --out traces.json
+    python tests/bench/replay.py predict traces.json [--curve cpu|flat|FILE.json] [--log ID] [--configs ...]
+
+Greedy decoding is deterministic, so what a drafter proposes and what the
+target accepts can be replayed exactly without the target: `record` stores,
+per prompt, the target's greedy output and the draft model's top-1 token and
+probability at every output position (one batched pass of the draft model
+over prompt + output).  `predict` then runs the real drafters (`NgramDrafter`,
+`AutoDrafter`) and the real `Controller` through `engine.choose_draft`, step
+by step, charging each step the cost curve given: verify c(n) for n rows,
+t_d per draft-model token.  The speedup predicted for a configuration is the
+plain time (tokens x c(1)) over its time.
+
+Draft-model proposals past the first rejected token are taken from the true
+history (the model's real guess there would follow its own wrong token); they
+are rejected either way, so only their count and confidence are approximate.
+
+`--log ID` prints the per-step decisions for one prompt: which drafter the
+controller chose, how many tokens it verified, how many were accepted, the
+n-gram copy on offer and how many of its tokens the target would have taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from specgen.bench.workload import load_questions, select
+from specgen.controller import Controller
+from specgen.drafters import AutoDrafter, NgramDrafter, NoDrafter
+from specgen.drafters.base import Draft, KeepGoing
+from specgen.engine import choose_draft
+from specgen.sampling import SamplingParams
+
+HERE = Path(__file__).parent
+
+
+# ---------------------------------------------------------------- record
+
+def record(args: argparse.Namespace) -> None:
+    from specgen.build import EngineOptions, load_engine
+    from specgen.engine import Summary
+    from specgen.llama.chat_template import chat_tokens
+
+    sys.path.insert(0, str(HERE))
+    from engine_ab import CODE_EDIT
+
+    engine = load_engine(EngineOptions(target=args.target, draft=args.draft, drafter="auto", use_mmap=False,
+                                       threads=args.threads))
+    engine.set_drafter("ngram")  # the same greedy output as plain decoding, sooner on copies
+    model_ctx = engine.drafters["model"].ctx
+    n_vocab = min(engine.target.n_vocab, engine.draft_model.n_vocab)
+    costs = engine.controller.costs
+    out = {"curve": {"verify": {str(n): e.value for n, e in costs.verify.items()},
+                     "draft": costs.draft_cost("model"), "threads": engine.ctx.n_threads},
+           "segments": []}
+    done = set()
+    if args.resume and Path(args.out).exists():
+        out["segments"] = json.loads(Path(args.out).read_text())["segments"]
+        done = {(s["category"], s["id"]) for s in out["segments"]}
+    questions = select(load_questions(args.prompts), args.categories, args.limit) if args.prompts else []
+    convs = [(str(q.question_id), q.category, q.turns, args.max_tokens) for q in questions]
+    if args.code_edit:
+        convs.insert(0, ("code-edit", "code-edit", [CODE_EDIT], args.code_edit))
+    for qid, cat, turns, max_tokens in convs:
+        if (cat, qid) in done:  # ids repeat across suites (a built-in 401 and Spec-Bench's 401)
+            continue
+        messages: list[dict] = []
+        for ti, turn in enumerate(turns):
+            messages.append({"role": "user", "content": turn})
+            prompt = chat_tokens(engine.target, messages)
+            engine.reset_cache()
+            t0 = time.perf_counter()
+            summary = next(ev for ev in engine.generate(list(prompt), max_tokens=max_tokens)
+                           if isinstance(ev, Summary))
+            output = summary.tokens
+            messages.append({"role": "assistant", "content": summary.text})
+            # The draft model's guess at every output position, given the true history.
+            model_ctx.rollback_to(0)
+            model_ctx.decode(prompt[:-1], logits="none")
+            model_ctx.decode([prompt[-1], *output[:-1]], logits="all")
+            top, prob = [], []
+            for i in range(len(output)):
+                row = np.asarray(model_ctx.logits_row(i)[:n_vocab], dtype=np.float64)
+                t = int(np.argmax(row))
+                top.append(t)
+                prob.append(round(1.0 / float(np.exp(row - row[t]).sum()), 5))
+            model_ctx.rollback_to(0)
+            engine.drafters["model"].cached = []
+            out["segments"].append({"id": qid, "turn": ti, "category": cat, "prompt": list(prompt),
+                                    "output": output, "draft_top": top, "draft_p": prob,
+                                    "eog": [t for t in output if engine.target.is_eog(t)]})
+            print(f"{qid} turn {ti}: {len(prompt)} prompt, {len(output)} output tokens, "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            Path(args.out).write_text(json.dumps(out))
+    engine.close()
+
+
+# ---------------------------------------------------------------- replay
+
+class ReplayModelDrafter:
+    """Serves the recorded draft-model guesses for the current position of the current segment."""
+
+    name = "model"
+
+    def __init__(self, curve: "Curve") -> None:
+        self.curve = curve
+        self.top: list[int] = []
+        self.prob: list[float] = []
+        self.start = 0  # history length at output position 0
+        self.cached = 0  # history length the draft model's KV cache has caught up to
+        self.decodes = 0.0  # draft-model decodes (one-token equivalents) since the last take_decodes()
+
+    def segment(self, seg: dict) -> None:
+        self.top, self.prob = seg["draft_top"], seg["draft_p"]
+        self.start = len(seg["prompt"])
+
+    def prefill(self, history: Sequence[int]) -> None:
+        self.cached = len(history)
+
+    def behind(self, history: Sequence[int]) -> int:
+        return max(1, len(history) - self.cached + 1)
+
+    def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
+              rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
+        out = Draft()
+        if n_max <= 0 or (keep_going and not keep_going([])):
+            return out
+        # Catching up on the tokens emitted since the last call: one batch, priced like a verify batch.
+        out.caught_up = self.behind(history)
+        self.decodes += self.curve.c(out.caught_up) / self.curve.c(1)
+        k = len(history) - self.start
+        while k + len(out.tokens) < len(self.top):
+            i = k + len(out.tokens)
+            out.tokens.append(self.top[i])
+            out.confidence.append(self.prob[i])
+            if len(out.tokens) >= n_max or (keep_going and not keep_going(out.confidence)):
+                break
+            self.decodes += 1.0
+        self.cached = len(history) + len(out.tokens) - 1
+        return out
+
+    def take_decodes(self) -> float:
+        d, self.decodes = self.decodes, 0.0
+        return d
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Curve:
+    verify: dict[int, float]
+    draft: float
+
+    def c(self, n: int) -> float:
+        if n in self.verify:
+            return self.verify[n]
+        ks = sorted(self.verify)
+        lo = max((k for k in ks if k < n), default=ks[0])
+        hi = min((k for k in ks if k > n), default=None)
+        if hi is None:  # beyond the measured sizes: the last measured slope
+            a, b = ks[-2], ks[-1]
+            return self.verify[b] + (self.verify[b] - self.verify[a]) / (b - a) * (n - b)
+        return self.verify[lo] + (self.verify[hi] - self.verify[lo]) * (n - lo) / (hi - lo)
+
+
+def load_curve(spec: str, traces: dict) -> Curve:
+    rec = traces["curve"]
+    cpu = Curve({int(k): float(v) for k, v in rec["verify"].items()}, float(rec["draft"] or 0.0))
+    if spec == "cpu":
+        return cpu
+    if spec == "flat":
+        # A GPU-like curve: verifying 32 rows costs 15% more than one; a 0.5B draft token ~15% of a step.
+        one = cpu.verify[1]
+        return Curve({n: one * (1 + 0.15 * (n - 1) / 31) for n in range(1, 34)}, 0.15 * one)
+    data = json.loads(Path(spec).read_text())
+    return Curve({int(k): float(v) for k, v in data["verify"].items()}, float(data.get("draft") or 0.0))
+
+
+@dataclass
+class Result:
+    tokens: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    drafter_steps: dict[str, int] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+
+def accepted_prefix(draft: Sequence[int], truth: Sequence[int]) -> int:
+    a = 0
+    while a < min(len(draft), len(truth)) and draft[a] == truth[a]:
+        a += 1
+    return a
+
+
+class Session:
+    """One configuration replayed over segments in order, with state (learning) carried across them."""
+
+    def __init__(self, drafter: str, draft_max: int | None, curve: Curve, cap: int = 16,
+                 calibrated: Curve | None = None):
+        self.curve = curve
+        self.controller = Controller(fixed=draft_max, cap=cap)
+        # The controller starts from what load-time calibration saw; steps are charged what they cost now.
+        seed = calibrated or curve
+        self.controller.costs.seed(seed.verify, {"model": seed.draft})
+        self.ngram = NgramDrafter()
+        self.model = ReplayModelDrafter(curve)
+        self.drafter = {"none": NoDrafter(), "ngram": self.ngram, "model": self.model,
+                        "auto": AutoDrafter(self.controller, self.ngram, self.model)}[drafter]
+        self.shadow = NgramDrafter()  # what a plain copy would offer at each step, for the log
+
+    def run(self, seg: dict, want_log: bool = False) -> Result:
+        prompt, output = seg["prompt"], seg["output"]
+        self.model.segment(seg)
+        history = list(prompt)
+        self.drafter.prefill(history)
+        self.model.prefill(history) if self.drafter is not self.model else None
+        res = Result()
+        rng = np.random.default_rng(0)
+        params = SamplingParams()
+        eog = set(seg.get("eog", []))
+        k = 0
+        while k < len(output):
+            room = len(output) - k - 1
+            self.model.take_decodes()
+            draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng,
+                                       lambda t: t in eog)
+            truth = output[k:]
+            a = accepted_prefix(draft.tokens, truth)
+            n = len(draft)
+            # A model draft asked for but not used still took its time.
+            draft_s = self.model.take_decodes() * self.curve.draft
+            verify_s = self.curve.c(n + 1)
+            self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence, caught_up=draft.caught_up)
+            res.seconds += draft_s + verify_s
+            res.steps += 1
+            res.drafted += n
+            res.accepted += a
+            used = name if n else "none"
+            res.drafter_steps[used] = res.drafter_steps.get(used, 0) + 1
+            if want_log:
+                offer = self.shadow.draft(history, 16, params, rng)
+                could = accepted_prefix(offer.tokens, truth)
+                conf = " ".join(f"{c:.2f}" for c in draft.confidence[:6])
+                res.log.append(f"k={k:4d} {used:5s} n={n:2d} acc={a:2d} | copy offered {len(offer):2d}, "
+                               f"target takes {could:2d} | conf {conf}")
+            else:
+                self.shadow.draft(history, 16, params, rng)
+            emitted = truth[: a + 1]
+            history.extend(emitted)
+            k += len(emitted)
+            res.tokens += len(emitted)
+        return res
+
+
+def predict_table(traces: dict, curve: Curve, configs: list[str], categories: list[str] | None = None,
+                  log: str | None = None, max_tokens: int | None = None,
+                  calibrated: Curve | None = None) -> dict[str, dict]:
+    """Replayed speedup per configuration and category (geometric mean over prompts), with totals.
+
+    *max_tokens* cuts each recorded output, as a shorter generation would have stopped there.
+    """
+    segs = [s for s in traces["segments"] if not categories or s["category"] in categories]
+    if max_tokens:
+        segs = [{**s, "output": s["output"][:max_tokens]} for s in segs]
+    cats = list(dict.fromkeys(s["category"] for s in segs))
+    geo = lambda v: math.exp(sum(math.log(x) for x in v) / len(v))
+    out: dict[str, dict] = {}
+    for cfg in configs:
+        drafter, dm = cfg.split("/")
+        sess = Session(drafter, None if dm == "auto" else int(dm), curve, calibrated=calibrated)
+        per: dict[str, list[float]] = {}
+        tot = Result()
+        for seg in segs:
+            want = log is not None and seg["id"] == log
+            r = sess.run(seg, want_log=want)
+            if want:
+                print(f"\n--- {cfg} on {seg['id']} turn {seg['turn']}")
+                print("\n".join(r.log))
+            per.setdefault(seg["category"], []).append(len(seg["output"]) * curve.c(1) / r.seconds)
+            for key in ("tokens", "seconds", "steps", "drafted", "accepted"):
+                setattr(tot, key, getattr(tot, key) + getattr(r, key))
+            for d, v in r.drafter_steps.items():
+                tot.drafter_steps[d] = tot.drafter_steps.get(d, 0) + v
+        row = {c: round(geo(per[c]), 3) for c in cats}
+        row["overall"] = round(geo([x for c in cats for x in per[c]]), 3)
+        row["accepted"] = round(tot.accepted / tot.drafted, 3) if tot.drafted else None
+        row["steps"] = dict(sorted(tot.drafter_steps.items()))
+        out[cfg] = row
+    return out
+
+
+def predict(args: argparse.Namespace) -> None:
+    traces = json.loads(Path(args.traces).read_text())
+    curve = load_curve(args.curve, traces)
+    configs = args.configs or ["auto/auto", "ngram/auto", "model/auto", "ngram/8", "model/4"]
+    print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
+          f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
+          f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
+    calibrated = None
+    if args.slowdown != 1.0:  # the machine got slower (other jobs) after the load-time calibration
+        calibrated = curve
+        curve = Curve({n: v * args.slowdown for n, v in curve.verify.items()}, curve.draft * args.slowdown)
+    table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens, calibrated)
+    cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
+    print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")
+    print("|---|" + "---:|" * (len(cats) + 3))
+    for cfg, row in table.items():
+        acc = f"{row['accepted']:.0%}" if row["accepted"] is not None else "-"
+        print(f"| {cfg} | " + " | ".join(f"{row[c]:.2f}x" for c in cats) + f" | {row['overall']:.2f}x | {acc} | "
+              + ", ".join(f"{k} {v}" for k, v in row["steps"].items()) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("--target", required=True)
+    r.add_argument("--draft", required=True)
+    r.add_argument("--prompts", action="append", default=[])
+    r.add_argument("--categories", nargs="*")
+    r.add_argument("--limit", type=int)
+    r.add_argument("--max-tokens", type=int, default=128)
+    r.add_argument("--code-edit", type=int, default=0, help="also the code-edit prompt, this many tokens")
+    r.add_argument("--threads", type=int)
+    r.add_argument("--out", required=True)
+    r.add_argument("--resume", action="store_true", help="keep the prompts already in --out")
+    p = sub.add_parser("predict")
+    p.add_argument("traces")
+    p.add_argument("--curve", default="cpu", help="cpu (recorded), flat (GPU-like) or a JSON {verify, draft}")
+    p.add_argument("--configs", nargs="*")
+    p.add_argument("--categories", nargs="*")
+    p.add_argument("--log", help="print per-step decisions for this prompt id")
+    p.add_argument("--max-tokens", type=int, help="cut the recorded outputs to this many tokens")
+    p.add_argument("--slowdown", type=float, default=1.0,
+                   help="steps cost this many times the curve the controller was calibrated with")
+    args = ap.parse_args()
+    record(args) if args.cmd == "record" else predict(args)
+
+
+if __name__ == "__main__":
+    main()

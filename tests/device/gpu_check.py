@@ -1,0 +1,281 @@
+"""What speculation costs and pays on this machine's accelerator, in one JSON file: a script, not a test.
+
+    python tests/device/gpu_check.py --out check.json --tokenizer qwen-tokenizer.json.gz [--shapes qwen7b|small]
+                                     [--traces qwen_traces.json]
+
+Writes two random-weight GGUFs with the `gguf` package, shaped like Qwen2.5 7B
+(target) and 0.5B (draft) -- shapes and quant types, not weights, decide
+timing -- with the real Qwen2.5 tokenizer (so the pair passes the vocabulary
+check); then, through specgen's llama.cpp layer:
+  * the target's verify cost c(n), n = 1..32 (calibrate.measure_verify), and the draft's per-token cost;
+  * plain decoding tok/s through specgen's engine against llama-cpp-python's `Llama`, interleaved;
+  * what the controller chooses given those costs, and, with --traces (recorded by
+    tests/bench/replay.py on a CPU), the replayed speedups per category under the measured curve.
+`--shapes small` (the CPU path) uses a 0.5B-shaped target and a 4-layer draft.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests" / "bench"))
+
+SHAPES = {  # n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, tied output
+    "qwen2.5-7b": (3584, 28, 28, 4, 18944, 152064, False),
+    "qwen2.5-0.5b": (896, 24, 14, 2, 4864, 151936, True),
+    "tiny": (256, 4, 4, 2, 1024, 151936, True),
+}
+PAIRS = {"qwen7b": ("qwen2.5-7b", "qwen2.5-0.5b"), "small": ("qwen2.5-0.5b", "tiny")}
+
+
+def write_tokenizer_file(src_gguf: str, out: str) -> None:
+    """Keep the tokenizer keys of a real GGUF (for the carry folder): a few MB instead of the model."""
+    import gguf
+
+    r = gguf.GGUFReader(src_gguf)
+    keep = {}
+    for name, f in r.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        if name == "tokenizer.chat_template":
+            continue
+        t = f.types[0]
+        if t == gguf.GGUFValueType.ARRAY:
+            if f.types[1] == gguf.GGUFValueType.STRING:
+                keep[name] = ["s", [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]]
+            else:
+                keep[name] = ["i", [int(f.parts[i][0]) for i in f.data]]
+        elif t == gguf.GGUFValueType.STRING:
+            keep[name] = ["str", bytes(f.parts[f.data[0]]).decode()]
+        elif t == gguf.GGUFValueType.BOOL:
+            keep[name] = ["bool", bool(f.parts[f.data[0]][0])]
+        else:
+            keep[name] = ["u32", int(f.parts[f.data[0]][0])]
+    with gzip.open(out, "wt") as fh:
+        json.dump(keep, fh)
+
+
+def _blocks(qtype, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Random quantized rows with sane scales, tiled from one random slab (values don't change timing)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    per_row = cols // block * size
+    slab = rng.integers(0, 256, size=(64, per_row), dtype=np.uint8)
+    blocks = slab.reshape(64, -1, size)
+    scale = np.frombuffer(np.array([0.002], dtype=np.float16).tobytes(), dtype=np.uint8)
+    blocks[:, :, 0:2] = scale  # d
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        blocks[:, :, 2:4] = 0  # dmin
+    return np.resize(slab, (rows, per_row))
+
+
+def write_model(path: Path, shape: str, tokenizer: dict, seed: int) -> None:
+    import gguf
+
+    n_embd, n_layer, n_head, n_kv, n_ff, n_vocab, tied = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_name(f"random {shape}")
+    w.add_context_length(32768)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type(15)
+    for key, (kind, value) in tokenizer.items():
+        if kind == "s":
+            tokens = list(value) + [f"[PAD{i}]" for i in range(max(0, n_vocab - len(value)))] \
+                if key == "tokenizer.ggml.tokens" else value
+            w.add_array(key, tokens)
+        elif kind == "i":
+            vals = list(value)
+            if key == "tokenizer.ggml.token_type":
+                vals += [4] * max(0, n_vocab - len(vals))  # user-defined padding, as Qwen's own GGUFs pad
+            w.add_array(key, vals)
+        elif kind == "str":
+            w.add_string(key, value)
+        elif kind == "bool":
+            w.add_bool(key, value)
+        else:
+            w.add_uint32(key, value)
+    Q4K, Q8 = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q8_0
+
+    def mat(name: str, rows: int, cols: int) -> None:
+        q = Q4K if cols % 256 == 0 else Q8  # llama.cpp's Q4_K_M falls back likewise where rows don't fit
+        w.add_tensor(name, _blocks(q, rows, cols, rng), raw_dtype=q)
+
+    def vec(name: str, n: int, value: float) -> None:
+        w.add_tensor(name, np.full(n, value, dtype=np.float32))
+
+    head = n_embd // n_head
+    mat("token_embd.weight", n_vocab, n_embd)
+    vec("output_norm.weight", n_embd, 1.0)
+    if not tied:
+        mat("output.weight", n_vocab, n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        vec(p + "attn_norm.weight", n_embd, 1.0)
+        vec(p + "ffn_norm.weight", n_embd, 1.0)
+        mat(p + "attn_q.weight", n_embd, n_embd)
+        mat(p + "attn_k.weight", n_kv * head, n_embd)
+        mat(p + "attn_v.weight", n_kv * head, n_embd)
+        vec(p + "attn_q.bias", n_embd, 0.0)
+        vec(p + "attn_k.bias", n_kv * head, 0.0)
+        vec(p + "attn_v.bias", n_kv * head, 0.0)
+        mat(p + "attn_output.weight", n_embd, n_embd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd)
+        mat(p + "ffn_up.weight", n_ff, n_embd)
+        mat(p + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def engine_rate(engine, prompt: list[int], n: int) -> float:
+    from specgen.engine import Step
+
+    t_first = t_last = None
+    count = first = 0
+    for ev in engine.generate(prompt, max_tokens=n, ignore_eos=True):
+        if isinstance(ev, Step):
+            now = time.perf_counter()
+            if t_first is None:
+                t_first, first = now, ev.emitted
+            t_last = now
+            count += ev.emitted
+    return (count - first) / (t_last - t_first)
+
+
+def llama_rate(llm, prompt: list[int], n: int) -> float:
+    t_first = now = None
+    out = 0
+    for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+        now = time.perf_counter()
+        t_first = t_first or now
+        out += 1
+        if out >= n:
+            break
+    return (out - 1) / (now - t_first)
+
+
+def say(t0: float, what: str) -> None:
+    print(f"gpu_check: {time.perf_counter() - t0:6.1f} s  {what}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tokenizer", help="gzipped JSON of tokenizer keys (see --make-tokenizer)")
+    ap.add_argument("--make-tokenizer", nargs=2, metavar=("GGUF", "OUT"), help="extract the tokenizer keys and exit")
+    ap.add_argument("--shapes", choices=sorted(PAIRS), default="qwen7b")
+    ap.add_argument("--workdir", default="/tmp/specgen-gpu-check")
+    ap.add_argument("--traces", help="traces recorded by tests/bench/replay.py record")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    if args.make_tokenizer:
+        write_tokenizer_file(*args.make_tokenizer)
+        return
+    from specgen.controller import Controller, CostModel
+    from specgen.drafters import NoDrafter
+    from specgen.engine import Engine
+    from specgen.llama.backend import Context, Model, ModelOptions, backend_name, system_info
+    from specgen.llama.calibrate import measure_draft, measure_verify
+
+    report: dict = {"shapes": args.shapes, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    t0 = time.perf_counter()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    with gzip.open(args.tokenizer, "rt") as fh:
+        tokenizer = json.load(fh)
+    t_shape, d_shape = PAIRS[args.shapes]
+    paths = {}
+    for role, shape, seed in (("target", t_shape, 1), ("draft", d_shape, 2)):
+        paths[role] = work / f"random-{shape}.gguf"
+        if not paths[role].exists():
+            write_model(paths[role], shape, tokenizer, seed)
+    report["write_seconds"] = round(time.perf_counter() - t0, 1)
+    say(t0, "models written")
+    report["models"] = {r: {"shape": s, "bytes": paths[r].stat().st_size} for r, s in
+                        (("target", t_shape), ("draft", d_shape))}
+    report["backend"] = backend_name()
+    report["system_info"] = system_info()
+
+    target = Model(paths["target"], ModelOptions(gpu_layers=-1, use_mmap=False))
+    draft = Model(paths["draft"], ModelOptions(gpu_layers=-1, use_mmap=False))
+    report["gpu_layers"] = {"target": target.gpu_layers, "draft": draft.gpu_layers}
+    tctx, dctx = Context(target, 4096), Context(draft, 4096)
+    say(t0, "models loaded")
+    verify = measure_verify(tctx, tuple(range(1, 33)))
+    per_token = measure_draft(dctx)
+    say(t0, "costs measured")
+    dctx.close()
+    report["verify_seconds"] = {str(n): round(s, 6) for n, s in verify.items()}
+    report["verify_over_one"] = {str(n): round(s / verify[1], 3) for n, s in verify.items()}
+    report["draft_token_seconds"] = round(per_token, 6)
+    report["draft_over_target_step"] = round(per_token / verify[1], 4)
+    report["threads"] = tctx.n_threads
+    tctx.close()
+
+    # Plain decoding: specgen's engine against llama-cpp-python's Llama, interleaved.
+    from llama_cpp import Llama
+
+    prompt = target.tokenize("Write a Python function that merges two sorted lists. " * 4)
+    engine = Engine(target, NoDrafter(), n_ctx=4096)
+    # The same threads on both sides (Llama's default is half of ours on a small machine).
+    llm = Llama(str(paths["target"]), n_gpu_layers=-1, n_ctx=4096, use_mmap=False, verbose=False,
+                n_threads=engine.ctx.n_threads, n_threads_batch=engine.ctx.n_threads)
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        engine.reset_cache()
+        ours.append(engine_rate(engine, prompt, args.tokens))
+        theirs.append(llama_rate(llm, prompt, args.tokens))
+    say(t0, "plain decoding measured")
+    report["plain_tok_s"] = {"specgen": [round(x, 2) for x in ours], "llama_cpp_python": [round(x, 2) for x in theirs],
+                             "ratio_median": round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)}
+    engine.close()
+    del llm
+
+    # What the controller chooses at these costs.
+    costs = CostModel()
+    costs.seed(verify, {"model": per_token})
+    ctl = Controller(costs, cap=32)
+    fresh = ctl.outlook("model")
+    report["controller"] = {
+        "draft_model_outlook_at_start": {"n": fresh.n, "vs_plain": round(fresh.rate * verify[1], 3)},
+        "verified_of_32_copied_tokens_at_conf": {str(c): ctl.best_length("ngram", [c] * 32).n
+                                                 for c in (0.3, 0.6, 0.9, 0.99)},
+        "verified_of_32_model_tokens_at_conf": {str(c): ctl.best_length("model", [c] * 32).n
+                                                for c in (0.3, 0.6, 0.9, 0.99)},
+    }
+    if args.traces:
+        import replay
+
+        curve = replay.Curve({n: s for n, s in verify.items()}, per_token)
+        traces = json.loads(Path(args.traces).read_text())
+        report["replay"] = replay.predict_table(traces, curve, ["auto/auto", "ngram/auto", "model/auto", "model/4",
+                                                                "model/8", "ngram/8"])
+    say(t0, "done")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("verify_seconds", "system_info")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
