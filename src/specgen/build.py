@@ -14,7 +14,7 @@ from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
-from .models.cache import human_size
+from .fileio import human_size
 from .settings import check_drafter, parse_draft_max
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from ..llama.vocab import check_pair_files
 from ..models import cache, download
 from ..errors import SpecgenError, shorten
+from ..fileio import human_size
 from ..models.registry import ModelEntry, add_pair, load_registry, parse_model_spec, user_path
 from ..settings import DRAFTERS, parse_draft_max
 from . import app
@@ -55,7 +56,7 @@ def pull(
             return
         pulled = download.pull_models([model], check=check)[0]
         files, what, downloaded = pulled.files, model.spec, pulled.downloaded
-    status = f"downloaded {cache.human_size(downloaded)}" if downloaded else "already downloaded"
+    status = f"downloaded {human_size(downloaded)}" if downloaded else "already downloaded"
     _err.print(f"{what}: {status}, checked ({'sha256, ' if check else ''}size and GGUF header)")
     for f in files:
         print(f)
@@ -85,7 +86,7 @@ def list_pairs(
                          overflow="fold")
     for s in statuses:
         t, d, exact = s.sizes()
-        size = cache.human_size((t or 0) + (d or 0)) if t is not None and d is not None else "?"
+        size = human_size((t or 0) + (d or 0)) if t is not None and d is not None else "?"
         quants = {s.target.quant or "-", s.draft.quant or "-"}
         row = [s.name + (" *" if s.default else "") + (" (yours)" if s.user else ""),
                _model_label(s.target), _model_label(s.draft),
@@ -120,7 +121,7 @@ def rm(
         print(f"removed {f}")
     for f in done.kept:
         print(f"kept {f} (used by another downloaded pair)")
-    _err.print(f"pair {name}: freed {cache.human_size(done.freed)}")
+    _err.print(f"pair {name}: freed {human_size(done.freed)}")
 
 
 @pair_app.command("add")

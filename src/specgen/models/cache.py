@@ -44,16 +44,6 @@ def storage_folder(repo: str, cache: Path | None = None) -> Path:
     return (cache or cache_dir()) / ("models--" + repo.replace("/", "--"))
 
 
-def human_size(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 # ---------------------------------------------------------------- which files make a model
 
 _SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)

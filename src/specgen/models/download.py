@@ -35,9 +35,8 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from ..errors import SpecgenError
-from ..fileio import write_atomic
-from .cache import (_SHARD_RE, PairFiles, cache_dir, file_problem, human_size, local_files, select_files,
-                    storage_folder)
+from ..fileio import human_size, write_atomic
+from .cache import _SHARD_RE, PairFiles, cache_dir, file_problem, local_files, select_files, storage_folder
 from .registry import ModelEntry, Registry
 
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..engine import Engine, Piece, Prefill, Step, Summary
+from ..engine import Engine, Piece, Step, Summary
 from ..sampling import SamplingParams
 from .metrics import CONTENT_TYPE, Metrics
 from .schema import APIError, GenRequest, parse_chat, parse_completion
