@@ -99,7 +99,6 @@ def load_engine(opts: EngineOptions) -> Engine:
     drafter_name = opts.drafter_name()
     if drafter_name == "model" and not opts.draft:
         raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or use {drafter} ngram)")
-    parse_draft_max(opts.draft_max)
     # Validate both files before loading either: a bad draft should not cost a target load.
     use_draft = opts.draft is not None and drafter_name in ("model", "auto")
     target_info = read_gguf(opts.target)

@@ -19,20 +19,22 @@ from . import app
 from .options import EngineFlags, engine_command, note
 
 
+def _decoded(data: bytes | str, what: str) -> str:
+    text, bad = user_text(data, what)
+    if bad:
+        note(f"{what} is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+    return text
+
+
 def read_prompt(arg: str | None) -> str:
     """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
     parts = []
     if not sys.stdin.isatty():
-        piped, bad = user_text(sys.stdin.buffer.read(), "stdin")
-        if bad:
-            note(f"stdin is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+        piped = _decoded(sys.stdin.buffer.read(), "stdin")
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if arg:
-        text, bad = user_text(arg, "the prompt")
-        if bad:
-            note(f"the prompt is not valid UTF-8: {bad} bytes were replaced with \ufffd")
-        parts.append(text)
+        parts.append(_decoded(arg, "the prompt"))
     if not parts:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
     return "\n\n".join(parts)
