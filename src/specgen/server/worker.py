@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from ..chat.session import TurnMeter
-from ..engine import Engine, Event, Summary
+from ..engine import ContextOverflow, Engine, Event, Summary
 from ..errors import SpecgenError
 from ..llama.chat_template import chat_tokens
 from .schema import APIError, GenRequest
@@ -156,18 +156,15 @@ class Worker:
             job.started = time.perf_counter()
             tokens = self._tokens(job.request)
             job.prompt_tokens = len(tokens)
-            n_ctx = self.engine.n_ctx
-            if len(tokens) >= n_ctx:
-                raise APIError(400, f"this model's context holds {n_ctx} tokens but the prompt is {len(tokens)} "
-                                    "tokens; shorten it (or restart the server with a larger --ctx)",
-                               param="messages" if job.request.kind == "chat" else "prompt",
-                               code="context_length_exceeded")
             summary, cancelled = self._generate(job, tokens)
             if summary is None and not cancelled:  # stopped by a shutdown mid-generation
                 raise APIError(503, "the server is shutting down; the reply was cut short", code="shutting_down")
             end = Done(summary, cancelled)
         except APIError as e:
             end = Failed(e)
+        except ContextOverflow as e:  # the engine's own check, with both numbers
+            end = Failed(APIError(400, e.worded({"n_ctx": "the server's --ctx"}), code="context_length_exceeded",
+                                  param="messages" if job.request.kind == "chat" else "prompt"))
         except SpecgenError as e:  # e.g. a chat template that refuses the conversation
             end = Failed(APIError(400, str(e)))
         except Exception as e:  # the worker must outlive any one request
