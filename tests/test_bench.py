@@ -65,7 +65,7 @@ def bench(target_path, draft_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     suite = write_jsonl(out / "questions.jsonl", SUITE)
     r = specgen("bench", "--target", str(target_path), "--draft", str(draft_path), "--prompts", str(suite),
-                "--drafter", "ngram,model", "--draft-max", "3", "--temperature", "0,0.7",
+                "--drafter", "ngram/3,model/3", "--temperature", "0,0.7",
                 "--repeat", str(REPEAT), "--max-tokens", str(MAX_TOKENS), "--threads", "1",
                 "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--markdown", str(out / "r.md"))
     assert r.returncode == 0, r.stderr
@@ -425,6 +425,8 @@ def test_bad_inputs_fail_in_one_line_before_loading(tmp_path, target_path, draft
         (("--prompts", str(good), "--categories", "copy,poetry"), "unknown category 'poetry'"),
         (("--drafter", "magic"), "unknown drafter 'magic'"),
         (("--draft-max", "lots"), "--draft-max"),
+        (("--drafter", "ngram/lots"), "--drafter 'ngram/lots'"),
+        (("--drafter", "magic/4"), "unknown drafter 'magic'"),
         (("--temperature", "-1"), "--temperature"),
         (("--repeat", "0"), "--repeat"),
         (("--json", str(tmp_path / "no" / "such" / "dir" / "r.json")), "does not exist"),
@@ -448,3 +450,11 @@ def test_plot_without_matplotlib_is_a_one_line_error(tmp_path, target_path, monk
                                                                   os.environ.get("PYTHONPATH")])))
     line = one_line_error(specgen("bench", "--target", str(target_path), "--plot", str(tmp_path / "p.png")))
     assert "matplotlib" in line and "plot" in line
+
+
+def test_drafter_items_fix_their_own_draft_length():
+    from specgen.bench.workload import Config, make_configs
+
+    assert make_configs(["auto", "ngram/16", "model/3", "none"], [None, 4]) == [
+        Config("auto", None), Config("auto", 4), Config("ngram", 16), Config("model", 3)]
+    assert make_configs(["ngram/auto", "ngram"], [None]) == [Config("ngram", None)]

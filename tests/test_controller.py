@@ -49,6 +49,17 @@ def test_cpu_like_costs_keep_free_copies_only_when_sure():
     assert sure.n >= 11 and sure.rate > 1 / measured[1]
 
 
+def test_a_calibrated_confidence_is_taken_as_is():
+    """The session accepted every 0.45-confidence token so far; the bins learn that for raw probabilities,
+    but a drafter that states its own acceptance estimate (n-gram copies) is not second-guessed by them."""
+    ctl = controller(lambda n: C1 * (1 + 0.6 * (n - 1)))  # CPU-like: a row costs 0.6 of a step
+    for _ in range(60):
+        ctl.observe("ngram", 1, 1, 0.0, C1 * 1.6, confidence=[0.45])
+    assert ctl.best_length("ngram", [0.45] * 8).n > 0
+    assert ctl.best_length("ngram", [0.45] * 8, calibrated=True).n == 0
+    assert ctl.best_length("ngram", [0.97] * 8, calibrated=True).n >= 4
+
+
 def test_a_slower_machine_slows_every_batch_size_alike():
     """Only plain steps observed, 10x slower than calibrated: wide drafts must not look cheap by comparison."""
     measured = {1: .026, 2: .048, 4: .079, 8: .131, 16: .165}

@@ -190,7 +190,12 @@ class AcceptanceModel:
     def _positions(self, drafter: str) -> list[Beta]:
         return self.positions.setdefault(drafter, [Beta(0.6, 2.0) for _ in range(Controller.MAX_CAP)])
 
-    def survival(self, drafter: str, confidence: Sequence[float]) -> list[float]:
+    def survival(self, drafter: str, confidence: Sequence[float], calibrated: bool = False) -> list[float]:
+        # A drafter that already learns its own acceptance rates (per kind of match, fading, per
+        # generation) knows them better than bins keyed on the value alone, which would pool its
+        # doubtful first tokens with confident continuations of the same value from other texts.
+        if calibrated:
+            return list(confidence)
         bins = self._bins(drafter)
         return [bins[_conf_bin(c)].mean for c in confidence]
 
@@ -244,19 +249,21 @@ class Controller:
     def plain(self, spent: float = 0.0) -> Choice:
         return Choice(0, 1.0, spent + self.costs.verify_cost(1))
 
-    def best_length(self, drafter: str, confidence: Sequence[float], spent: float | None = None) -> Choice:
+    def best_length(self, drafter: str, confidence: Sequence[float], spent: float | None = None,
+                    calibrated: bool = False) -> Choice:
         """The prefix of a draft worth verifying (0: decode plainly this step).
 
         The draft is already made, so its time (*spent*; by default its
         tokens at the drafter's cost) counts against every prefix alike:
-        cutting a costly draft short refunds nothing.
+        cutting a costly draft short refunds nothing.  *calibrated*: the
+        confidences are already acceptance estimates (`Draft.calibrated`).
         """
         if spent is None:
             spent = len(confidence) * self.costs.draft_cost(drafter)
         if self.fixed is not None:
             n = min(self.fixed, len(confidence))
             return Choice(n, expected_tokens(confidence, n), spent + self.costs.verify_cost(n + 1))
-        survival = self.acceptance.survival(drafter, confidence)
+        survival = self.acceptance.survival(drafter, confidence, calibrated)
         best = self.plain(spent)
         for n in range(1, min(len(confidence), self.cap) + 1):
             c = Choice(n, expected_tokens(survival, n), spent + self.costs.verify_cost(n + 1))

@@ -184,9 +184,9 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
     name = draft.source or drafter.name
     # Leave end-of-generation to the target, so every step emits accepted + 1.
     n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
-    n = min(n, ctl.best_length(name, draft.confidence[:n]).n)
+    n = min(n, ctl.best_length(name, draft.confidence[:n], calibrated=draft.calibrated).n)
     return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
-                 offered=len(draft), caught_up=draft.caught_up), name
+                 calibrated=draft.calibrated, offered=len(draft), caught_up=draft.caught_up), name
 
 
 def check_max_tokens(n: int) -> None:

@@ -1,10 +1,13 @@
 """Start-up time and memory of `specgen run`, against llama-cpp-python loading the same model: a script.
 
-    python tests/bench/startup.py --target T.gguf --draft D.gguf [--rounds 3]
+    python tests/bench/startup.py --target T.gguf --draft D.gguf [--rounds 3] [--llama-completion PATH]
 
 Each round runs, interleaved, in fresh processes:
-  * `specgen run --max-tokens 1 --no-mmap` with the target only (--drafter none) and with the pair;
-  * llama-cpp-python's `Llama(target, n_ctx=4096, use_mmap=False)` generating 1 token (the reference);
+  * `specgen run --max-tokens 1 --no-mmap` with the target only (--drafter none; also --raw, the prompt
+    without the chat template as llama-completion sends it) and with the pair;
+  * llama-cpp-python's `Llama(target, n_ctx=4096, use_mmap=False)` generating 1 token;
+  * with --llama-completion, llama.cpp's own CLI on the target (`-lm none -c 4096 -n 1`, no
+    conversation mode), built from the source llama-cpp-python vendors: the reference;
   * `specgen run` with the pair under a phase timer (imports, GGUF checks, model loads, contexts,
     cached calibration, template rendering, first token) -- that run's wall time is not compared.
 Wall times are medians over rounds; peak RSS is each child's ru_maxrss.  Memory is set against the
@@ -115,6 +118,7 @@ def main() -> None:
     ap.add_argument("--draft", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", default="Say hi.")
+    ap.add_argument("--llama-completion", help="llama.cpp's llama-completion binary, the reference")
     args = ap.parse_args()
     py = sys.executable
     exe = str(Path(py).parent / "specgen")
@@ -123,8 +127,13 @@ def main() -> None:
         "python -c pass": [py, "-c", "pass"],
         "llama-cpp-python Llama, target": [py, "-c", LLAMA, args.target, args.prompt],
         "specgen run, target (--drafter none)": [exe, *base, "--drafter", "none", args.prompt],
+        "specgen run, target, --raw (no chat template, as llama-completion)": [exe, *base, "--drafter", "none",
+                                                                               "--raw", args.prompt],
         "specgen run, pair (auto)": [exe, *base, "--draft", args.draft, args.prompt],
     }
+    if args.llama_completion:
+        cmds["llama-completion, target"] = [args.llama_completion, "-m", args.target, "-lm", "none", "-c", "4096",
+                                            "-n", "1", "-t", "2", "-no-cnv", "-p", args.prompt]
     walls: dict[str, list[float]] = {k: [] for k in cmds}
     phases: list[dict] = []
     for _ in range(args.rounds):
@@ -147,6 +156,7 @@ def main() -> None:
     rss_target = peak_rss(cmds["specgen run, target (--drafter none)"])
     rss_llama = peak_rss(cmds["llama-cpp-python Llama, target"])
     rss_py = peak_rss([py, "-c", "import specgen.cli, numpy, llama_cpp"])
+    rss_cli = peak_rss(cmds["llama-completion, target"]) if args.llama_completion else None
     budget = (t_file + d_file + t_kv + d_kv) / mib
     print("\n| memory | MiB |")
     print("|---|---:|")
@@ -155,8 +165,10 @@ def main() -> None:
                     ("files + KV + 10% (the goal)", budget * 1.1),
                     ("peak RSS, specgen run, pair", rss_pair), ("peak RSS, specgen run, target only", rss_target),
                     ("peak RSS, llama-cpp-python Llama, target", rss_llama),
+                    ("peak RSS, llama-completion, target", rss_cli),
                     ("peak RSS, python + imports only", rss_py)]:
-        print(f"| {name} | {v:.0f} |")
+        if v is not None:
+            print(f"| {name} | {v:.0f} |")
 
 
 if __name__ == "__main__":

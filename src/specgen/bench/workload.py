@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import SpecgenError
-from ..settings import parse_draft_max
+from ..settings import check_drafter, parse_draft_max
 from ..sampling import SamplingError, SamplingParams
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
@@ -198,7 +198,22 @@ def parse_temperatures(values: Sequence[str]) -> list[float]:
 
 
 def make_configs(drafters: Sequence[str], draft_maxes: Sequence[int | None]) -> list[Config]:
-    configs = [Config(d, m) for d in drafters if d != "none" for m in draft_maxes]
+    """The configurations to compare: each drafter at every draft length, or NAME/LENGTH at that one only
+    (`ngram/16,model/3` compares the best fixed choices without their whole grid)."""
+    configs = []
+    for item in drafters:
+        name, fixed, length = item.partition("/")
+        check_drafter(name)
+        lengths = draft_maxes
+        if fixed:
+            try:
+                lengths = [parse_draft_max(length)]
+            except SpecgenError:
+                raise SpecgenError(f"{{drafter}} {item!r}: the draft length after '/' must be a number of tokens "
+                                   "(0 or more) or 'auto'") from None
+        if name != "none":
+            configs += [Config(name, m) for m in lengths]
+    configs = list(dict.fromkeys(configs))
     if not configs:
         raise SpecgenError("nothing to compare with plain decoding: give --drafter something besides none")
     return configs

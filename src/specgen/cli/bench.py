@@ -17,7 +17,6 @@ from ..bench import workload
 from ..bench import report
 from ..errors import SpecgenError
 from ..engine import check_max_tokens
-from ..settings import check_drafter
 from . import app
 from .options import EngineFlags, engine_command, note
 
@@ -35,8 +34,9 @@ def bench(
         metavar="NAME", help="A pair from models.yaml (repeatable); default: the default pair.",
         rich_help_panel=M)] = None,
     drafter: Annotated[Optional[List[str]], typer.Option(
-        metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model "
-                             "(default: auto,ngram and, with a draft model, model).", rich_help_panel=W)] = None,
+        metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model; "
+                             "NAME/N fixes one's draft length (default: auto,ngram and, with a draft model, "
+                             "model).", rich_help_panel=W)] = None,
     draft_max: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Draft lengths, comma-separated numbers or auto (default: auto).",
         rich_help_panel=W)] = None,
@@ -76,8 +76,9 @@ def bench(
     if context.invoked_subcommand is not None:
         return
     # Everything that can be wrong with the arguments fails here, before minutes of loading and running.
-    drafters = [check_drafter(d) for d in workload.split_list(drafter)]
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
+    chosen = workload.make_configs(workload.split_list(drafter), draft_maxes) if drafter else None
+    drafters = list(dict.fromkeys(c.drafter for c in chosen or ()))
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
     check_max_tokens(max_tokens)
     if repeat < 1:
@@ -118,11 +119,11 @@ def bench(
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
-    plan = workload.Plan(questions, workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
+    plan = workload.Plan(questions, chosen or workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
                          repeat, seed=seed)
     if len(specs) > 1 and any("model" not in use for _, use in specs) and "model" in plan_drafters:
         raise SpecgenError("some pairs have no draft model; leave `model` out of --drafter to compare them")
-    settings = {"prompts": prompts, "limit": limit, "drafters": plan_drafters,
+    settings = {"prompts": prompts, "limit": limit, "drafters": workload.split_list(drafter) or plan_drafters,
                 "draft_max": [c if c is not None else "auto" for c in draft_maxes], "seed": seed}
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -42,7 +42,8 @@ class AutoDrafter:
         copy.source = self.ngram.name
         # The copy is free, but not always the better bet: where a wide verify costs
         # about one step (a GPU), a good draft model beats a doubtful copy.
-        copy_choice = ctl.best_length(self.ngram.name, copy.confidence) if copy.tokens else ctl.plain()
+        copy_choice = (ctl.best_length(self.ngram.name, copy.confidence, calibrated=copy.calibrated)
+                       if copy.tokens else ctl.plain())
         if self.model is not None and n_max > 0:
             name = self.model.name
             if ctl.outlook(name, self.model.behind(history)).rate > copy_choice.rate:
@@ -52,8 +53,9 @@ class AutoDrafter:
                 if guess.tokens:
                     # Both now carry the time the draft model took.
                     spent = len(guess) * ctl.costs.draft_cost(name)
-                    mine = ctl.best_length(name, guess.confidence, spent)
-                    other = ctl.best_length(self.ngram.name, copy.confidence, spent) if copy.tokens else None
+                    mine = ctl.best_length(name, guess.confidence, spent, calibrated=guess.calibrated)
+                    other = (ctl.best_length(self.ngram.name, copy.confidence, spent, calibrated=copy.calibrated)
+                             if copy.tokens else None)
                     if mine.n > 0 and (other is None or mine.rate >= other.rate):
                         return guess
         return copy if copy_choice.n > 0 else Draft()

@@ -27,6 +27,10 @@ class Draft:
     """The distribution each token was sampled from; None for a deterministic drafter."""
     confidence: list[float] = field(default_factory=list)
     """The drafter's own probability for each token (its top-1 prob, or a match score)."""
+    calibrated: bool = False
+    """True when `confidence` is already the drafter's learned estimate of how often this target
+    accepts such a token (used as is); False when it is a raw probability, which the controller
+    calibrates against the target's verdicts."""
     source: str | None = None
     """Which drafter made it, when a drafter delegates (auto); None: the drafter itself."""
     offered: int = 0

@@ -173,4 +173,4 @@ class NgramDrafter:
         this_generation = (seen + _FIRST_PSEUDO) / (self._first_expected + _FIRST_PSEUDO)
         confidence = [min(self._first.session_mean(first) * this_generation, 0.99)]
         confidence += [self._cont.mean(_bucket(best_len + i)) for i in range(1, len(tokens))]
-        return Draft(tokens=tokens, q=None, confidence=confidence)
+        return Draft(tokens=tokens, q=None, confidence=confidence, calibrated=True)
