@@ -115,7 +115,9 @@ def load_engine(opts: EngineOptions) -> Engine:
         check_compatible(target, draft_model)
         drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
                                          n_vocab=min(target.n_vocab, draft_model.n_vocab))
-    drafters["auto"] = AutoDrafter(controller, drafters["ngram"], drafters.get("model"))
+    # auto copies with an n-gram drafter of its own: what it learns about copies comes from its own
+    # steps, not from runs with `ngram` at a fixed length (bench, chat's /drafter) drafting far more.
+    drafters["auto"] = AutoDrafter(controller, NgramDrafter(), drafters.get("model"))
     engine = Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
                     draft_model=draft_model, drafters=drafters)
     if opts.calibrate and drafter_name != "none":

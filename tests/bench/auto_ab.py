@@ -3,13 +3,15 @@
     python tests/bench/auto_ab.py --target T.gguf --draft D.gguf --out DIR [--limit 1] [--max-tokens 96]
                                   [--configs auto,ngram] [--draft-max auto] [--traces qwen_traces.json]
 
-1. Measures this machine's cost curve now (verify c(n), n = 1..17, and the draft's per-token cost) into
-   DIR/curve.json, for the replay.
+1. Measures this machine's cost curve before and after the runs, averaged (verify c(n), n = 1..17, at
+   a 512-token context as the prompts run, median of 7; the draft model's per-token cost and its
+   catch-up batches) into DIR/curve.json, for the replay.
 2. Runs `specgen bench` (greedy, --no-mmap; per prompt plain, config, plain, config, ..., plain on one
    loaded pair) on the Spec-Bench dev set, the built-in suites and the code-edit prompt of engine_ab.py.
 3. Prints, per category, each configuration's measured speedup, auto against the best other one, and
-   -- given --traces from `replay.py record` -- the replay's prediction for the same prompts under the
-   curve of step 1.
+   -- given --traces from `replay.py record` -- the replay's prediction for the same prompts, in the
+   bench's order (what a drafter learns carries over from one prompt to the next), under the curve of
+   step 1.
 """
 
 from __future__ import annotations
@@ -25,14 +27,24 @@ HERE = Path(__file__).parent
 DEV = Path(os.environ.get("SPECBENCH_DEV", HERE.parents[2] / "shared" / "bench" / "specbench-dev.jsonl"))
 
 
-def measure_curve(target: str, draft: str, out: Path) -> None:
+def measure_curve(target: str, draft: str, out: Path, average_with: Path | None = None) -> None:
+    from specgen.llama import calibrate
     from specgen.llama.backend import Context, Model, ModelOptions
     from specgen.llama.calibrate import measure_draft, measure_verify
+
+    # The engine's own calibration is quick (a short context, median of 3); a prediction to be held
+    # against measured runs wants the contexts those run at and less noise.
+    calibrate.PREFIX, calibrate.REPEATS = 512, 7
 
     t = Model(target, ModelOptions(use_mmap=False))
     d = Model(draft, ModelOptions(use_mmap=False))
     tctx, dctx = Context(t, 4096), Context(d, 4096)
-    curve = {"verify": {str(n): s for n, s in measure_verify(tctx).items()}, "draft": measure_draft(dctx)}
+    curve = {"verify": {str(n): s for n, s in measure_verify(tctx).items()}, "draft": measure_draft(dctx),
+             "draft_verify": {str(n): s for n, s in measure_verify(dctx, logits="last").items()}}
+    if average_with is not None and average_with.exists():  # before and after the runs: the drift in between
+        before = json.loads(average_with.read_text())
+        curve = {k: ({n: (s + before[k][n]) / 2 for n, s in v.items()} if isinstance(v, dict) else (v + before[k]) / 2)
+                 for k, v in curve.items()}
     out.write_text(json.dumps(curve))
     tctx.close()
     dctx.close()
@@ -50,6 +62,7 @@ def main() -> None:
     ap.add_argument("--draft-max", default="auto")
     ap.add_argument("--traces")
     ap.add_argument("--skip-run", action="store_true", help="only re-read DIR/bench.json")
+    ap.add_argument("--remeasure-curve", action="store_true", help="with --skip-run: measure DIR/curve.json again")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,9 @@ def main() -> None:
                "--markdown", str(out / "bench.md")]
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run([str(Path(sys.executable).parent / "specgen"), *cmd[1:]], check=True)
+        measure_curve(args.target, args.draft, out / "curve.json", average_with=out / "curve.json")
+    elif args.remeasure_curve:
+        measure_curve(args.target, args.draft, out / "curve.json")
     result = json.loads((out / "bench.json").read_text())
     rows = [s for s in result["summary"] if s["temperature"] == 0]
     cats = list(dict.fromkeys(s["category"] for s in rows if s["category"] != "overall")) + ["overall"]
@@ -78,8 +94,11 @@ def main() -> None:
         import replay
 
         traces = json.loads(Path(args.traces).read_text())
-        ids = {(r["category"], str(r["question_id"])) for r in result["runs"]}
-        traces["segments"] = [s for s in traces["segments"] if (s["category"], s["id"]) in ids]
+        order = {}
+        for r in sorted(result["runs"], key=lambda r: r["seq"]):
+            order.setdefault((r["category"], str(r["question_id"])), len(order))
+        segs = [s for s in traces["segments"] if (s["category"], s["id"]) in order]
+        traces["segments"] = sorted(segs, key=lambda s: (order[(s["category"], s["id"])], s["turn"]))
         curve = replay.load_curve(str(out / "curve.json"), traces)
         predicted = replay.predict_table(traces, curve, configs, max_tokens=args.max_tokens)
     head = ["category", "plain tok/s", *configs, "auto / best other"]

@@ -136,9 +136,9 @@ class ReplayModelDrafter:
         out = Draft()
         if n_max <= 0 or (keep_going and not keep_going([])):
             return out
-        # Catching up on the tokens emitted since the last call: one batch, priced like a verify batch.
+        # Catching up on the tokens emitted since the last call: one batch of the draft model.
         out.caught_up = self.behind(history)
-        self.decodes += self.curve.c(out.caught_up) / self.curve.c(1)
+        self.decodes += self.curve.draft_batch(out.caught_up)
         k = len(history) - self.start
         while k + len(out.tokens) < len(self.top):
             i = k + len(out.tokens)
@@ -162,17 +162,28 @@ class ReplayModelDrafter:
 class Curve:
     verify: dict[int, float]
     draft: float
+    draft_verify: dict[int, float] | None = None
+    """The draft model's own batch curve, when measured; else its batches are taken to grow like the target's."""
 
     def c(self, n: int) -> float:
-        if n in self.verify:
-            return self.verify[n]
-        ks = sorted(self.verify)
-        lo = max((k for k in ks if k < n), default=ks[0])
-        hi = min((k for k in ks if k > n), default=None)
-        if hi is None:  # beyond the measured sizes: the last measured slope
-            a, b = ks[-2], ks[-1]
-            return self.verify[b] + (self.verify[b] - self.verify[a]) / (b - a) * (n - b)
-        return self.verify[lo] + (self.verify[hi] - self.verify[lo]) * (n - lo) / (hi - lo)
+        return _interpolate(self.verify, n)
+
+    def draft_batch(self, n: int) -> float:
+        """A draft-model batch of n tokens, in one-token draft decodes."""
+        curve = self.draft_verify or self.verify
+        return _interpolate(curve, n) / _interpolate(curve, 1)
+
+
+def _interpolate(curve: dict[int, float], n: int) -> float:
+    if n in curve:
+        return curve[n]
+    ks = sorted(curve)
+    lo = max((k for k in ks if k < n), default=ks[0])
+    hi = min((k for k in ks if k > n), default=None)
+    if hi is None:  # beyond the measured sizes: the last measured slope
+        a, b = ks[-2], ks[-1]
+        return curve[b] + (curve[b] - curve[a]) / (b - a) * (n - b)
+    return curve[lo] + (curve[hi] - curve[lo]) * (n - lo) / (hi - lo)
 
 
 def load_curve(spec: str, traces: dict) -> Curve:
@@ -185,7 +196,8 @@ def load_curve(spec: str, traces: dict) -> Curve:
         one = cpu.verify[1]
         return Curve({n: one * (1 + 0.15 * (n - 1) / 31) for n in range(1, 34)}, 0.15 * one)
     data = json.loads(Path(spec).read_text())
-    return Curve({int(k): float(v) for k, v in data["verify"].items()}, float(data.get("draft") or 0.0))
+    draft_verify = {int(k): float(v) for k, v in data["draft_verify"].items()} if data.get("draft_verify") else None
+    return Curve({int(k): float(v) for k, v in data["verify"].items()}, float(data.get("draft") or 0.0), draft_verify)
 
 
 @dataclass
@@ -313,7 +325,8 @@ def predict(args: argparse.Namespace) -> None:
     calibrated = None
     if args.slowdown != 1.0:  # the machine got slower (other jobs) after the load-time calibration
         calibrated = curve
-        curve = Curve({n: v * args.slowdown for n, v in curve.verify.items()}, curve.draft * args.slowdown)
+        curve = Curve({n: v * args.slowdown for n, v in curve.verify.items()}, curve.draft * args.slowdown,
+                      curve.draft_verify)
     table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens, calibrated)
     cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
     print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")

@@ -119,8 +119,8 @@ def bench(
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
-    plan = workload.Plan(questions, chosen or workload.make_configs(plan_drafters, draft_maxes), temperatures, max_tokens,
-                         repeat, seed=seed)
+    configs = chosen or workload.make_configs(plan_drafters, draft_maxes)
+    plan = workload.Plan(questions, configs, temperatures, max_tokens, repeat, seed=seed)
     if len(specs) > 1 and any("model" not in use for _, use in specs) and "model" in plan_drafters:
         raise SpecgenError("some pairs have no draft model; leave `model` out of --drafter to compare them")
     settings = {"prompts": prompts, "limit": limit, "drafters": workload.split_list(drafter) or plan_drafters,

@@ -45,25 +45,26 @@ def _filler(ctx: Context, n: int) -> list[int]:
     return (toks * (n // max(len(toks), 1) + 1))[:n]
 
 
-def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES) -> dict[int, float]:
-    """Seconds for one decode of n tokens with logits for every row, as the engine verifies."""
+def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES, logits: str = "all") -> dict[int, float]:
+    """Seconds for one decode of n tokens with logits for every row, as the engine verifies
+    (*logits* "last": as a draft model catches up on tokens it did not draft)."""
     sizes = tuple(n for n in sizes if PREFIX + n < ctx.n_ctx)
     ctx.rollback_to(0)
     ctx.decode(_filler(ctx, PREFIX), logits="none")
     batch = _filler(ctx, max(sizes))
     ctx.decode(batch[:4], logits="all")  # warm-up: first calls allocate
     ctx.rollback_to(PREFIX)
-    out: dict[int, float] = {}
-    for n in sizes:
-        times = []
-        for _ in range(REPEATS):
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    # Rounds over every size rather than each size's repeats in a row: a machine that slows for a
+    # moment then shifts one round of all sizes, not the shape of the curve.
+    for _ in range(REPEATS):
+        for n in sizes:
             t0 = time.perf_counter()
-            ctx.decode(batch[:n], logits="all")
-            times.append(time.perf_counter() - t0)
+            ctx.decode(batch[:n], logits=logits)
+            times[n].append(time.perf_counter() - t0)
             ctx.rollback_to(PREFIX)
-        out[n] = statistics.median(times)
     ctx.rollback_to(0)
-    return out
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def measure_draft(ctx: Context) -> float:
