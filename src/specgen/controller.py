@@ -54,17 +54,26 @@ class CostModel:
     speed: EMA = field(default_factory=EMA)
     """Observed / calibrated cost over recent steps (1: as calibrated)."""
     draft_shape: dict[str, float] = field(default_factory=dict)
+    _shape_at: dict[int, float] = field(default_factory=dict, repr=False)
+    """The calibrated curve at each size asked so far (every step prices a dozen sizes)."""
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""
         sizes = sorted(verify)
         self.shape = dict(zip(sizes, _non_decreasing([verify[n] for n in sizes])))
+        self._shape_at = {}
         self.draft_shape = dict(draft)
+
+    def _calibrated(self, n: int) -> float:
+        got = self._shape_at.get(n)
+        if got is None:
+            got = self._shape_at[n] = self._interpolate(self.shape, n)
+        return got
 
     def observe_verify(self, n: int, seconds: float) -> None:
         self.verify.setdefault(n, EMA()).add(seconds)
         if self.shape:
-            self.speed.add(seconds / self._interpolate(self.shape, n))
+            self.speed.add(seconds / self._calibrated(n))
 
     def observe_draft(self, drafter: str, n_tokens: int, seconds: float, caught_up: int = 0) -> None:
         if n_tokens > 0:
@@ -93,7 +102,7 @@ class CostModel:
 
     def verify_cost(self, n: int) -> float:
         if self.shape:
-            return self._interpolate(self.shape, n) * self.speed_factor()
+            return self._calibrated(n) * self.speed_factor()
         got = self.verify.get(n)
         if got and got.count:
             return got.value
@@ -188,7 +197,9 @@ class AcceptanceModel:
         return self.bins[drafter]
 
     def _positions(self, drafter: str) -> list[Beta]:
-        return self.positions.setdefault(drafter, [Beta(0.6, 2.0) for _ in range(Controller.MAX_CAP)])
+        if drafter not in self.positions:  # asked a dozen times a step: build the default once
+            self.positions[drafter] = [Beta(0.6, 2.0) for _ in range(Controller.MAX_CAP)]
+        return self.positions[drafter]
 
     def survival(self, drafter: str, confidence: Sequence[float], calibrated: bool = False) -> list[float]:
         # A drafter that already learns its own acceptance rates (per kind of match, fading, per

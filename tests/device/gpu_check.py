@@ -224,12 +224,14 @@ def main() -> None:
     say(t0, "models loaded")
     verify = measure_verify(tctx, tuple(range(1, 33)))
     per_token = measure_draft(dctx)
+    catch_up = measure_verify(dctx, (1, 2, 3, 4, 6, 8, 12, 17), logits="last")  # the draft model's own batches
     say(t0, "costs measured")
     dctx.close()
     report["verify_seconds"] = {str(n): round(s, 6) for n, s in verify.items()}
     report["verify_over_one"] = {str(n): round(s / verify[1], 3) for n, s in verify.items()}
     report["draft_token_seconds"] = round(per_token, 6)
     report["draft_over_target_step"] = round(per_token / verify[1], 4)
+    report["draft_catch_up_over_one"] = {str(n): round(s / catch_up[1], 3) for n, s in catch_up.items()}
     report["threads"] = tctx.n_threads
     tctx.close()
 
@@ -259,7 +261,7 @@ def main() -> None:
     fresh = ctl.outlook("model")
     report["controller"] = {
         "draft_model_outlook_at_start": {"n": fresh.n, "vs_plain": round(fresh.rate * verify[1], 3)},
-        "verified_of_32_copied_tokens_at_conf": {str(c): ctl.best_length("ngram", [c] * 32).n
+        "verified_of_32_copied_tokens_at_conf": {str(c): ctl.best_length("ngram", [c] * 32, calibrated=True).n
                                                  for c in (0.3, 0.6, 0.9, 0.99)},
         "verified_of_32_model_tokens_at_conf": {str(c): ctl.best_length("model", [c] * 32).n
                                                 for c in (0.3, 0.6, 0.9, 0.99)},
@@ -267,7 +269,7 @@ def main() -> None:
     if args.traces:
         import replay
 
-        curve = replay.Curve({n: s for n, s in verify.items()}, per_token)
+        curve = replay.Curve({n: s for n, s in verify.items()}, per_token, catch_up)
         traces = json.loads(Path(args.traces).read_text())
         report["replay"] = replay.predict_table(traces, curve, ["auto/auto", "ngram/auto", "model/auto", "model/4",
                                                                 "model/8", "ngram/8"])

@@ -39,8 +39,15 @@ _PRIOR_WEIGHT = 4.0  # how many of this generation's own verdicts outweigh the s
 _FIRST_PSEUDO = 1.0  # expected first-token acceptances before this generation's own record counts
 
 
-def _bucket(m: int) -> int:
+def _bucket_of(m: int) -> int:
     return max(i for i, b in enumerate(_BUCKETS) if m >= b)
+
+
+_BUCKET_TABLE = [_bucket_of(max(m, 1)) for m in range(_BUCKETS[-1] + 1)]  # looked up for every drafted token
+
+
+def _bucket(m: int) -> int:
+    return _BUCKET_TABLE[min(m, _BUCKETS[-1])]
 
 
 class _Rates:
