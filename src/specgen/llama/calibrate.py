@@ -3,7 +3,7 @@
 The controller learns costs from every step, but only for the batch sizes it
 tries; without a starting curve it could never discover that wide batches
 are cheap on a GPU.  So at load we time one decode of n tokens for a few n
-(about a second for a 1.5B model on a CPU, far less on a GPU) and cache the
+(a few seconds for a 1.5B model on a CPU, far less on a GPU) and cache the
 result under the user's cache directory, keyed by the model file, the
 llama.cpp build, the settings that change speed and the RPC workers the
 model's layers live on.
