@@ -73,6 +73,22 @@ def test_a_slower_machine_slows_every_batch_size_alike():
     assert ctl.best_length("ngram", [0.5] * 16).n == 0
 
 
+def test_a_size_that_keeps_costing_more_than_calibrated_is_learned():
+    """Calibrated: 4 rows cost 2.6 steps.  They keep costing 3.0 while plain steps cost as calibrated: a short
+    draft must be priced at what it costs, not at what a few load-time repeats said."""
+    measured = {1: .026, 2: .045, 4: .068, 8: .110, 16: .170}
+    costs = CostModel()
+    costs.seed(measured, {})
+    ctl = Controller(costs)
+    for _ in range(20):
+        ctl.observe("none", 0, 0, 0.0, .026)
+        ctl.observe("ngram", 3, 3, 0.0, .078, confidence=[0.9] * 3)
+    assert abs(costs.verify_cost(1) - .026) < 1e-3
+    assert abs(costs.verify_cost(4) - .078) < 2e-3
+    assert costs.verify_cost(8) > .110 * 1.1  # untried wider sizes: the nearest learned size's ratio
+    assert costs.verify_cost(2) > .045  # and between 1 and 4 on the way there
+
+
 def test_a_noisy_calibration_is_made_non_decreasing():
     costs = CostModel()
     costs.seed({1: .010, 2: .030, 3: .020, 4: .040}, {})

@@ -39,7 +39,10 @@ class CostModel:
     the machine slows down (another job, thermal limits) every size slows
     together.  Learning each size on its own would leave the sizes not tried
     lately at their old, fast cost, and make wide drafts look cheap exactly
-    when nothing is.
+    when nothing is.  What a size's steps keep costing beyond that common
+    factor is learned too, as its own ratio (`residual`), because a load-time
+    calibration of a few repeats can be 10-15% off in shape, and on a CPU
+    that is the whole margin of a short draft.
     """
 
     verify: dict[int, EMA] = field(default_factory=dict)
@@ -56,6 +59,10 @@ class CostModel:
     draft_shape: dict[str, float] = field(default_factory=dict)
     _shape_at: dict[int, float] = field(default_factory=dict, repr=False)
     """The calibrated curve at each size asked so far (every step prices a dozen sizes)."""
+    residual: dict[int, EMA] = field(default_factory=dict)
+    """Per batch size n >= 2: observed / (calibrated x speed factor), over that size's recent steps.
+    One-token steps set the speed factor itself, so theirs is 1 by definition."""
+    _residual_at: dict[int, float] = field(default_factory=dict, repr=False)
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""
@@ -73,7 +80,26 @@ class CostModel:
     def observe_verify(self, n: int, seconds: float) -> None:
         self.verify.setdefault(n, EMA()).add(seconds)
         if self.shape:
-            self.speed.add(seconds / self._calibrated(n))
+            expected = self._calibrated(n)
+            if n >= 2 and self.speed.count:
+                self.residual.setdefault(n, EMA()).add(seconds / (expected * self.speed_factor()))
+                self._residual_at = {}
+            self.speed.add(seconds / (expected * self._residual(n)))
+
+    def _residual(self, n: int) -> float:
+        """The learned residual at n: measured sizes' own, linear between them (from 1 at n = 1), the
+        nearest one's beyond; 1 before any wide step."""
+        got = self._residual_at.get(n)
+        if got is None:
+            known = {k: e.value for k, e in self.residual.items() if e.count}
+            if n <= 1 or not known:
+                got = 1.0
+            else:
+                known[1] = 1.0
+                sizes = sorted(known)
+                got = known[sizes[-1]] if n >= sizes[-1] else self._interpolate(known, n)
+            self._residual_at[n] = got
+        return got
 
     def observe_draft(self, drafter: str, n_tokens: int, seconds: float, caught_up: int = 0) -> None:
         if n_tokens > 0:
@@ -102,7 +128,7 @@ class CostModel:
 
     def verify_cost(self, n: int) -> float:
         if self.shape:
-            return self._calibrated(n) * self.speed_factor()
+            return self._calibrated(n) * self.speed_factor() * self._residual(n)
         got = self.verify.get(n)
         if got and got.count:
             return got.value
@@ -306,11 +332,15 @@ class Controller:
 
     def explain(self) -> dict:
         """The costs behind the choices, for --json: a step's cost now, what wider verifies and a draft-model
-        token cost relative to it, and how much slower (>1) or faster than calibrated the machine runs."""
+        token cost relative to it, how much slower (>1) or faster than calibrated the machine runs, and the
+        sizes whose steps cost other than the calibrated curve's shape."""
         one = self.costs.verify_cost(1)
         out = {"step_ms": round(one * 1e3, 2),
                "verify_vs_step": {str(n): round(self.costs.verify_cost(n) / one, 3) for n in (2, 4, 8, 16)},
                "speed_vs_calibration": round(self.costs.speed_factor(), 3) if self.costs.shape else None}
+        learned = {str(n): round(e.value, 3) for n, e in sorted(self.costs.residual.items()) if e.count}
+        if learned:  # sizes whose steps cost other than the calibrated shape says, beyond the speed factor
+            out["verify_vs_calibrated_shape"] = learned
         drafts = {d: round(self.costs.draft_cost(d) / one, 3) for d in {*self.costs.draft, *self.costs.draft_shape}}
         if drafts:
             out["draft_token_vs_step"] = drafts
