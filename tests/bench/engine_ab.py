@@ -30,11 +30,12 @@ CODE_EDIT = ("Rewrite this module with two renames: the class `Inventory` become
              "```python\n" + (HERE / "inventory.py").read_text() + "```")
 
 
-def engine_rate(engine, prompt, n) -> tuple[float, Summary]:
+def engine_rate(engine, prompt, n, ignore_eos: bool = False) -> tuple[float, Summary]:
+    """Decode tok/s through specgen's engine, from the first step to the last (prefill excluded)."""
     t_first = t_last = None
     count = 0
     summary = None
-    for ev in engine.generate(prompt, max_tokens=n):
+    for ev in engine.generate(prompt, max_tokens=n, ignore_eos=ignore_eos):
         if isinstance(ev, Step):
             now = time.perf_counter()
             if t_first is None:
@@ -47,7 +48,7 @@ def engine_rate(engine, prompt, n) -> tuple[float, Summary]:
     return (count - first_emitted) / (t_last - t_first), summary
 
 
-def llama_rate(llm, prompt, n) -> tuple[float, list[int]]:
+def llama_rate(llm, prompt, n, stop_at_eog: bool = True) -> tuple[float, list[int]]:
     """llama-cpp-python's high-level generate loop, greedy, the same tokens."""
     out, t_first = [], None
     for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
@@ -55,7 +56,8 @@ def llama_rate(llm, prompt, n) -> tuple[float, list[int]]:
         if t_first is None:
             t_first = now
         out.append(tok)
-        if llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog") else tok == llm.token_eos():
+        if stop_at_eog and (llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog")
+                            else tok == llm.token_eos()):
             break
         if len(out) >= n:
             break

@@ -147,33 +147,6 @@ def write_model(path: Path, shape: str, tokenizer: dict, seed: int) -> None:
     w.close()
 
 
-def engine_rate(engine, prompt: list[int], n: int) -> float:
-    from specgen.engine import Step
-
-    t_first = t_last = None
-    count = first = 0
-    for ev in engine.generate(prompt, max_tokens=n, ignore_eos=True):
-        if isinstance(ev, Step):
-            now = time.perf_counter()
-            if t_first is None:
-                t_first, first = now, ev.emitted
-            t_last = now
-            count += ev.emitted
-    return (count - first) / (t_last - t_first)
-
-
-def llama_rate(llm, prompt: list[int], n: int) -> float:
-    t_first = now = None
-    out = 0
-    for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
-        now = time.perf_counter()
-        t_first = t_first or now
-        out += 1
-        if out >= n:
-            break
-    return (out - 1) / (now - t_first)
-
-
 def say(t0: float, what: str) -> None:
     print(f"gpu_check: {time.perf_counter() - t0:6.1f} s  {what}", file=sys.stderr, flush=True)
 
@@ -237,6 +210,7 @@ def main() -> None:
 
     # Plain decoding: specgen's engine against llama-cpp-python's Llama, interleaved.
     from llama_cpp import Llama
+    from engine_ab import engine_rate, llama_rate
 
     prompt = target.tokenize("Write a Python function that merges two sorted lists. " * 4)
     engine = Engine(target, NoDrafter(), n_ctx=4096)
@@ -246,8 +220,9 @@ def main() -> None:
     ours, theirs = [], []
     for _ in range(args.rounds):
         engine.reset_cache()
-        ours.append(engine_rate(engine, prompt, args.tokens))
-        theirs.append(llama_rate(llm, prompt, args.tokens))
+        # Random weights emit end-of-generation tokens at random: both sides run the full length.
+        ours.append(engine_rate(engine, prompt, args.tokens, ignore_eos=True)[0])
+        theirs.append(llama_rate(llm, prompt, args.tokens, stop_at_eog=False)[0])
     say(t0, "plain decoding measured")
     report["plain_tok_s"] = {"specgen": [round(x, 2) for x in ours], "llama_cpp_python": [round(x, 2) for x in theirs],
                              "ratio_median": round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)}
