@@ -375,10 +375,11 @@ class Controller:
         return False
 
     def observe(self, drafter: str, drafted: int, accepted: int, draft_seconds: float,
-                verify_seconds: float, confidence: Sequence[float] = (), caught_up: int = 0) -> None:
+                verify_seconds: float, confidence: Sequence[float] = (), caught_up: int = 0,
+                calibrated: bool = False) -> None:
         self.costs.observe_verify(drafted + 1, verify_seconds)
         self.costs.observe_draft(drafter, drafted, draft_seconds, caught_up)
-        if drafted:
+        if drafted and not calibrated:  # a calibrated drafter's confidence is never re-binned: nothing to learn
             self.acceptance.observe(drafter, confidence[:drafted], accepted)
         for i in range(min(drafted, self.MAX_CAP)):
             self.position_drafted[i] += 1

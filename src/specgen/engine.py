@@ -325,7 +325,7 @@ class Engine:
         self.ctx.rollback_to(len(history) + accepted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
-                                draft.confidence, caught_up=draft.caught_up)
+                                draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
         return draft.tokens[:accepted] + [token], step
 
     def _draft(self, history: list[int], room: int, params: SamplingParams,

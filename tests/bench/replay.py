@@ -256,7 +256,8 @@ class Session:
             # A model draft asked for but not used still took its time.
             draft_s = self.model.take_decodes() * self.curve.draft
             verify_s = self.curve.c(n + 1)
-            self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence, caught_up=draft.caught_up)
+            self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence, caught_up=draft.caught_up,
+                                    calibrated=draft.calibrated)
             res.seconds += draft_s + verify_s
             res.steps += 1
             res.drafted += n
