@@ -49,6 +49,22 @@ def test_cpu_like_costs_keep_free_copies_only_when_sure():
     assert sure.n >= 11 and sure.rate > 1 / measured[1]
 
 
+def test_a_doubtful_first_token_is_confirmed_by_a_plain_step_before_a_wide_bet():
+    """A copy that holds half the time but runs on once it holds.  On a CPU the bet on it beats plain decoding
+    on average, yet one plain step shows for the price of a token whether it holds, where a 16-row verify
+    (5.5 steps) stakes everything on the first one; on a GPU the bet costs little and is made."""
+    doubtful = [0.5] + [0.95] * 15
+    cpu = controller(lambda n: C1 * (1 + 0.3 * (n - 1)))
+    bet = max((1 + sum(np.prod(doubtful[:k]) for k in range(1, n + 1))) / cpu.costs.verify_cost(n + 1)
+              for n in range(1, 17))
+    assert bet > 1.1 / C1
+    wait = cpu.best_length("ngram", doubtful, calibrated=True)
+    assert wait.n == 0 and wait.rate > bet
+    assert cpu.best_length("ngram", [0.97] * 16, calibrated=True).n >= 8  # a sure copy is still bet on
+    gpu = controller(lambda n: C1 * (1 + 0.01 * (n - 1)))
+    assert gpu.best_length("ngram", doubtful, calibrated=True).n >= 8
+
+
 def test_a_calibrated_confidence_is_taken_as_is():
     """The session accepted every 0.45-confidence token so far; the bins learn that for raw probabilities,
     but a drafter that states its own acceptance estimate (n-gram copies) is not second-guessed by them."""

@@ -67,3 +67,64 @@ def test_misses_in_this_generation_outweigh_the_session():
         history = history + [9000 + k]  # ...but the reply goes elsewhere
     assert firsts[0] == trusted
     assert firsts[-1] < trusted / 2
+
+
+def quotes(d: NgramDrafter, source: list[int], rounds: int, taken: int) -> list:
+    """A reply that quotes six tokens of its prompt *rounds* times; each time the target takes *taken*
+    tokens of the copy then offered, and then says something else.  The drafts offered, in order."""
+    prompt = source + [1]
+    d.prefill(prompt)
+    history, offered = list(prompt), []
+    for k in range(rounds):
+        history += source[10 * k: 10 * k + 6]
+        offered.append(draft(d, history))
+        assert offered[-1].tokens[0] == source[10 * k + 6]
+        history += source[10 * k + 6: 10 * k + 6 + taken] + [2]
+    return offered
+
+
+def test_a_few_lucky_first_tokens_do_not_make_a_copy_certain():
+    # On a CPU a first token rated near-certain buys a 16-row verify, about six plain steps.
+    firsts = [got.confidence[0] for got in quotes(NgramDrafter(), list(range(100, 200)), 5, taken=1)]
+    assert firsts[-1] > firsts[0]  # the hits count...
+    assert firsts[-1] < 0.95  # ...but four of them at a middling rate are not proof
+
+
+def test_a_copy_is_rated_by_copies_that_started_from_as_short_a_match():
+    trained, fresh = NgramDrafter(), NgramDrafter()
+    source = list(range(100, 160))
+    for _ in range(4):  # earlier replies: copies from a 20-token match that ran to the end
+        trained.prefill(source + [1])
+        history = source + [1] + source[:20]
+        got = draft(trained, history)
+        draft(trained, history + got.tokens + [source[len(got.tokens) + 20]])
+        assert got.tokens == source[20:36]
+    other = list(range(300, 360)) + [1]
+    history = other + other[:4]  # now a copy from a 4-token match
+    for d in (trained, fresh):
+        d.prefill(other)
+    a, b = draft(trained, history), draft(fresh, history)
+    assert a.tokens == b.tokens == other[4:20]
+    # Runs of 15 tokens after a 20-token match say nothing about how far a 4-token one goes.
+    assert a.confidence[1:] == b.confidence[1:]
+
+
+def test_continuations_that_stop_in_this_generation_lower_the_next_ones():
+    d = NgramDrafter()
+    source = list(range(100, 200))
+    conts = [sum(got.confidence[1:4]) for got in quotes(d, source, 4, taken=2)]
+    assert conts[-1] < conts[0]
+    d.prefill(source + [1])  # the next generation starts from the session's rates, not from this one's misses
+    assert sum(draft(d, source + [1] + source[50:56]).confidence[1:4]) > conts[-1]
+
+
+def test_a_copy_confirmed_by_a_plain_step_goes_on_as_a_continuation():
+    d = NgramDrafter()
+    source = list(range(100, 160))
+    prompt = source + [1]
+    d.prefill(prompt)
+    offered = draft(d, prompt + source[:4])  # the controller decodes plainly instead of verifying it...
+    after = draft(d, prompt + source[:5])  # ...and the target's token is the copy's first
+    assert after.tokens == source[5:21]
+    # Its next token is the copy's second, no longer a fresh match's first: rated as it was a step ago.
+    assert after.confidence[:4] == offered.confidence[1:5]

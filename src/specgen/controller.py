@@ -5,8 +5,12 @@ t_d seconds a token (zero for n-gram lookup).  If token i of a draft survives
 with probability P_i (the product of per-token confidences), a step that
 verifies n drafts emits E(n) = 1 + P_1 + ... + P_n tokens in
 T(n) = c(n + 1) + n * t_d seconds.  The controller picks the n that maximises
-E(n) / T(n), and n = 0 (plain decoding) whenever nothing beats 1 / c(1):
-speculation that never loses on average.
+E(n) / T(n), and n = 0 (plain decoding) whenever nothing beats waiting: a
+plain step costs c(1) and also shows, for free, whether the draft's first
+token holds, after which the rest of the draft can be verified without that
+risk.  So waiting is worth (1 + P_1 E'(n)) / (c(1) + P_1 T'(n)), E' and T'
+those of the draft's remaining tokens; a doubtful first token in front of a
+long copy is not bet on with a wide verify, but confirmed by one plain step.
 
 On a GPU c(n) is nearly flat and long drafts win; on a CPU it grows almost
 linearly (a 1.5B target on a 2-core x86 VM: 26 ms for 1 token, 131 ms for 8)
@@ -16,7 +20,7 @@ and only near-certain drafts pay.  Nothing here assumes which: c(n) is measured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 
 class EMA:
@@ -63,12 +67,15 @@ class CostModel:
     """Per batch size n >= 2: observed / (calibrated x speed factor), over that size's recent steps.
     One-token steps set the speed factor itself, so theirs is 1 by definition."""
     _residual_at: dict[int, float] = field(default_factory=dict, repr=False)
+    _cost_at: dict[int, float] = field(default_factory=dict, repr=False)
+    """verify_cost(n) since the last observed step (a step prices dozens of sizes, the curve moves once a step)."""
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""
         sizes = sorted(verify)
         self.shape = dict(zip(sizes, _non_decreasing([verify[n] for n in sizes])))
         self._shape_at = {}
+        self._cost_at = {}
         self.draft_shape = dict(draft)
 
     def _calibrated(self, n: int) -> float:
@@ -78,6 +85,7 @@ class CostModel:
         return got
 
     def observe_verify(self, n: int, seconds: float) -> None:
+        self._cost_at = {}
         self.verify.setdefault(n, EMA()).add(seconds)
         if self.shape:
             expected = self._calibrated(n)
@@ -127,6 +135,12 @@ class CostModel:
         return self.draft_shape.get(drafter, 0.0) * self.speed_factor()
 
     def verify_cost(self, n: int) -> float:
+        got = self._cost_at.get(n)
+        if got is None:
+            got = self._cost_at[n] = self._verify_cost(n)
+        return got
+
+    def _verify_cost(self, n: int) -> float:
         if self.shape:
             return self._calibrated(n) * self.speed_factor() * self._residual(n)
         got = self.verify.get(n)
@@ -174,6 +188,15 @@ def expected_tokens(survival: Sequence[float], n: int) -> float:
         p *= c
         e += p
     return e
+
+
+def _running_expected(survival: Sequence[float]) -> Iterator[float]:
+    """expected_tokens(survival, n) for n = 1, 2, ..., len(survival), in one pass."""
+    e, p = 1.0, 1.0
+    for c in survival:
+        p *= c
+        e += p
+        yield e
 
 
 class Beta:
@@ -301,9 +324,27 @@ class Controller:
             n = min(self.fixed, len(confidence))
             return Choice(n, expected_tokens(confidence, n), spent + self.costs.verify_cost(n + 1))
         survival = self.acceptance.survival(drafter, confidence, calibrated)
+        best = self._wait(drafter, survival, spent)
+        for n, e in enumerate(_running_expected(survival[: self.cap]), start=1):
+            c = Choice(n, e, spent + self.costs.verify_cost(n + 1))
+            if c.rate > best.rate:
+                best = c
+        return best
+
+    def _wait(self, drafter: str, survival: Sequence[float], spent: float) -> Choice:
+        """Plain decoding now, and the rest of the draft next step if the target's token confirms its first.
+
+        A plain step is the cheapest look at whether a copy holds: on a CPU, betting a 16-row verify
+        (about six plain steps) on a first token that holds half the time loses even when the rest of
+        the copy would run on; one plain step first keeps most of that run and none of that risk.
+        The choice (n = 0) counts the tokens and seconds of both steps.
+        """
         best = self.plain(spent)
-        for n in range(1, min(len(confidence), self.cap) + 1):
-            c = Choice(n, expected_tokens(survival, n), spent + self.costs.verify_cost(n + 1))
+        if len(survival) < 2:
+            return best
+        first, one, t_d = survival[0], self.costs.verify_cost(1), self.costs.draft_cost(drafter)
+        for n, e in enumerate(_running_expected(survival[1: self.cap + 1]), start=1):
+            c = Choice(0, 1.0 + first * e, spent + one + first * (self.costs.verify_cost(n + 1) + n * t_d))
             if c.rate > best.rate:
                 best = c
         return best

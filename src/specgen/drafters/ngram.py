@@ -17,14 +17,26 @@ match is the gamble: it survives about half the time after a short match into
 a document, rarely when earlier occurrences of the same context went on
 differently ("split"), rarely when the source is the reply itself, and hardly
 ever when the reply only echoes a short question.  So its rate is learned per
-kind of match over the session and scaled by how this generation's first
-tokens fared against that rate (scored on every step, drafted or not).  Once
-it is accepted the match is one token longer, so token i of a draft gets the
-continuation rate of a match `m + i` long: a confirmed copy earns a long draft.
+kind of match over the session (scored on every step, drafted or not).  Once
+it is accepted the copy is confirmed, and how far it goes on is learned per
+source, match length at the draft and position in it: a copy that started from
+a 20-token match in code runs on; one that started from a 5-token match in an
+essay usually stops within a few tokens, and pooling the two by how long the
+match has grown would rate the essay's copy by the code's.
+
+A copy the target goes on following, through accepted drafts or plain steps,
+stays one copy: its next tokens are rated as continuations, not as a fresh
+gamble, so one plain step is how the controller checks a doubtful first token.
+
+A session mixes kinds of text, so each generation also fits how far its own
+verdicts run above or below the session's rates (one offset in log-odds for
+first tokens, one for continuations) and applies it to every rate, less a
+margin for how little of the generation has been seen yet.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -35,8 +47,8 @@ from .base import Draft, KeepGoing
 _MAX_MATCH = 32
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # match lengths that get their own statistics
 _SESSION_MEMORY = 40.0  # observations a cell keeps: old evidence fades as the text being copied changes
-_PRIOR_WEIGHT = 4.0  # how many of this generation's own verdicts outweigh the session's
-_FIRST_PSEUDO = 1.0  # expected first-token acceptances before this generation's own record counts
+_SHIFT_PRIOR_SD = 1.0  # how far (log-odds) a generation is expected to stray from the session's rates
+_DOUBT = 0.5  # standard deviations of that shift's estimate priced in against a copy
 
 
 def _bucket_of(m: int) -> int:
@@ -51,35 +63,92 @@ def _bucket(m: int) -> int:
 
 
 class _Rates:
-    """Acceptance rates per cell, over the session (fading) and over the current generation.
-
-    The session's rate is the prior for the generation's own record, so a
-    copy that keeps failing in this reply is trusted less within a few tokens.
-    """
+    """Acceptance rates per cell: the session's (fading), shifted by the current generation's record."""
 
     def __init__(self, prior: np.ndarray, strength: float = 3.0):
         prior = prior.reshape(-1)
         self.session = np.stack([prior * strength, (1.0 - prior) * strength])  # [accepted, rejected] x cell
-        self.generation = np.zeros_like(self.session)
+        self.generation = _Shift()
 
     def new_generation(self) -> None:
-        self.generation[:] = 0.0
+        self.generation.reset()
 
     def session_mean(self, cell: int) -> float:
         s = self.session[:, cell]
         return float(s[0] / s.sum())
 
     def mean(self, cell: int) -> float:
-        g = self.generation[:, cell]
-        return float((g[0] + _PRIOR_WEIGHT * self.session_mean(cell)) / (g.sum() + _PRIOR_WEIGHT))
+        return self.generation.apply(self.session_mean(cell))
 
     def add(self, cell: int, accepted: bool) -> None:
+        self.generation.add(self.session_mean(cell), accepted)
         total = self.session[:, cell].sum()
         if total > _SESSION_MEMORY:
             self.session[:, cell] *= _SESSION_MEMORY / total
-        row = 0 if accepted else 1
-        self.session[row, cell] += 1.0
-        self.generation[row, cell] += 1.0
+        self.session[0 if accepted else 1, cell] += 1.0
+
+
+class _Shift:
+    """How far this generation's verdicts run above or below the session's rates, in log-odds.
+
+    One offset, fitted (maximum a posteriori, a normal prior around 0) to the
+    generation's verdicts, each against the rate the session predicted for it.
+    A ratio of hits to expected hits pushes a middling rate to certainty after
+    two lucky guesses; a shift in log-odds does not, and it weighs a miss where
+    a hit was near certain more than misses where misses were expected.
+
+    Rates are given _DOUBT standard deviations of the fit below it: a session
+    mixes kinds of text (code edits whose copies run on, answers whose quotes
+    stop), and a reply's own kind shows only as its verdicts come in.  Until
+    then a wide verify is priced for a reply less given to copying than the
+    session's average, which on a CPU is what keeps an essay from staking six
+    steps on a code edit's statistics; each verdict narrows the doubt.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.logits: list[float] = []
+        self.outcomes: list[float] = []
+        self.value = 0.0
+        self.sd = _SHIFT_PRIOR_SD
+        self._fitted = 0
+
+    def add(self, rate: float, accepted: bool) -> None:
+        self.logits.append(_logit(rate))
+        self.outcomes.append(1.0 if accepted else 0.0)
+
+    def _fit(self) -> None:
+        x, y = np.asarray(self.logits), np.asarray(self.outcomes)
+        d, precision = self.value, 1.0 / _SHIFT_PRIOR_SD ** 2
+        for _ in range(3):  # Newton from the last fit: the objective is concave and moved by one step's verdicts
+            p = 1.0 / (1.0 + np.exp(-(x + d)))
+            h = float((p * (1.0 - p)).sum()) + precision
+            d += (float((y - p).sum()) - precision * d) / h
+        self.value, self.sd, self._fitted = d, h ** -0.5, len(self.logits)
+
+    def apply(self, rate: float) -> float:
+        if self._fitted != len(self.logits):  # refit once per step, when first asked
+            self._fit()
+        return 1.0 / (1.0 + math.exp(-(_logit(rate) + self.value - _DOUBT * self.sd)))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+_START = (1, 2, 4, 8, 16)  # match lengths at the draft, for continuations
+_AHEAD = (1, 2, 4, 8)  # positions in the draft
+_START_TABLE = [max(k for k, b in enumerate(_START) if max(m, 1) >= b) for m in range(_START[-1] + 1)]
+_AHEAD_TABLE = [max(k for k, b in enumerate(_AHEAD) if max(i, 1) >= b) for i in range(_AHEAD[-1] + 1)]
+
+
+def _cont_cell(in_reply: int, m: int, i: int) -> int:
+    """Token i > 0 of a copy that began at an m-token match."""
+    start, ahead = _START_TABLE[min(m, _START[-1])], _AHEAD_TABLE[min(i, _AHEAD[-1])]
+    return (in_reply * len(_START) + start) * len(_AHEAD) + ahead
 
 
 def _first_cell(in_reply: int, split: int, match_len: int) -> int:
@@ -96,19 +165,21 @@ class NgramDrafter:
         # and on a CPU a rejected row costs nearly a whole step.
         first = np.array([0.2, 0.3, 0.45, 0.6, 0.75, 0.8, 0.85, 0.9, 0.92])
         self._first = _Rates(np.stack([first, first * 0.3] * 2))  # [source in reply][split][bucket]
-        self._cont = _Rates(np.array([0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92]))
+        cont = np.array([0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92])
+        # Before any verdicts, a copy is rated by the match it has grown to (m + i tokens).
+        prior = np.array([[cont[_bucket(m + i)] for i in _AHEAD] for m in _START])
+        self._cont = _Rates(np.stack([prior, prior]))  # [source in reply][match length][position]
         self._prompt_len = 0
-        # How many of this generation's first tokens the session expected to be accepted
-        # (how many were is in self._first.generation).
-        self._first_expected = 0.0
-        # The last draft, to score it once the target has spoken:
-        # (history length, tokens, match length, source start, first-token cell).
-        self._last: tuple[int, list[int], int, int, int] | None = None
+        # The last draft, to score it once the target has spoken: (history length, tokens, match length
+        # when the copy began, source start, first-token cell, tokens of the copy confirmed before it).
+        self._last: tuple[int, list[int], int, int, int, int] | None = None
+        # The copy the target is following: (where it goes on in the source, match length when it began,
+        # tokens confirmed), so that a copy confirmed by a plain step is not rated as a fresh gamble again.
+        self._run: tuple[int, int, int] | None = None
 
     def prefill(self, history: Sequence[int]) -> None:
-        self._last = None
+        self._last = self._run = None
         self._prompt_len = len(history)
-        self._first_expected = 0.0
         self._first.new_generation()
         self._cont.new_generation()
 
@@ -120,9 +191,10 @@ class NgramDrafter:
 
         Returns where the copy should resume in the source, if known.
         """
+        self._run = None
         if self._last is None:
             return None
-        n0, drafted, m, src, first = self._last
+        n0, drafted, m, src, first, done = self._last
         self._last = None
         if len(history) < n0 or not drafted:
             return None
@@ -130,13 +202,19 @@ class NgramDrafter:
         accepted = 0
         while accepted < min(len(drafted), len(emitted)) and drafted[accepted] == emitted[accepted]:
             accepted += 1
-        # Every token up to the first rejection was judged; token i as part of a match m + i long.
+        # Every token up to the first rejection was judged: a fresh copy's first as a match m long, the
+        # rest (and all of a copy already confirmed) as the continuation of a confirmed copy.
+        in_reply = int(src > self._prompt_len)
         for i in range(min(accepted + 1, len(drafted), len(emitted))):
-            if i == 0:
-                self._first_expected += self._first.session_mean(first)
+            if done + i == 0:
                 self._first.add(first, accepted > 0)
             else:
-                self._cont.add(_bucket(m + i), i < accepted)
+                self._cont.add(_cont_cell(in_reply, m, done + i), i < accepted)
+        # How far the target followed the copy: its own token after the last accepted one may go on too.
+        held = accepted
+        while held < len(emitted) and src + held < n0 and history[src + held] == emitted[held]:
+            held += 1
+        self._run = (src + held, m, done + held) if held else None
         return src + accepted
 
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
@@ -172,12 +250,15 @@ class NgramDrafter:
         tokens = [int(t) for t in arr[start:min(start + n_max, n)]]
         if not tokens:
             return Draft()
-        split = int(np.any(arr[cands + 1] != arr[start]))
-        first = _first_cell(int(start > self._prompt_len), split, best_len)
-        self._last = (n, tokens, best_len, start, first)
-        # One pooled factor: a generation sees too few first tokens to judge each kind of match.
-        seen = float(self._first.generation[0].sum())
-        this_generation = (seen + _FIRST_PSEUDO) / (self._first_expected + _FIRST_PSEUDO)
-        confidence = [min(self._first.session_mean(first) * this_generation, 0.99)]
-        confidence += [self._cont.mean(_bucket(best_len + i)) for i in range(1, len(tokens))]
+        in_reply = int(start > self._prompt_len)
+        if self._run is not None and self._run[0] == start:  # the copy the target has been following
+            _, m, done = self._run
+            first = -1
+            confidence = [self._cont.mean(_cont_cell(in_reply, m, done + i)) for i in range(len(tokens))]
+        else:
+            m, done = best_len, 0
+            first = _first_cell(in_reply, int(np.any(arr[cands + 1] != arr[start])), best_len)
+            confidence = [min(self._first.mean(first), 0.99)]
+            confidence += [self._cont.mean(_cont_cell(in_reply, m, i)) for i in range(1, len(tokens))]
+        self._last = (n, tokens, m, start, first, done)
         return Draft(tokens=tokens, q=None, confidence=confidence, calibrated=True)
