@@ -20,7 +20,7 @@ and only near-certain drafts pay.  Nothing here assumes which: c(n) is measured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 
 class EMA:
@@ -183,14 +183,10 @@ def _non_decreasing(values: list[float]) -> list[float]:
 
 def expected_tokens(survival: Sequence[float], n: int) -> float:
     """1 + P_1 + ... + P_n, where P_i is the product of the first i survival probabilities."""
-    e, p = 1.0, 1.0
-    for c in survival[:n]:
-        p *= c
-        e += p
-    return e
+    return max(_running_expected(survival[:n]), default=1.0)  # the running sums never fall
 
 
-def _running_expected(survival: Sequence[float]) -> Iterator[float]:
+def _running_expected(survival: Iterable[float]) -> Iterator[float]:
     """expected_tokens(survival, n) for n = 1, 2, ..., len(survival), in one pass."""
     e, p = 1.0, 1.0
     for c in survival:
@@ -362,10 +358,9 @@ class Controller:
         if self.fixed is not None:
             n = max(self.fixed, 1)
             return Choice(n, 1.0 + n, spent + self.costs.verify_cost(n + 1) + n * t_d)
-        best, e, p = None, 1.0, 1.0
-        for n in range(1, max(self.cap, 1) + 1):
-            p *= self.acceptance.next_token(drafter, n - 1)
-            e += p
+        best = None
+        survival = (self.acceptance.next_token(drafter, i) for i in range(max(self.cap, 1)))
+        for n, e in enumerate(_running_expected(survival), start=1):
             c = Choice(n, e, spent + self.costs.verify_cost(n + 1) + n * t_d)
             if best is None or c.rate > best.rate:
                 best = c

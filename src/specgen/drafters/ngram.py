@@ -51,11 +51,13 @@ _SHIFT_PRIOR_SD = 1.0  # how far (log-odds) a generation is expected to stray fr
 _DOUBT = 0.5  # standard deviations of that shift's estimate priced in against a copy
 
 
-def _bucket_of(m: int) -> int:
-    return max(i for i, b in enumerate(_BUCKETS) if m >= b)
+def _lookup(bounds: tuple[int, ...]) -> list[int]:
+    """For each length up to the last bound, the index of the last bound it reaches (0 counts as 1): a
+    table, as a cell is looked up for every drafted token."""
+    return [max(k for k, b in enumerate(bounds) if max(n, 1) >= b) for n in range(bounds[-1] + 1)]
 
 
-_BUCKET_TABLE = [_bucket_of(max(m, 1)) for m in range(_BUCKETS[-1] + 1)]  # looked up for every drafted token
+_BUCKET_TABLE = _lookup(_BUCKETS)
 
 
 def _bucket(m: int) -> int:
@@ -141,8 +143,7 @@ def _logit(p: float) -> float:
 
 _START = (1, 2, 4, 8, 16)  # match lengths at the draft, for continuations
 _AHEAD = (1, 2, 4, 8)  # positions in the draft
-_START_TABLE = [max(k for k, b in enumerate(_START) if max(m, 1) >= b) for m in range(_START[-1] + 1)]
-_AHEAD_TABLE = [max(k for k, b in enumerate(_AHEAD) if max(i, 1) >= b) for i in range(_AHEAD[-1] + 1)]
+_START_TABLE, _AHEAD_TABLE = _lookup(_START), _lookup(_AHEAD)
 
 
 def _cont_cell(in_reply: int, m: int, i: int) -> int:
