@@ -128,3 +128,15 @@ def test_a_copy_confirmed_by_a_plain_step_goes_on_as_a_continuation():
     assert after.tokens == source[5:21]
     # Its next token is the copy's second, no longer a fresh match's first: rated as it was a step ago.
     assert after.confidence[:4] == offered.confidence[1:5]
+
+
+def test_a_history_that_is_not_a_continuation_is_matched_afresh():
+    # The drafter keeps an index of where each token occurs as the history grows; a rolled-back or
+    # unrelated history must be matched as a new drafter would match it.
+    d = NgramDrafter()
+    first = [5, 6, 7, 8, 9, 10, 5, 6]
+    assert draft(d, first).tokens == [7, 8, 9, 10, 5, 6]
+    other = [40, 41, 42, 43, 7, 8, 44, 45, 40, 41]  # "7 8" now sits where "5 6" did
+    assert draft(d, other).tokens == draft(NgramDrafter(), other).tokens == [42, 43, 7, 8, 44, 45, 40, 41]
+    shorter = first[:3] + [5, 6]  # a prefix of the first history, then new tokens
+    assert draft(d, shorter).tokens == [7, 5, 6]
