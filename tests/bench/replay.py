@@ -234,7 +234,10 @@ class Session:
                         "auto": AutoDrafter(self.controller, self.ngram, self.model)}[drafter]
         self.shadow = NgramDrafter()  # what a plain copy would offer at each step, for the log
 
-    def run(self, seg: dict, want_log: bool = False) -> Result:
+    def run(self, seg: dict, want_log: bool = False, max_tokens: int | None = None) -> Result:
+        """Replay one segment.  A reply that ended with end-of-generation is replayed as the engine runs it,
+        not knowing where it ends: drafts may reach past its end (up to *max_tokens*, the generation's
+        limit), and the target's end-of-generation rejects what they copied there."""
         prompt, output = seg["prompt"], seg["output"]
         self.model.segment(seg)
         history = list(prompt)
@@ -244,9 +247,11 @@ class Session:
         rng = np.random.default_rng(0)
         params = SamplingParams()
         eog = set(seg.get("eog", []))
+        ended = bool(output) and output[-1] in eog
+        limit = max(max_tokens or 0, len(output)) if ended else len(output)
         k = 0
         while k < len(output):
-            room = len(output) - k - 1
+            room = limit - k - 1
             self.model.take_decodes()
             draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng,
                                        lambda t: t in eog)
@@ -290,6 +295,7 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
     if max_tokens:
         segs = [{**s, "output": s["output"][:max_tokens]} for s in segs]
     cats = list(dict.fromkeys(s["category"] for s in segs))
+    limit = max_tokens or max(len(s["output"]) for s in segs)  # the recording's own limit, if none is given
     geo = lambda v: math.exp(sum(math.log(x) for x in v) / len(v))
     out: dict[str, dict] = {}
     for cfg in configs:
@@ -299,7 +305,7 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
         tot = Result()
         for seg in segs:
             want = log is not None and seg["id"] == log
-            r = sess.run(seg, want_log=want)
+            r = sess.run(seg, want_log=want, max_tokens=limit)
             if want:
                 print(f"\n--- {cfg} on {seg['id']} turn {seg['turn']}")
                 print("\n".join(r.log))
