@@ -2,6 +2,7 @@
 
     python tests/bench/auto_ab.py --target T.gguf --draft D.gguf --out DIR [--limit 1] [--max-tokens 96]
                                   [--configs auto,ngram] [--draft-max auto] [--traces qwen_traces.json]
+                                  [--repeat 1]
 
 1. Measures this machine's cost curve before and after the runs, averaged (verify c(n), n = 1..17, at
    a 512-token context as the prompts run, median of 7; the draft model's per-token cost and its
@@ -58,6 +59,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1)
     ap.add_argument("--prompts", action="append", help="suites (default: the Spec-Bench dev set and builtin:all)")
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each prompt and configuration, medians reported: one prompt's speedup moves by "
+                         "a few percent between runs on a shared VM")
     ap.add_argument("--configs", default="auto,ngram")
     ap.add_argument("--draft-max", default="auto")
     ap.add_argument("--traces")
@@ -77,8 +81,8 @@ def main() -> None:
         cmd = ["specgen", "bench", "--target", args.target, "--draft", args.draft, *suites,
                "--prompts", str(edit), "--limit", str(args.limit),
                "--drafter", args.configs, "--draft-max", args.draft_max, "--temperature", "0",
-               "--max-tokens", str(args.max_tokens), "--no-mmap", "--json", str(out / "bench.json"),
-               "--markdown", str(out / "bench.md")]
+               "--max-tokens", str(args.max_tokens), "--repeat", str(args.repeat), "--no-mmap",
+               "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run([str(Path(sys.executable).parent / "specgen"), *cmd[1:]], check=True)
         measure_curve(args.target, args.draft, out / "curve.json", average_with=out / "curve.json")

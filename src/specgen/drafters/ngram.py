@@ -163,8 +163,9 @@ def _first_cell(in_reply: int, split: int, match_len: int) -> int:
 class _Positions:
     """Where each token occurs in a history, all but its last token, kept as the history grows.
 
-    The lookup runs every step, drafted or not; rescanning a long prompt each time cost about 1% of a
-    plain step on a 1.5B model.  A history that is not a continuation of the last one is indexed anew.
+    The lookup runs every step, drafted or not, right after a verify has flushed the CPU's caches:
+    rescanning a 700-token prompt there took about 0.1 ms, as much as the rest of the drafter.  A history
+    that is not a continuation of the last one is indexed anew.
     """
 
     def __init__(self) -> None:
