@@ -348,6 +348,22 @@ def test_plot_draws_a_png(bench, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_output_that_fails_midway_leaves_the_old_file_whole(bench, tmp_path):
+    from specgen.bench.report import write_csv, write_plot
+
+    broken = copy.deepcopy(bench["result"])
+    del broken["summary"][-1]["drafter_steps"]  # the last row cannot be written
+    out = tmp_path / "r.csv"
+    out.write_text("an earlier run\n")
+    with pytest.raises(KeyError):
+        write_csv(broken, out)
+    assert out.read_text() == "an earlier run\n"
+    svg = tmp_path / "speedup.svg"  # a plot takes the format its name asks for
+    write_plot(bench["result"], svg)
+    assert b"<svg" in svg.read_bytes()[:400]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
 def test_builtin_suites_run_and_save_stores_the_recommendation(target_path, draft_path, tmp_path):
     config = tmp_path / "config" / "specgen" / "models.yaml"
     config.parent.mkdir(parents=True)

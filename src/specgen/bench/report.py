@@ -8,6 +8,7 @@ run, on another machine.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from rich.text import Text
 
 from .runner import FORMAT, best_row, recommend
 from ..errors import SpecgenError
+from ..fileio import write_atomic
 
 
 # ---------------------------------------------------------------- shared shape
@@ -282,16 +284,14 @@ def check_output_path(path: Path | None, flag: str) -> None:
 def save_outputs(result: dict, outputs: list[tuple[Path, Callable[[dict, Path], None]]]) -> dict[Path, str]:
     """Write each output; one that fails goes to a temporary file instead, so a long run is never lost.
 
-    Returns, for each output that could not be written where asked, a line saying where it went.
+    Every writer replaces its file in one step (a failure or Ctrl+C leaves the old file or none, never half
+    of one).  Returns, for each output that could not be written where asked, a line saying where it went.
     """
     failed: dict[Path, str] = {}
     for path, write in outputs:
-        existed = path.exists()
         try:
             write(result, path)
         except OSError as e:
-            if not existed and path.is_file():  # a half-written file of ours, not the user's
-                path.unlink(missing_ok=True)
             fd, spare = tempfile.mkstemp(prefix="specgen-bench-", suffix=path.suffix or ".out")
             os.close(fd)
             write(result, Path(spare))
@@ -308,7 +308,7 @@ def write_json(result: dict, path: Path) -> None:
         else:
             body = json.dumps(value, indent=1).replace("\n", "\n ")
         parts.append(f" {json.dumps(key)}: {body}")
-    path.write_text("{\n" + ",\n".join(parts) + "\n}\n", encoding="utf-8")
+    write_atomic(path, "{\n" + ",\n".join(parts) + "\n}\n")
 
 
 CSV_FIELDS = ["pair", "config", "drafter", "draft_max", "temperature", "category", "n_prompts", "n_runs",
@@ -319,13 +319,14 @@ CSV_FIELDS = ["pair", "config", "drafter", "draft_max", "temperature", "category
 
 def write_csv(result: dict, path: Path) -> None:
     """The summary rows, one per pair x configuration x temperature x category."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for s in result["summary"]:
-            row = dict(s)
-            row["drafter_steps"] = " ".join(f"{k}:{v}" for k, v in sorted(s["drafter_steps"].items()))
-            w.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for s in result["summary"]:
+        row = dict(s)
+        row["drafter_steps"] = " ".join(f"{k}:{v}" for k, v in sorted(s["drafter_steps"].items()))
+        w.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
+    write_atomic(path, f.getvalue())
 
 
 def markdown(result: dict) -> str:
@@ -362,7 +363,7 @@ def markdown(result: dict) -> str:
 
 
 def write_markdown(result: dict, path: Path) -> None:
-    path.write_text(markdown(result), encoding="utf-8")
+    write_atomic(path, markdown(result))
 
 
 def check_plot_available() -> None:
@@ -398,8 +399,11 @@ def write_plot(result: dict, path: Path) -> None:
         ax.set_title(f"{block.pair} — {mode(block.temperature)}")
         ax.legend(fontsize="small", ncol=min(len(configs), 4))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    kind = path.suffix.lstrip(".").lower()  # .svg, .pdf ... as named; PNG otherwise
+    image = io.BytesIO()
+    fig.savefig(image, dpi=120, format=kind if kind in fig.canvas.get_supported_filetypes() else "png")
     plt.close(fig)
+    write_atomic(path, image.getvalue())
 
 
 # ---------------------------------------------------------------- compare

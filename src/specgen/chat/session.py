@@ -19,6 +19,7 @@ from typing import Iterator, Mapping, Union
 from .. import __version__
 from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
 from ..errors import SpecgenError
+from ..fileio import write_atomic
 from ..llama.chat_template import Message, chat_text, prompt_tokens
 from ..sampling import SamplingError, SamplingParams
 from ..statsline import stats_line
@@ -272,8 +273,10 @@ class Chat:
             raise ChatError(f"/save writes .md or .json, not {kind or 'a file without an extension'!r}")
         data = self.transcript()
         body = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if kind == ".json" else markdown(data)
+        if not p.parent.is_dir():  # a mistyped folder is reported, not created
+            raise ChatError(f"cannot write {p}: no folder {p.parent}")
         try:
-            p.write_text(body, encoding="utf-8")
+            write_atomic(p, body)
         except OSError as e:
             raise ChatError(f"cannot write {p}: {e.strerror or e}") from None
         return p
