@@ -533,6 +533,26 @@ def test_bench_outputs_are_checked_before_loading(flag, where, home, tmp_path, m
     assert f.read_text() == "x"
 
 
+def test_whole_file_writes_keep_links_and_write_through_pipes(tmp_path):
+    from specgen.fileio import write_atomic
+
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    write_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    # A pipe (or /dev/stdout, /dev/full) is written to, never replaced by a file.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_atomic(pipe, "through")
+        assert os.read(reader, 100) == b"through"
+    finally:
+        os.close(reader)
+    assert not pipe.is_file() and pipe.exists()
+
+
 def test_bench_keeps_results_when_the_final_write_fails(home, target_path, tmp_path):
     good = tmp_path / "r.csv"
     r = sg("bench", "--target", str(target_path), "--prompts", "builtin:chat", "--limit", "1", "--drafter",

@@ -20,8 +20,18 @@ def cache_dir() -> Path:
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Replace *path* with *data* in one step: a reader, or a crash, sees the old file or the new
-    one, never half of either.  The temporary file is removed when anything fails."""
+    one, never half of either.  The temporary file is removed when anything fails.
+
+    A symbolic link keeps pointing where it did (the file it names is replaced).  A path that is not a
+    file (/dev/stdout, a pipe) is written to as it is: replacing it would put a file where a device was.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
