@@ -153,6 +153,18 @@ def test_too_many_threads_are_clamped_with_a_note(home, target_path):
     assert "specgen: note: --threads 999 is more than" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_context_past_the_trained_one_is_cut_with_a_note(home, target_path):
+    r = sg("run", "--target", str(target_path), "--drafter", "none", "--max-tokens", "2", "--ctx", "100000",
+           "hi", env=home)
+    assert r.returncode == 0, r.stderr
+    from specgen.llama.gguf import read_gguf
+
+    info = read_gguf(target_path)
+    trained = info.metadata[f"{info.architecture}.context_length"]
+    assert f"specgen: note: --ctx 100000 is more than {target_path.name} was trained for; using {trained}" \
+        in r.stderr
+
+
 def test_draft_that_is_the_target_or_larger_gets_a_note(target_path, draft_path, tmp_path):
     from specgen.build import EngineOptions
 

@@ -9,10 +9,10 @@ import typer
 
 from ..chat.session import Chat
 from ..engine import check_max_tokens
-from ..build import describe_backend, load_engine
+from ..build import describe_backend
 from ..chat.screen import Screen, run
 from . import app
-from .options import SETTING_FLAGS, EngineFlags, engine_command
+from .options import SETTING_FLAGS, EngineFlags, engine_command, load
 
 
 @app.command()
@@ -33,7 +33,7 @@ def chat(
     screen = Screen(color=not no_color)
     done = screen.loading(f"loading {opts.target.name}" + (f" and {opts.draft.name}" if opts.draft else "") + "…")
     try:
-        engine = load_engine(opts)
+        engine = load(opts)
     finally:
         done()
     try:

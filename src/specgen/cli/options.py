@@ -17,7 +17,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from ..errors import SpecgenError, worded
-from ..build import EngineOptions
+from ..build import EngineOptions, load_engine
+from ..engine import Engine
 from ..models.resolve import Resolved
 from ..sampling import SamplingError, SamplingParams
 from ..settings import parse_draft_max
@@ -122,6 +123,14 @@ class EngineFlags:
 def note(text: str) -> None:
     """A warning that does not stop the command, on stderr."""
     print(f"specgen: note: {worded(text, SETTING_FLAGS)}", file=sys.stderr)
+
+
+def load(opts: EngineOptions) -> Engine:
+    """Load the models; a setting the target could not take as given is noted."""
+    engine = load_engine(opts)
+    if engine.n_ctx < opts.n_ctx:  # the context was cut to what the target was trained for
+        note(f"{{n_ctx}} {opts.n_ctx} is more than {Path(opts.target).name} was trained for; using {engine.n_ctx}")
+    return engine
 
 
 def _panel(hint: Any) -> str | None:

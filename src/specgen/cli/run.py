@@ -12,11 +12,11 @@ import typer
 from ..engine import Piece, Summary, check_max_tokens
 from ..errors import SpecgenError
 from ..textstream import user_text
-from ..build import load_engine, topology
+from ..build import topology
 from ..llama.chat_template import chat_tokens, messages_for
 from ..statsline import stats_line
 from . import app
-from .options import EngineFlags, engine_command, note
+from .options import EngineFlags, engine_command, load, note
 
 
 def _decoded(data: bytes | str, what: str) -> str:
@@ -61,7 +61,7 @@ def run(
     sampling = flags.sampling()
     text_in = read_prompt(prompt)
     opts = flags.engine_options()
-    engine = load_engine(opts)
+    engine = load(opts)
     tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)
     events = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or (),
                              ignore_eos=ignore_eos)

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..build import describe_backend, load_engine
+from ..build import describe_backend
 from ..errors import SpecgenError
 from . import app
-from .options import EngineFlags, engine_command
+from .options import EngineFlags, engine_command, load
 
 
 @app.command()
@@ -44,7 +44,7 @@ def serve(
     view = LiveView() if LiveView.wanted() else View()
     if warning:
         view.line(warning)
-    engine = load_engine(opts)
+    engine = load(opts)
     try:
         config = ServerConfig(model_id=flags.pair or Path(opts.target).stem, target=Path(opts.target),
                               draft=Path(opts.draft) if engine.draft_model is not None else None,
