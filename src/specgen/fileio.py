@@ -26,11 +26,12 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     file (/dev/stdout, a pipe) is written to as it is: replacing it would put a file where a device was.
     """
     path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     if path.is_symlink():
         path = path.resolve()
     if path.exists() and not path.is_file():
         with open(path, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(raw)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,7 +41,7 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
             mask = os.umask(0)
             os.umask(mask)
             os.fchmod(f.fileno(), 0o666 & ~mask)
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
