@@ -236,3 +236,31 @@ def chi2_999(df: int) -> float:
     """Upper 0.1% point of chi-square (Wilson-Hilferty; within 1% for df >= 3)."""
     z = 3.0902
     return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_a_restored_session_drafts_as_it_did_before(engines):
+    """bench --repeat starts every repeat from the same session: what the drafters and the controller learned
+    after `learned()` is undone by `restore`, however often it is restored."""
+    engine = engines["auto"]
+    auto = engine.drafters["auto"]
+    prompts = [chat_tokens(engine.target, messages_for(PROMPTS[i])) for i in (15, 21)]
+    replies = [run(engine, prompt, max_tokens=40)[0].tokens for prompt in prompts]
+
+    def probe() -> list[list[float]]:
+        """The confidence of every copy offered along the replies, and of a draft model's guesses."""
+        got = [engine.controller.acceptance.survival("model", [0.5, 0.8, 0.95])]
+        for prompt, reply in zip(prompts, replies):
+            auto.ngram.prefill(prompt)  # a fresh generation each time: nothing pending to learn from
+            for k in range(len(reply)):
+                got.append(auto.ngram.draft(prompt + reply[:k], 16, SamplingParams(), None).confidence)
+                auto.ngram.prefill(prompt)
+        return got
+
+    session = engine.learned()
+    before = probe()
+    for _ in range(2):
+        for prompt in prompts:
+            run(engine, prompt, max_tokens=40)
+        assert probe() != before, "nothing was learned since: the test proves nothing"
+        engine.restore(session)
+        assert probe() == before

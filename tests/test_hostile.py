@@ -153,9 +153,11 @@ def test_too_many_threads_are_clamped_with_a_note(home, target_path):
     assert "specgen: note: --threads 999 is more than" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_context_past_the_trained_one_is_cut_with_a_note(home, target_path):
-    r = sg("run", "--target", str(target_path), "--drafter", "none", "--max-tokens", "2", "--ctx", "100000",
-           "hi", env=home)
+@pytest.mark.parametrize("command", [["run", "--drafter", "none", "hi"],
+                                     ["bench", "--prompts", "builtin:chat", "--limit", "1", "--drafter", "ngram"]])
+def test_a_context_past_the_trained_one_is_cut_with_a_note(command, home, target_path):
+    r = sg(*command[:1], "--target", str(target_path), "--max-tokens", "2", "--ctx", "100000", *command[1:],
+           env=home, timeout=300)
     assert r.returncode == 0, r.stderr
     from specgen.llama.gguf import read_gguf
 

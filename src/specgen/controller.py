@@ -19,6 +19,7 @@ and only near-certain drafts pay.  Nothing here assumes which: c(n) is measured.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -297,6 +298,13 @@ class Controller:
         # counts drafts that reached position i, accepted[i] those accepted there.
         self.position_drafted = [0] * self.MAX_CAP
         self.position_accepted = [0] * self.MAX_CAP
+
+    def learned(self) -> AcceptanceModel:
+        """A copy of what the session has taught the acceptance model (not the costs: those are the machine's)."""
+        return copy.deepcopy(self.acceptance)
+
+    def restore(self, learned: AcceptanceModel) -> None:
+        self.acceptance = copy.deepcopy(learned)
 
     def set_fixed(self, fixed: int | None) -> None:
         self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)

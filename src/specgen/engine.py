@@ -223,6 +223,19 @@ class Engine:
         for d in self.drafters.values():
             d.prefill([])
 
+    def learned(self) -> object:
+        """What the session has learned about the text so far (acceptance rates, the drafters' statistics;
+        not the machine's costs), for `restore`."""
+        return self.controller.learned(), {name: d.learned() for name, d in self.drafters.items()}
+
+    def restore(self, learned: object) -> None:
+        """Go back to a state `learned` returned: a benchmark's repeats of a prompt each start from the same
+        session instead of one that has already seen that prompt's answer."""
+        controller, drafters = learned
+        self.controller.restore(controller)
+        for name, state in drafters.items():
+            self.drafters[name].restore(state)
+
     def set_drafter(self, name: str) -> None:
         """Switch drafters between generations (chat's /drafter)."""
         if name not in self.drafters:

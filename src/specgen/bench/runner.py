@@ -149,7 +149,11 @@ def run_pair(engine: Engine, pair: str, plan: Plan, seq_start: int = 0) -> Itera
                                         min(plan.warmup_tokens, plan.max_tokens), 1)
             prefill[(str(q.question_id), d)] = (first[0].prompt_tokens, first[0].prompt_seconds)
         for temperature in plan.temperatures:
+            session = engine.learned()
             for r in range(plan.repeat):
+                # Repeats measure the same thing again, to average out timing noise: each starts from the
+                # session as it was before this prompt, not one that has learned from its answer already.
+                engine.restore(session)
                 # One seed per question and repeat: at T > 0 every configuration draws from the same stream.
                 sampling = SamplingParams(temperature=temperature, seed=plan.seed + 1009 * qi + r)
 

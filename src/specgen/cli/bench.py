@@ -18,7 +18,7 @@ from ..bench import report
 from ..errors import SpecgenError
 from ..engine import check_max_tokens
 from . import app
-from .options import EngineFlags, engine_command, note
+from .options import EngineFlags, engine_command, note, note_context
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -182,6 +182,7 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
                 _show(ev, progress, task, plan)
                 if isinstance(ev, runner.PairLoaded):
                     infos.append(ev.info)
+                    note_context(next(s.options for s in specs if s.name == ev.info["pair"]), ev.info["n_ctx"])
                 elif isinstance(ev, runner.Run):
                     runs.append(ev.row)
                     if lines is not None:

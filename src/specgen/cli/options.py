@@ -128,9 +128,15 @@ def note(text: str) -> None:
 def load(opts: EngineOptions) -> Engine:
     """Load the models; a setting the target could not take as given is noted."""
     engine = load_engine(opts)
-    if engine.n_ctx < opts.n_ctx:  # the context was cut to what the target was trained for
-        note(f"{{n_ctx}} {opts.n_ctx} is more than {Path(opts.target).name} was trained for; using {engine.n_ctx}")
+    note_context(opts, engine.n_ctx)
     return engine
+
+
+def note_context(opts: EngineOptions, n_ctx: int) -> None:
+    """Say so when the engine loaded with *n_ctx* got less context than asked: the loader cuts it to what the
+    target was trained for."""
+    if n_ctx < opts.n_ctx:
+        note(f"{{n_ctx}} {opts.n_ctx} is more than {Path(opts.target).name} was trained for; using {n_ctx}")
 
 
 def _panel(hint: Any) -> str | None:

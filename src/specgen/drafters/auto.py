@@ -64,3 +64,12 @@ class AutoDrafter:
         self.ngram.close()
         if self.model is not None:
             self.model.close()
+
+    def learned(self) -> object:
+        return self.ngram.learned(), None if self.model is None else self.model.learned()
+
+    def restore(self, learned: object) -> None:
+        ngram, model = learned
+        self.ngram.restore(ngram)
+        if self.model is not None:
+            self.model.restore(model)

@@ -63,6 +63,14 @@ class Drafter(Protocol):
     def close(self) -> None:
         ...
 
+    def learned(self) -> object:
+        """A copy of what the drafter has learned from the target's verdicts so far (None: nothing)."""
+        ...
+
+    def restore(self, learned: object) -> None:
+        """Go back to a state `learned` returned, so that a benchmark's repeats start alike."""
+        ...
+
 
 class NoDrafter:
     """Plain decoding through the same engine: the fair baseline."""
@@ -77,4 +85,10 @@ class NoDrafter:
         pass
 
     def close(self) -> None:
+        pass
+
+    def learned(self) -> object:
+        return None
+
+    def restore(self, learned: object) -> None:
         pass

@@ -80,6 +80,12 @@ class ModelDrafter:
     def close(self) -> None:
         self.ctx.close()
 
+    def learned(self) -> object:
+        return None  # its calibration is the controller's
+
+    def restore(self, learned: object) -> None:
+        pass
+
 
 def _top_prob(logits: np.ndarray, top: int) -> float:
     m = float(logits[top])

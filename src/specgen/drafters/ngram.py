@@ -36,6 +36,7 @@ margin for how little of the generation has been seen yet.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -215,6 +216,12 @@ class NgramDrafter:
 
     def close(self) -> None:
         pass
+
+    def learned(self) -> object:
+        return copy.deepcopy((self._first, self._cont))
+
+    def restore(self, learned: object) -> None:
+        self._first, self._cont = copy.deepcopy(learned)
 
     def _learn(self, history: Sequence[int]) -> int | None:
         """Score the previous draft against what the target actually emitted.
