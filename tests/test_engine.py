@@ -249,10 +249,11 @@ def test_a_restored_session_drafts_as_it_did_before(engines):
     def probe() -> list[list[float]]:
         """The confidence of every copy offered along the replies, and of a draft model's guesses."""
         got = [engine.controller.acceptance.survival("model", [0.5, 0.8, 0.95])]
+        rng = np.random.default_rng(0)
         for prompt, reply in zip(prompts, replies):
             auto.ngram.prefill(prompt)  # a fresh generation each time: nothing pending to learn from
             for k in range(len(reply)):
-                got.append(auto.ngram.draft(prompt + reply[:k], 16, SamplingParams(), None).confidence)
+                got.append(auto.ngram.draft(prompt + reply[:k], 16, SamplingParams(), rng).confidence)
                 auto.ngram.prefill(prompt)
         return got
 
