@@ -140,3 +140,32 @@ def test_a_history_that_is_not_a_continuation_is_matched_afresh():
     assert draft(d, other).tokens == draft(NgramDrafter(), other).tokens == [42, 43, 7, 8, 44, 45, 40, 41]
     shorter = first[:3] + [5, 6]  # a prefix of the first history, then new tokens
     assert draft(d, shorter).tokens == [7, 5, 6]
+
+
+def test_copies_that_part_at_punctuation_lower_the_rate_there_not_inside_phrases():
+    # Token texts: every tenth source token is a comma, the rest are words.
+    def piece(t: int) -> bytes:
+        return b"," if t % 10 == 9 else b" w"
+
+    d = NgramDrafter(piece=piece)
+    source = list(range(100, 200))
+    quotes(d, source, 5, taken=3)  # each quote runs through its words and parts at the comma
+    d.prefill(source + [1])
+    got = draft(d, source + [1] + source[50:56])
+    assert got.tokens[:5] == source[56:61]  # three words, the comma, a word after it
+    word = got.confidence[2]
+    assert got.confidence[3] < word and got.confidence[4] < word
+    # Without token texts every token is a word, and a copy's rates only rise along it.
+    plain = NgramDrafter()
+    quotes(plain, source, 5, taken=3)
+    plain.prefill(source + [1])
+    flat = draft(plain, source + [1] + source[50:56]).confidence
+    assert flat[3] >= flat[2]
+
+
+def test_token_texts_are_sorted_into_words_stops_and_quotes():
+    from specgen.drafters.ngram import _QUOTE, _STOP, _WORD, text_kind
+
+    assert [text_kind(p) for p in (b",", b" .", b"\n", b"  \n", b'."', b"):")] == [_STOP] * 6
+    assert [text_kind(p) for p in (b'"', b' "', b"(", b" ``")] == [_QUOTE] * 4
+    assert [text_kind(p) for p in (b" the", b"", b"    ", b"3.5", b"'s")] == [_WORD] * 5

@@ -107,7 +107,7 @@ def load_engine(opts: EngineOptions) -> Engine:
     target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap, rpc=opts.rpc), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
     controller = Controller(fixed=opts.draft_max)
-    drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter()}
+    drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter(piece=target.piece)}
     draft_model = None
     if use_draft:
         draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap,
@@ -117,7 +117,7 @@ def load_engine(opts: EngineOptions) -> Engine:
                                          n_vocab=min(target.n_vocab, draft_model.n_vocab))
     # auto copies with an n-gram drafter of its own: what it learns about copies comes from its own
     # steps, not from runs with `ngram` at a fixed length (bench, chat's /drafter) drafting far more.
-    drafters["auto"] = AutoDrafter(controller, NgramDrafter(), drafters.get("model"))
+    drafters["auto"] = AutoDrafter(controller, NgramDrafter(piece=target.piece), drafters.get("model"))
     engine = Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
                     draft_model=draft_model, drafters=drafters)
     if opts.calibrate and drafter_name != "none":

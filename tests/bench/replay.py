@@ -7,7 +7,9 @@ Greedy decoding is deterministic, so what a drafter proposes and what the
 target accepts can be replayed exactly without the target: `record` stores,
 per prompt, the target's greedy output and the draft model's top-1 token and
 probability at every output position (one batched pass of the draft model
-over prompt + output).  `predict` then runs the real drafters (`NgramDrafter`,
+over prompt + output), and the text of every token it saw (the n-gram
+drafter tells seams from words by it; traces without texts replay it as all
+words).  `predict` then runs the real drafters (`NgramDrafter`,
 `AutoDrafter`) and the real `Controller` through `engine.choose_draft`, step
 by step, charging each step the cost curve given: verify c(n) for n rows,
 t_d per draft-model token.  The speedup predicted for a configuration is the
@@ -16,6 +18,11 @@ plain time (tokens x c(1)) over its time.
 Draft-model proposals past the first rejected token are taken from the true
 history (the model's real guess there would follow its own wrong token); they
 are rejected either way, so only their count and confidence are approximate.
+
+A change to a drafter or the controller is best checked on prompts it was not tuned on as well:
+`heldout-prompts.jsonl` here holds 44 written for this project in Spec-Bench's categories (qa,
+translation, rag, extraction, math_reasoning, summarization, writing, roleplay); record them with
+`record --prompts tests/bench/heldout-prompts.jsonl --max-tokens 96`.
 
 `--log ID` prints the per-step decisions for one prompt: which drafter the
 controller chose, how many tokens it verified, how many were accepted, the
@@ -64,9 +71,12 @@ def record(args: argparse.Namespace) -> None:
     out = {"curve": {"verify": {str(n): e.value for n, e in costs.verify.items()},
                      "draft": costs.draft_cost("model"), "threads": engine.ctx.n_threads},
            "segments": []}
+    out["pieces"] = pieces = {}  # each token's text, for the n-gram drafter's seams
     done = set()
     if args.resume and Path(args.out).exists():
-        out["segments"] = json.loads(Path(args.out).read_text())["segments"]
+        kept = json.loads(Path(args.out).read_text())
+        out["segments"] = kept["segments"]
+        pieces.update(kept.get("pieces", {}))
         done = {(s["category"], s["id"]) for s in out["segments"]}
     questions = select(load_questions(args.prompts), args.categories, args.limit) if args.prompts else []
     convs = [(str(q.question_id), q.category, q.turns, args.max_tokens) for q in questions]
@@ -100,6 +110,8 @@ def record(args: argparse.Namespace) -> None:
             out["segments"].append({"id": qid, "turn": ti, "category": cat, "prompt": list(prompt),
                                     "output": output, "draft_top": top, "draft_p": prob,
                                     "eog": [t for t in output if engine.target.is_eog(t)]})
+            for t in (*prompt, *output):
+                pieces.setdefault(str(t), engine.target.piece(t).hex())
             print(f"{qid} turn {ti}: {len(prompt)} prompt, {len(output)} output tokens, "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
             Path(args.out).write_text(json.dumps(out))
@@ -222,17 +234,19 @@ class Session:
     """One configuration replayed over segments in order, with state (learning) carried across them."""
 
     def __init__(self, drafter: str, draft_max: int | None, curve: Curve, cap: int = 16,
-                 calibrated: Curve | None = None):
+                 calibrated: Curve | None = None, pieces: dict[str, str] | None = None):
         self.curve = curve
         self.controller = Controller(fixed=draft_max, cap=cap)
         # The controller starts from what load-time calibration saw; steps are charged what they cost now.
         seed = calibrated or curve
         self.controller.costs.seed(seed.verify, {"model": seed.draft})
-        self.ngram = NgramDrafter()
+        # The token texts the recording kept, as the engine's drafters read them from the vocabulary.
+        piece = (lambda t: bytes.fromhex(pieces.get(str(t), ""))) if pieces else None
+        self.ngram = NgramDrafter(piece=piece)
         self.model = ReplayModelDrafter(curve)
         self.drafter = {"none": NoDrafter(), "ngram": self.ngram, "model": self.model,
                         "auto": AutoDrafter(self.controller, self.ngram, self.model)}[drafter]
-        self.shadow = NgramDrafter()  # what a plain copy would offer at each step, for the log
+        self.shadow = NgramDrafter(piece=piece)  # what a plain copy would offer at each step, for the log
 
     def run(self, seg: dict, want_log: bool = False, max_tokens: int | None = None) -> Result:
         """Replay one segment.  A reply that ended with end-of-generation is replayed as the engine runs it,
@@ -300,7 +314,8 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
     out: dict[str, dict] = {}
     for cfg in configs:
         drafter, dm = cfg.split("/")
-        sess = Session(drafter, None if dm == "auto" else int(dm), curve, calibrated=calibrated)
+        sess = Session(drafter, None if dm == "auto" else int(dm), curve, calibrated=calibrated,
+                       pieces=traces.get("pieces"))
         per: dict[str, list[float]] = {}
         tot = Result()
         for seg in segs:
