@@ -1,8 +1,11 @@
 """Load-time cost calibration: measured once per model and machine, then cached."""
 
 import json
+import time
 
 from specgen.build import EngineOptions, load_engine
+from specgen.llama.backend import Context, Model
+from specgen.llama.calibrate import measure_verify
 from specgen.controller import _non_decreasing
 
 
@@ -30,3 +33,27 @@ def test_plain_decoding_needs_no_calibration(target_path, tmp_path, monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     load_engine(EngineOptions(target_path, drafter="none", n_ctx=512)).close()
     assert not (tmp_path / "specgen" / "costs.json").exists()
+
+
+def test_a_burst_of_other_work_while_measuring_does_not_bend_the_curve(target_path):
+    # The cached curve is the shape every later run prices drafts with; a second in which another job
+    # held the CPU must not make one batch size look several times dearer than its neighbours.
+    model = Model(target_path)
+    ctx = Context(model, 512)
+    real, calls = ctx.decode, [0]
+
+    def busy(tokens, logits="last"):
+        calls[0] += 1
+        if 4 <= calls[0] < 7:  # three decodes in a row, early in the measurement, each 50 ms late
+            time.sleep(0.05)
+        return real(tokens, logits=logits)
+
+    ctx.decode = busy
+    try:
+        verify = measure_verify(ctx)
+    finally:
+        ctx.close()
+        model.close()
+    assert calls[0] > 6  # the burst fell inside the measurement
+    # It fell on the first few sizes measured; each still reads well below the widest batch.
+    assert max(verify[n] for n in (1, 2, 3, 4)) < verify[17]

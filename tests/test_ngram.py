@@ -163,8 +163,24 @@ def test_copies_that_part_at_punctuation_lower_the_rate_there_not_inside_phrases
     assert flat[3] >= flat[2]
 
 
-def test_token_texts_are_sorted_into_words_stops_and_quotes():
-    from specgen.drafters.ngram import _QUOTE, _STOP, _WORD, text_kind
+def test_copies_that_take_a_number_and_leave_its_sentence_lower_the_rate_after_numbers():
+    # A reply that quotes a date takes the figure, then closes its quote where the source goes on.
+    def piece(t: int) -> bytes:
+        return b"2018" if t % 10 == 8 else b" w"
+
+    d = NgramDrafter(piece=piece)
+    source = list(range(100, 200))
+    quotes(d, source, 5, taken=3)  # each quote runs through the number and parts at the word after it
+    d.prefill(source + [1])
+    got = draft(d, source + [1] + source[50:56])
+    assert got.tokens[:5] == source[56:61]  # two words, the number, the word after it, one more
+    assert got.confidence[3] < got.confidence[2]
+
+
+def test_token_texts_are_sorted_into_words_stops_quotes_and_numbers():
+    from specgen.drafters.ngram import _NUMBER, _QUOTE, _STOP, _WORD, text_kind
+
+    assert [text_kind(p) for p in (b"7", b" 2018", b"05")] == [_NUMBER] * 3
 
     assert [text_kind(p) for p in (b",", b" .", b"\n", b"  \n", b'."', b"):")] == [_STOP] * 6
     assert [text_kind(p) for p in (b'"', b' "', b"(", b" ``")] == [_QUOTE] * 4

@@ -5,7 +5,7 @@
                                   [--repeat 1]
 
 1. Measures this machine's cost curve before and after the runs, averaged (verify c(n), n = 1..17, at
-   a 512-token context as the prompts run, median of 7; the draft model's per-token cost and its
+   a 512-token context as the prompts run, fastest of 7 sweeps; the draft model's per-token cost and its
    catch-up batches) into DIR/curve.json, for the replay.
 2. Runs `specgen bench` (greedy, --no-mmap; per prompt plain, config, plain, config, ..., plain on one
    loaded pair) on the Spec-Bench dev set, the built-in suites and the code-edit prompt of engine_ab.py.
@@ -33,7 +33,7 @@ def measure_curve(target: str, draft: str, out: Path, average_with: Path | None 
     from specgen.llama.backend import Context, Model, ModelOptions
     from specgen.llama.calibrate import measure_draft, measure_verify
 
-    # The engine's own calibration is quick (a short context, median of 3); a prediction to be held
+    # The engine's own calibration is quick (a short context, 3 sweeps); a prediction to be held
     # against measured runs wants the contexts those run at and less noise.
     calibrate.PREFIX, calibrate.REPEATS = 512, 7
 

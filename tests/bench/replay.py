@@ -20,8 +20,9 @@ history (the model's real guess there would follow its own wrong token); they
 are rejected either way, so only their count and confidence are approximate.
 
 A change to a drafter or the controller is best checked on prompts it was not tuned on as well:
-`heldout-prompts.jsonl` here holds 44 written for this project in Spec-Bench's categories (qa,
-translation, rag, extraction, math_reasoning, summarization, writing, roleplay); record them with
+`heldout-prompts.jsonl` here holds 58 written for this project in Spec-Bench's categories (qa,
+translation, rag, extraction, math_reasoning, summarization, writing, roleplay, and two-turn ones like
+MT-bench's in reasoning, stem, humanities, math, coding and extraction); record them with
 `record --prompts tests/bench/heldout-prompts.jsonl --max-tokens 96`.
 
 `--log ID` prints the per-step decisions for one prompt: which drafter the

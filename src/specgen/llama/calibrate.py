@@ -24,6 +24,7 @@ from .backend import Context, system_info
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
 PREFIX = 64  # verify costs are taken at a realistic, not empty, context
 REPEATS = 3
+METHOD = 2  # how curves are measured: a change re-measures the ones cached by an older way
 
 
 def cache_file() -> Path:
@@ -32,7 +33,7 @@ def cache_file() -> Path:
 
 def _key(ctx: Context, what: str) -> str:
     st = ctx.model.path.stat()
-    ident = [what, str(ctx.model.path.resolve()), st.st_size, st.st_mtime_ns, ctx.model.gpu_layers,
+    ident = [what, METHOD, str(ctx.model.path.resolve()), st.st_size, st.st_mtime_ns, ctx.model.gpu_layers,
              ctx.n_threads, system_info(), __version__]
     if ctx.model.rpc:  # a curve measured over the network is never a local one, nor the other way round
         ident.append(list(ctx.model.rpc))
@@ -54,19 +55,21 @@ def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES, logits: str = "
     batch = _filler(ctx, max(sizes))
     ctx.decode(batch[:4], logits="all")  # warm-up: first calls allocate
     ctx.rollback_to(PREFIX)
-    out: dict[int, float] = {}
-    # Each size's repeats in a row, as the engine runs mostly one size (plain steps) after another:
-    # a one-token decode timed right after a wide batch runs on cold caches and reads ~3% slow.
-    for n in sizes:
-        times = []
-        for _ in range(REPEATS):
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    # The controller takes the curve's shape from here and learns the machine's speed as it runs, so
+    # what must not happen is a shape bent by a burst of other work.  Timing each size in a row let a
+    # busy second inflate one or two sizes (c(8) read at 3x its neighbours, c(1) at 1.4x, and the
+    # cached curve kept it); sweeping all sizes several times and keeping each size's fastest leaves
+    # a burst one sample of many.  Sweeps alternate direction so that every decode follows one of a
+    # like size: a one-token decode right after a wide batch runs on cold caches and reads ~3% slow.
+    for sweep in range(REPEATS):
+        for n in sizes if sweep % 2 == 0 else sizes[::-1]:
             t0 = time.perf_counter()
             ctx.decode(batch[:n], logits=logits)
-            times.append(time.perf_counter() - t0)
+            times[n].append(time.perf_counter() - t0)
             ctx.rollback_to(PREFIX)
-        out[n] = statistics.median(times)
     ctx.rollback_to(0)
-    return out
+    return {n: min(t) for n, t in times.items()}
 
 
 def measure_draft(ctx: Context) -> float:
