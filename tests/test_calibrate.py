@@ -4,9 +4,9 @@ import json
 import time
 
 from specgen.build import EngineOptions, load_engine
+from specgen.controller import _non_decreasing
 from specgen.llama.backend import Context, Model
 from specgen.llama.calibrate import measure_verify
-from specgen.controller import _non_decreasing
 
 
 def test_costs_are_measured_once_and_seed_the_controller(target_path, draft_path, tmp_path, monkeypatch):

@@ -181,7 +181,6 @@ def test_token_texts_are_sorted_into_words_stops_quotes_and_numbers():
     from specgen.drafters.ngram import _NUMBER, _QUOTE, _STOP, _WORD, text_kind
 
     assert [text_kind(p) for p in (b"7", b" 2018", b"05")] == [_NUMBER] * 3
-
     assert [text_kind(p) for p in (b",", b" .", b"\n", b"  \n", b'."', b"):")] == [_STOP] * 6
     assert [text_kind(p) for p in (b'"', b' "', b"(", b" ``")] == [_QUOTE] * 4
     assert [text_kind(p) for p in (b" the", b"", b"    ", b"3.5", b"'s")] == [_WORD] * 5

@@ -66,8 +66,8 @@ def record(args: argparse.Namespace) -> None:
     engine = load_engine(EngineOptions(target=args.target, draft=args.draft, drafter="auto", use_mmap=False,
                                        threads=args.threads))
     # Plain decoding, as the bench's baseline runs: llama.cpp's batched and one-token kernels round
-    # differently, so at a near-tie a verify batch can pick another greedy token (on 14 of 86 prompts
-    # traces recorded through n-gram drafts parted from what the bench generates).
+    # differently, so at a near-tie a verify batch can pick another greedy token (traces recorded
+    # through n-gram drafts parted from the bench's output on 14 of 86 prompts).
     engine.set_drafter("none")
     model_ctx = engine.drafters["model"].ctx
     n_vocab = min(engine.target.n_vocab, engine.draft_model.n_vocab)
