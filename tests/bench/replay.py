@@ -4,7 +4,9 @@
     python tests/bench/replay.py predict traces.json [--curve cpu|flat|FILE.json] [--log ID] [--configs ...]
 
 Greedy decoding is deterministic, so what a drafter proposes and what the
-target accepts can be replayed exactly without the target: `record` stores,
+target accepts can be replayed without the target, exactly but for near-ties
+(a verify batch rounds unlike a one-token step and can take the other of two
+all-but-tied tokens): `record` stores,
 per prompt, the target's greedy output and the draft model's top-1 token and
 probability at every output position (one batched pass of the draft model
 over prompt + output), and the text of every token it saw (the n-gram
