@@ -130,6 +130,24 @@ def test_a_copy_confirmed_by_a_plain_step_goes_on_as_a_continuation():
     assert after.confidence[:4] == offered.confidence[1:5]
 
 
+def test_a_followed_copy_that_reaches_a_fork_in_its_source_is_a_gamble_again():
+    # The reply echoes "52 53 54", which the source says twice; the target follows the copy one plain
+    # step at a time.  Where the two occurrences go on differently (60 or 70), which one the reply
+    # takes is as open as a fresh match's first token that earlier context continued otherwise.
+    one_way = [9, 52, 53, 54, 70, 71, 72, 73]
+    forked = [9, 52, 53, 54, 60, 61, 62, 63] + [1] + one_way
+    filler = [9, 40, 41, 42, 43, 44, 45, 46] + [1] + one_way
+    firsts = []
+    for prompt in (filler + [2], forked + [2]):
+        d = NgramDrafter()
+        d.prefill(prompt)
+        for n in range(2, 5):  # "7 52", then the target's "53" and "54", each the copy's next token
+            got = draft(d, prompt + [7, 52, 53, 54][:n])
+        assert got.tokens[:4] == [70, 71, 72, 73]
+        firsts.append(got.confidence[0])
+    assert firsts[1] < firsts[0]
+
+
 def test_a_history_that_is_not_a_continuation_is_matched_afresh():
     # The drafter keeps an index of where each token occurs as the history grows; a rolled-back or
     # unrelated history must be matched as a new drafter would match it.

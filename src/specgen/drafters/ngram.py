@@ -30,6 +30,10 @@ replies part from what they copy.
 A copy the target goes on following, through accepted drafts or plain steps,
 stays one copy: its next tokens are rated as continuations, not as a fresh
 gamble, so one plain step is how the controller checks a doubtful first token.
+Until it reaches a fork: where the source says the same context twice and the
+two go on differently, the reply that has echoed it picks one way or neither
+(a RAG answer quoting "... for UNICEF" stops where the document goes on), so
+the next token is a fresh gamble again, rated as a split match.
 
 A session mixes kinds of text, so each generation also fits how far its own
 verdicts run above or below the session's rates (one offset in log-odds for
@@ -345,13 +349,13 @@ class NgramDrafter:
             return Draft()
         in_reply = int(start > self._prompt_len)
         seams = self._seams(history[-1], tokens)
-        if self._run is not None and self._run.at == start:  # the copy the target has been following
+        split = int(any(history[j + 1] != history[start] for j in cands))  # the source forks here
+        if self._run is not None and self._run.at == start and not split:  # the copy the target has been following
             _, m, done = self._run
             first = -1
             confidence = [self._cont.mean(_cont_cell(in_reply, m, done + i, seams[i])) for i in range(len(tokens))]
         else:
             m, done = best_len, 0
-            split = int(any(history[j + 1] != history[start] for j in cands))
             first = _first_cell(in_reply, split, best_len, seams[0])
             confidence = [min(self._first.mean(first), 0.99)]
             confidence += [self._cont.mean(_cont_cell(in_reply, m, i, seams[i])) for i in range(1, len(tokens))]
