@@ -58,9 +58,9 @@ def draft_path(target_path: Path, tmp_path_factory) -> Path:
     """SmolLM2 requantized to Q2_K: same vocabulary, different (worse) guesses."""
     import llama_cpp
 
-    from specgen.llama.backend import _llama
+    from specgen.llama.loader import load_llama
 
-    _llama()  # quiet logs
+    load_llama()  # quiet logs
     out = tmp_path_factory.mktemp("draft") / "smollm2-135m-q2_k.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K

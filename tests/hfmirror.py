@@ -14,7 +14,11 @@ so hf_xet is never used.
 
 Faults to simulate, per file: drop the connection after N bytes (then optionally answer an
 HTTP status for the next requests), serve corrupted bytes (same size, wrong sha256), advertise
-a wrong size, or trickle slowly.  Every request is logged in `mirror.log`.
+a wrong size, trickle slowly, or stall (a HEAD that gets no answer, a GET that stops sending at
+byte N) until the faults are cleared.  Every request is logged in `mirror.log`.
+
+`RawServer` is what answers instead of a Hub: nothing at all (it accepts connections and never
+sends a byte), or the same raw bytes to every request.
 """
 
 from __future__ import annotations
@@ -102,6 +106,12 @@ class Fault:
     size_delta: int = 0
     rate: float | None = None
     """Bytes per second when trickling."""
+    stall_at: int | None = None
+    stalls: int = 0
+    """How many GETs stop sending at byte `stall_at` (right after the headers when they start past it)."""
+    stall_head: bool = False
+    released: threading.Event = field(default_factory=threading.Event)
+    """Set by `HFMirror.clear`: a stalled answer then ends (its connection closed)."""
 
 
 class HFMirror:
@@ -138,6 +148,8 @@ class HFMirror:
         return self.faults.setdefault((repo_id, name), Fault())
 
     def clear(self) -> None:
+        for fault in self.faults.values():
+            fault.released.set()
         self.faults.clear()
         self.log.clear()
 
@@ -178,6 +190,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
+
+    def _stall(self, fault: Fault) -> None:
+        """Send nothing more until the faults are cleared, then hang up."""
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        fault.released.wait(120)
+        self.close_connection = True
 
     def _error(self, status: int, code: str | None, message: str, extra: dict | None = None) -> None:
         headers = {"Content-Type": "application/json", **(extra or {})}
@@ -280,6 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{name} does not exist on \"main\"",
                                {"X-Repo-Commit": repo.commit})
         fault = self.mirror.faults.get((repo_id, name)) or Fault()
+        if self.command == "HEAD" and fault.stall_head:
+            return self._stall(fault)
         size = f.size + fault.size_delta
         etag = f'"{f.sha256}"' if f.lfs else f'"{f.git_oid}"'
         headers = {"X-Repo-Commit": repo.commit, "ETag": etag, "Accept-Ranges": "bytes",
@@ -309,6 +332,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         drop = fault.drop_at if (fault.drops > 0 and fault.drop_at is not None and start < fault.drop_at) else None
+        if fault.stalls > 0 and fault.stall_at is not None:
+            fault.stalls -= 1
+            try:
+                for block in f.read(start, max(start, min(fault.stall_at, end))):
+                    self.wfile.write(block)
+            except OSError:
+                pass
+            return self._stall(fault)
         pos = start
         t0 = time.monotonic()
         for block in f.read(start, end):
@@ -345,3 +376,53 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             pos += len(block)
+
+
+class RawServer:
+    """A server on 127.0.0.1 that accepts every connection and never sends a byte, or with *answer*
+    reads each request, sends *answer* (a whole HTTP response, or anything) and hangs up."""
+
+    def __init__(self, answer: bytes | None = None):
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)
+            if self.answer is not None:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    request += got
+                conn.sendall(self.answer)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would leave waiting
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from specgen.llama.backend import Context, Model
+from specgen.tokens import common_prefix
 
 NEAR_TIE = 0.3  # logits
 
@@ -28,9 +29,7 @@ def top2_gap(model: Model, tokens: list[int], n_ctx: int = 2048) -> float:
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
-    if a == b:
-        return None
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return None if a == b else common_prefix(a, b)
 
 
 def assert_same_or_near_tie(model: Model, prompt: list[int], plain: list[int], spec: list[int]) -> bool:

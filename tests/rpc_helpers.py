@@ -107,13 +107,14 @@ class Relay:
 
 class FakeWorker:
     """A peer that speaks just enough of ggml-rpc to play a worker from another build, or one with
-    little memory: HELLO (with *version*), DEVICE_COUNT, GET_DEVICE_MEMORY."""
+    little memory: HELLO (with *version*), DEVICE_COUNT, GET_DEVICE_MEMORY.  With *answer*, a peer that
+    is no worker at all: it answers whatever comes first with those bytes."""
 
     HELLO, DEVICE_COUNT, GET_DEVICE_MEMORY = 14, 15, 11
 
     def __init__(self, version: tuple[int, int, int] = (7, 0, 0), free_bytes: int = 1 << 20,
-                 hang_up: bool = False):
-        self.version, self.free_bytes, self.hang_up = version, free_bytes, hang_up
+                 hang_up: bool = False, answer: bytes | None = None):
+        self.version, self.free_bytes, self.hang_up, self.answer = version, free_bytes, hang_up, answer
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -141,6 +142,10 @@ class FakeWorker:
                 if self.hang_up:
                     continue
                 try:
+                    if self.answer is not None:
+                        c.recv(64)
+                        c.sendall(self.answer)
+                        continue
                     while True:
                         cmd = self._recv(c, 1)[0]
                         size = struct.unpack("<Q", self._recv(c, 8))[0]
@@ -159,25 +164,3 @@ class FakeWorker:
 
     def close(self) -> None:
         self.sock.close()
-
-
-CN_SCRIPT = r"""
-import json, sys
-from specgen.llama.backend import Context, Model, ModelOptions
-from specgen.llama.calibrate import measure_verify
-path, rpc, sizes = sys.argv[1], tuple(a for a in sys.argv[2].split(",") if a), json.loads(sys.argv[3])
-model = Model(path, ModelOptions(use_mmap=False, rpc=rpc))
-ctx = Context(model, 512, n_threads=int(sys.argv[4]))
-print(json.dumps({str(n): s for n, s in measure_verify(ctx, tuple(sizes)).items()}))
-"""
-
-
-def measure_cn(model: Path, rpc: list[str], sizes: list[int], threads: int = 1, timeout: float = 600) -> dict:
-    """c(n): seconds for one verify decode of n tokens, measured in a fresh process (llama.cpp keeps
-    its RPC connections for the life of a process)."""
-    import json
-
-    r = subprocess.run([sys.executable, "-c", CN_SCRIPT, str(model), ",".join(rpc), json.dumps(sizes),
-                        str(threads)], capture_output=True, text=True, timeout=timeout, env=ENV)
-    assert r.returncode == 0, r.stderr
-    return {int(k): v for k, v in json.loads(r.stdout).items()}

@@ -98,8 +98,19 @@ def test_json_has_the_documented_keys(bench, target_path, draft_path):
     assert len(config_rows) == len(SUITE) * len(CONFIGS) * len(TEMPERATURES) * REPEAT
     turns = {q["question_id"]: len(q["turns"]) for q in SUITE}
     assert all(r["turns"] == turns[r["question_id"]] for r in bench["runs"])
-    # How often each drafter was chosen adds up to the verify steps.
-    assert all(sum(r["drafter_steps"].values()) == r["steps"] for r in bench["runs"])
+    # The counts against the tokens each run emitted: a plain run takes one verify step per token, the
+    # others at least one per draft (3 at most) plus the target's token; a step that verified no draft
+    # counts under "none", the others under the configuration's drafter.
+    for r in bench["runs"]:
+        n = len(r["tokens"])
+        lengths = {int(k): v for k, v in r["draft_lengths"].items()}
+        assert r["generated_tokens"] == n and max(lengths) <= 3 and sum(lengths.values()) == r["steps"]
+        if r["role"] == "baseline":
+            assert r["steps"] == n and r["drafter_steps"] == {"none": n}, r
+        else:
+            assert n / (3 + 1) <= r["steps"] <= n, r
+            assert r["drafter_steps"] == {k: v for k, v in ((r["drafter"], r["steps"] - lengths.get(0, 0)),
+                                                            ("none", lengths.get(0, 0))) if v}, r
 
 
 def test_runs_are_interleaved_and_speedup_is_the_ratio_of_rates(bench):
@@ -172,9 +183,12 @@ def test_greedy_output_equals_the_baseline_except_at_near_ties(bench, target_pat
     try:
         for r in greedy:
             base = runs[r["seq"] - 1]
-            same, at = compare_tokens(base["tokens"], r["tokens"])
-            assert (r["same_as_baseline"], r["diverged_at"]) == (same, at)
+            same, at = r["same_as_baseline"], r["diverged_at"]
+            # The flag and the place of divergence, checked on the tokens themselves: equal before it, not at it.
+            assert same == (r["tokens"] == base["tokens"]) == (at is None), r
             if not same:  # speculative decoding is lossless at temperature 0: only a near-tie may differ
+                mine, theirs = r["tokens"], base["tokens"]
+                assert mine[:at] == theirs[:at] and mine[at:at + 1] != theirs[at:at + 1], r
                 gap = top2_gap(model, _context_at(model, questions[str(r["question_id"])], base["tokens"], at))
                 assert gap < NEAR_TIE, (f"{r['config']} on question {r['question_id']} diverged at token {at} "
                                         f"where the target was sure (top-2 gap {gap:.3f})")
@@ -227,9 +241,18 @@ def test_csv_markdown_and_terminal_agree_with_the_json(bench):
 
     (rec,) = bench["result"]["recommendations"]
     assert rec["line"].startswith("on this machine")
-    # Which way it goes depends on the measured speed; the rule itself is tested on fixed
-    # numbers (test_recommendation_is_the_best_overall_speedup_and_only_when_it_pays).
-    assert rec == recommend(summary, rec["pair"]).as_json()
+    # Which way it goes depends on the measured speed, so the answer is worked out here from the summary:
+    # the greedy configuration with the best overall speedup, recommended only when it beats plain decoding.
+    best = max((s for s in summary if s["category"] == "overall" and s["temperature"] == 0
+                and s["drafter"] != "none"), key=lambda s: s["speedup"])
+    assert (rec["best_drafter"], rec["best_draft_max"], rec["best_speedup"]) == (best["drafter"], best["draft_max"],
+                                                                                 best["speedup"])
+    assert f"--drafter {best['drafter']} --draft-max {best['draft_max']}" in rec["line"]
+    if best["speedup"] > 1.0:
+        assert (rec["drafter"], rec["draft_max"], rec["speedup"]) == (best["drafter"], best["draft_max"],
+                                                                      best["speedup"])
+    else:
+        assert (rec["drafter"], rec["speedup"]) == ("none", 1.0) and "does not pay" in rec["line"]
 
     md = (bench["dir"] / "r.md").read_text()
     headers = [line for line in md.splitlines() if line.startswith("| config |")]

@@ -20,7 +20,7 @@ import pytest
 
 from specgen.chat.session import Chat, ChatError, Prompt, run_command
 from specgen.engine import Piece, Prefill, Step, Summary
-from specgen.llama.backend import common_prefix
+from specgen.tokens import common_prefix
 from specgen.build import EngineOptions, load_engine
 from specgen.chat.screen import status_text
 
@@ -179,8 +179,10 @@ def test_second_turn_reuses_the_cache_and_save_writes_both_formats(term, tmp_pat
     data = saved_json(t, tmp_path / "chat.json")
     one, two = (turn["stats"] for turn in data["turns"])
     history = one["prompt_tokens"] + one["generated_tokens"]
-    # Turn 2 decodes only its own tokens: everything up to the end of reply 1 comes from the cache.
-    assert two["reused_tokens"] >= history - 1, (one, two)
+    # Turn 2 decodes only its own tokens: everything up to the end of reply 1 comes from the cache, all
+    # but reply 1's last token, which was emitted but never decoded: a count of turn 1's tokens that
+    # does not come from its own summary.
+    assert two["reused_tokens"] == history - 1, (one, two)
     assert two["prompt_decoded"] == two["prompt_tokens"] - two["reused_tokens"] < history
     assert (int(m.group(1)), int(m.group(2))) == (two["prompt_decoded"], two["reused_tokens"])
 
@@ -189,7 +191,7 @@ def test_second_turn_reuses_the_cache_and_save_writes_both_formats(term, tmp_pat
     assert all(x["assistant"].strip() for x in data["turns"])
     assert all(x["in_context"] and not x["stats"]["interrupted"] for x in data["turns"])
     for st in (one, two):
-        assert st["generated_tokens"] == st["accepted"] + st["steps"]
+        assert st["steps"] <= st["generated_tokens"] <= (3 + 1) * st["steps"]  # draft max 3, plus the target's
         assert st["drafter"] == "model" and st["draft_max"] == "3"
     assert data["session"]["generated_tokens"] == one["generated_tokens"] + two["generated_tokens"]
     # What was shown is what was saved.
@@ -229,8 +231,8 @@ def test_draft_drafter_temp_and_bad_commands(term, tmp_path):
     assert "temperature: 0.7" in t.say("/temp 0.7")
     t.say("Say hi.")
 
-    for bad, hint in (("/draft lots", "usage: /draft"), ("/draft -1", "usage: /draft"),
-                      ("/drafter magic", "choose one of"), ("/temp hot", "usage: /temp"), ("/temp -1", "usage: /temp"),
+    for bad, hint in (("/draft lots", "/draft must be"), ("/draft -1", "/draft must be"),
+                      ("/drafter magic", "choose one of"), ("/temp hot", "usage: /temp"), ("/temp -1", "/temp must be"),
                       ("/save notes.txt", ".md or .json"), ("/save", "usage: /save"),
                       (f"/save {tmp_path}/no/such/dir/x.json", "cannot write"), ("/frobnicate", "/help")):
         out = t.say(bad)
@@ -336,7 +338,7 @@ def test_plain_text_when_stdout_is_not_a_terminal(target_path):
     assert r.returncode == 0, r.stderr
     assert "\x1b[" not in r.stdout and "Traceback" not in r.stdout + r.stderr
     assert re.search(r"\d+ tokens · [\d.]+ tok/s", r.stdout), r.stdout
-    assert "usage: /draft" in r.stdout and "generated:" in r.stdout
+    assert "/draft must be a number of tokens" in r.stdout and "generated:" in r.stdout
 
 
 def test_bad_startup_arguments_are_one_line(tmp_path, target_path):

@@ -27,8 +27,7 @@ def specgen(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
 
 def test_json_has_the_documented_schema(target_path, draft_path):
     r = specgen("run", "--target", str(target_path), "--draft", str(draft_path), "--drafter", "model",
-                "--draft-max", "4",
-                "--max-tokens", "24", "--json", "Name three fruits.")
+                "--draft-max", "4", "--max-tokens", "24", "--ignore-eos", "--json", "Name three fruits.")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) >= {"text", "target", "draft", "drafter", "stats"}
@@ -38,12 +37,28 @@ def test_json_has_the_documented_schema(target_path, draft_path):
         assert isinstance(st[key], int), key
     for key in ("prompt_seconds", "decode_seconds", "decode_tps", "acceptance_rate", "mean_accepted"):
         assert isinstance(st[key], (int, float)), key
-    assert 0 < st["generated_tokens"] <= 24
-    assert st["generated_tokens"] == st["accepted"] + st["steps"]
+    # Known answers, not the summary's own sums: with end-of-generation banned the reply is the 24 tokens
+    # asked for, and each verify step emits one token of the target's after at most 4 accepted ones.
+    assert st["generated_tokens"] == 24 == st["accepted"] + st["steps"]
+    assert 24 / (4 + 1) <= st["steps"] <= 24
     assert st["mean_accepted"] == pytest.approx(st["generated_tokens"] / st["steps"], abs=1e-3)
     assert st["acceptance_rate"] == pytest.approx(st["accepted"] / st["drafted"], abs=1e-3)
     assert out["text"]
-    assert sum(st["drafter_steps"].values()) == st["steps"]
+    # A step counts under the drafter when it verified a draft, under "none" when the draft was empty.
+    lengths = {int(k): v for k, v in st["draft_lengths"].items()}
+    assert sum(lengths.values()) == st["steps"] and sum(k * v for k, v in lengths.items()) == st["drafted"]
+    assert st["drafter_steps"] == {k: v for k, v in (("model", st["steps"] - lengths.get(0, 0)),
+                                                      ("none", lengths.get(0, 0))) if v}
+
+
+def test_plain_decoding_is_one_step_per_token(target_path):
+    r = specgen("run", "--target", str(target_path), "--drafter", "none", "--max-tokens", "16", "--ignore-eos",
+                "--json", "Name three fruits.")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)["stats"]
+    # Nothing drafted: every count is known beforehand.
+    assert (st["generated_tokens"], st["steps"], st["drafted"], st["accepted"]) == (16, 16, 0, 0)
+    assert st["drafter_steps"] == {"none": 16} and st["draft_lengths"] == {"0": 16}
 
 
 def test_auto_is_the_default_and_reports_its_choices(target_path, draft_path):
@@ -53,8 +68,13 @@ def test_auto_is_the_default_and_reports_its_choices(target_path, draft_path):
     assert out["drafter"] == "auto"
     st = out["stats"]
     assert set(st["drafter_steps"]) <= {"none", "ngram", "model"}
-    assert sum(st["drafter_steps"].values()) == st["steps"]
-    assert sum(st["draft_lengths"].values()) == st["steps"]
+    # The histogram of draft lengths accounts for every step and every drafted token; no step emits more
+    # than its draft plus one; and the steps counted under "none" are exactly those that verified no draft.
+    lengths = {int(k): v for k, v in st["draft_lengths"].items()}
+    assert sum(lengths.values()) == st["steps"] and sum(k * v for k, v in lengths.items()) == st["drafted"]
+    assert st["generated_tokens"] / (max(lengths) + 1) <= st["steps"] <= st["generated_tokens"]
+    assert st["drafter_steps"].get("none", 0) == lengths.get(0, 0)
+    assert sum(v for k, v in st["drafter_steps"].items() if k != "none") == sum(v for k, v in lengths.items() if k)
     # Why: what each drafter offered, what the controller verified of it, and the costs it priced with.
     for name, d in st["by_drafter"].items():
         assert name in {"ngram", "model"} and d["offered"] >= d["verified"] >= d["accepted"] >= 0

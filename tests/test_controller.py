@@ -185,3 +185,10 @@ def test_hybrid_prefers_a_good_draft_model_to_a_doubtful_copy_where_verifying_is
     model = Scripted(list(range(300, 316)), 0.9)
     d = AutoDrafter(steep, NgramDrafter(), model).draft(history, 16, params, rng)
     assert model.calls == 0 and d.source != "model"
+
+
+def test_a_cost_model_from_a_curve_prices_between_and_beyond_its_sizes():
+    costs = CostModel.from_curve({1: 0.010, 2: 0.020, 4: 0.030}, {"model": 0.004})
+    assert costs.verify_cost(3) == 0.025  # halfway between the measured 2 and 4
+    assert abs(costs.verify_cost(8) - 0.050) < 1e-12  # beyond them: the last measured slope, 5 ms a row
+    assert costs.draft_cost("model") == 0.004 and costs.draft_cost("ngram") == 0.0

@@ -98,8 +98,15 @@ def test_bookkeeping_adds_up(engines):
         prompt = chat_tokens(engines[name].target, messages_for(PROMPTS[15]))
         s, events = run(engines[name], prompt, max_tokens=40)
         steps = [e for e in events if isinstance(e, Step)]
-        assert s.generated_tokens == s.accepted + s.steps == len(s.tokens)
-        assert s.steps == len(steps)
+        pieces = [e for e in events if isinstance(e, Piece)]
+        # Counted apart from the summary: in ASCII text every token but an end-of-generation one became
+        # exactly one piece, flagged when it was an accepted draft token.
+        assert s.text.isascii(), s.text
+        eos = s.stop_reason == "eos"
+        assert s.generated_tokens == len(s.tokens) == len(pieces) + eos
+        assert s.accepted == sum(p.from_draft for p in pieces)
+        # Every verify step adds exactly one token of the target's own.
+        assert s.steps == len(steps) == sum(not p.from_draft for p in pieces) + eos
         assert s.drafted == sum(st.drafted for st in steps)
         assert s.accepted == sum(st.accepted for st in steps)
         assert all(0 <= st.accepted <= st.drafted for st in steps)

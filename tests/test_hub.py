@@ -300,7 +300,7 @@ def test_pair_add_round_trips(hub_env, hub_models):
 
 def test_run_resolves_the_default_pair_and_pulls_it_when_missing(hub_env, mirror, hub_models):
     from specgen.errors import SpecgenError
-    from specgen.models.registry import save_local_default
+    from specgen.models.userfile import save_local_default
     from specgen.models.resolve import resolve_models
 
     with pytest.raises(SpecgenError, match=r"pair 'smol' is not downloaded .*run `specgen pull smol` first"):

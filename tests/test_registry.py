@@ -11,8 +11,9 @@ import yaml
 
 from specgen.models import cache
 from specgen.errors import SpecgenError
-from specgen.models.registry import (RegistryError, add_pair, builtin_path, load_registry, parse_model_spec,
-                              save_local_default, user_path)
+from specgen.models.registry import builtin_path, load_registry, parse_model_spec, user_path
+from specgen.models.userfile import add_pair, save_local_default
+from specgen.models.yamldoc import RegistryError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def test_invalid_yaml_names_file_and_line(config):
     ("pairs:\n  x:\n    target: qwen2.5-coder-7b\n    draft: nope\n", 4, "pairs.x.draft: 'nope' is not a model"),
     ("pairs:\n  x:\n    target: qwen2.5-coder-7b\n    draft: qwen2.5-coder-0.5b\n    draft_max: -2\n",
      5, "draft_max: expected a number of tokens"),
-    ("pairs:\n  x:\n    target: qwen2.5-coder-7b\n    drafter: eagle\n", 4, "'eagle' is not a drafter"),
+    ("pairs:\n  x:\n    target: qwen2.5-coder-7b\n    drafter: eagle\n", 4, "unknown drafter 'eagle'"),
     ("models:\n  m:\n    repo: a/b\n    file: ../../etc/passwd.gguf\n", 4, "escape"),
     ("models:\n  m:\n    repo: a/b\n", 2, "give `quant`"),
     ("models:\n  m:\n    repo: not a repo\n    quant: Q4_K_M\n", 3, "is not a Hugging Face repo id"),
@@ -283,3 +284,34 @@ def test_local_files_reads_only_the_cache(config, tmp_path):
     assert [p.name for p in got] == ["qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
                                      "qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf"]
     assert cache.local_pair(reg, "qwen2.5-7b") is None  # the draft is not there
+
+
+def test_only_files_inside_the_cache_are_removed_or_written(config, tmp_path):
+    folder = cache.storage_folder("a/b")
+    blob = folder / "blobs" / "etag"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"blob")
+    snap = folder / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    inside = snap / "in.gguf"
+    inside.symlink_to(blob)
+    mine = tmp_path / "mine" / "mine.gguf"
+    mine.parent.mkdir()
+    mine.write_bytes(b"mine")
+    outside = snap / "out.gguf"
+    outside.symlink_to(mine)
+    assert cache.owns(inside, folder) and not cache.owns(outside, folder)
+
+    assert cache.remove_entry(outside, folder) == 0  # the link goes, the user's file stays
+    assert not outside.is_symlink() and mine.read_bytes() == b"mine"
+    assert cache.remove_entry(inside, folder) == 4 and not blob.exists()
+
+    partial = folder / "blobs" / "etag.incomplete"
+    partial.symlink_to(mine)
+    assert cache.claim(partial, folder) == partial and not partial.exists()  # a fresh start, not an append
+    linked = folder / "snapshots" / ("d" * 40)  # a snapshot folder that is a link to the user's folder
+    linked.symlink_to(mine.parent, target_is_directory=True)
+    for act in (cache.remove_entry, cache.claim):
+        with pytest.raises(SpecgenError, match=f"{linked} is a link out of the Hugging Face cache"):
+            act(linked / "mine.gguf", folder)
+    assert mine.read_bytes() == b"mine"

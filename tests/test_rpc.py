@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import one_line_error
-from rpc_helpers import SPECGEN, FakeWorker, Relay, Worker, free_port, measure_cn, stop
+from rpc_helpers import SPECGEN, FakeWorker, Relay, Worker, free_port, stop
 
 PROMPT = "Repeat this list exactly, then add two more fruits: apple, banana, cherry, date, elderberry."
 
@@ -204,28 +204,25 @@ def test_non_loopback_host_warns(cache_env):
         w.stop()
 
 
-def test_verify_cost_through_a_latency_relay(target_path):
-    """c(n) for n = 1..16 through a relay adding 0, 0.5 and 2 ms of round trip; every decode over
-    RPC waits for at least one round trip, so no c(n) can beat the added RTT."""
-    sizes = list(range(1, 17))
+def test_a_slow_link_changes_no_output(target_path, cache_env):
+    """Through latency_relay.py adding 2 ms of round trip, the answer is the one the same worker gives
+    directly: the relay delivers every byte, in order, both ways, and nothing on specgen's side gives up
+    on a slow link.  (That each decode then takes at least the added round trip holds by the relay's
+    own construction, so it is not asserted.)"""
+    args = ["--target", str(target_path), "--drafter", "ngram", "--draft-max", "4", "--no-mmap"]
     w = Worker()
-    table = {}
     try:
-        for rtt in (0.0, 0.5, 2.0):
-            relay = Relay(w.endpoint, rtt)
-            try:
-                table[rtt] = measure_cn(target_path, [relay.endpoint], sizes)
-            finally:
-                relay.stop()
+        direct = run_json([*args, "--rpc", w.endpoint], cache_env)
+        relay = Relay(w.endpoint, 2.0)
+        try:
+            slow = run_json([*args, "--rpc", relay.endpoint], cache_env)
+        finally:
+            relay.stop()
     finally:
         w.stop()
-    print("\nc(n) ms through the relay (rows: RTT ms)")
-    print("RTT  " + " ".join(f"{n:>6}" for n in sizes))
-    for rtt, cn in table.items():
-        print(f"{rtt:<4} " + " ".join(f"{cn[n] * 1e3:6.2f}" for n in sizes))
-    for rtt, cn in table.items():
-        assert sorted(cn) == sizes
-        assert all(c >= rtt / 1e3 for c in cn.values()), (rtt, cn)
+    assert slow["topology"]["target"]["rpc"] == [relay.endpoint]
+    assert slow["text"] == direct["text"] and slow["stats"]["drafted"] > 0
+    assert slow["stats"]["generated_tokens"] == direct["stats"]["generated_tokens"]
 
 
 def test_keepalive_is_set_on_connections_to_workers():

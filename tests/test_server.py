@@ -119,11 +119,13 @@ def ask(client: openai.OpenAI, prompt: str, **kw) -> str:
 # -- the official client ------------------------------------------------------------------------
 
 def test_chat_completion_carries_usage_timings_and_specgen_stats(server):
+    t0 = time.perf_counter()
     r = server.client().chat.completions.create(
         model="anything", max_tokens=24, temperature=0,
         messages=[{"role": "system", "content": "You are terse."},
                   {"role": "user", "content": [{"type": "text", "text": "Name three "}, {"type": "text",
                                                                                      "text": "fruits."}]}])
+    wall_ms = (time.perf_counter() - t0) * 1e3
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
     choice = r.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
@@ -135,20 +137,26 @@ def test_chat_completion_carries_usage_timings_and_specgen_stats(server):
     assert t["predicted_n"] == u.completion_tokens
     assert t["prompt_n"] + t["cache_n"] == u.prompt_tokens
     assert 0 <= t["draft_n_accepted"] <= t["draft_n"]
-    for key in ("prompt_ms", "predicted_ms", "predicted_per_second"):
-        assert t[key] >= 0
+    # Milliseconds spent inside this request: together no more than the client waited for it, and the
+    # rates beside them follow from them (a unit slip, seconds for milliseconds, breaks one or the other).
+    assert 0 < t["prompt_ms"] and 0 < t["predicted_ms"] and t["prompt_ms"] + t["predicted_ms"] <= wall_ms
+    assert t["predicted_per_second"] == pytest.approx(t["predicted_n"] / t["predicted_ms"] * 1e3, rel=1e-2)
+    assert t["predicted_per_token_ms"] == pytest.approx(t["predicted_ms"] / t["predicted_n"], rel=1e-2)
+    assert t["prompt_per_second"] == pytest.approx(t["prompt_n"] / t["prompt_ms"] * 1e3, rel=1e-2)
     sg = extra["specgen"]
-    assert sg["drafter"] == "auto" and sum(sg["drafter_steps"].values()) == sg["steps"]
-    assert sg["mean_accepted"] == pytest.approx(u.completion_tokens / sg["steps"], abs=1e-3)
+    assert sg["drafter"] == "auto"
+    lengths = {int(k): v for k, v in sg["draft_lengths"].items()}
+    assert sum(k * v for k, v in lengths.items()) == t["draft_n"]
+    assert sg["drafter_steps"].get("none", 0) == lengths.get(0, 0)  # the steps that verified no draft
 
 
 def test_streaming_chat_equals_the_whole_reply_and_ends_with_usage(server):
     client = server.client()
-    whole = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Count to ten."}],
-                                           max_tokens=32, temperature=0)
-    chunks = list(client.chat.completions.create(
-        model="x", messages=[{"role": "user", "content": "Count to ten."}], max_tokens=32, temperature=0,
-        stream=True, stream_options={"include_usage": True}))
+    # Past end-of-generation: exactly 32 tokens, every step emitting text, most steps several tokens.
+    kw = dict(model="x", messages=[{"role": "user", "content": "Count to ten."}], max_tokens=32, temperature=0,
+              extra_body={"ignore_eos": True, "drafter": "model", "draft_max": 3})
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -159,6 +167,14 @@ def test_streaming_chat_equals_the_whole_reply_and_ends_with_usage(server):
     assert all(c.usage is None for c in chunks[:-1])
     # A second identical request reuses the whole cached prompt but its last token.
     assert last.model_extra["timings"]["cache_n"] == last.usage.prompt_tokens - 1
+    # The stream sends each verify step's text as one chunk (ASCII is never held back): a count of the
+    # steps made apart from the summary, which the reported figures must agree with.
+    assert text.isascii(), text
+    steps = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    sg = last.model_extra["specgen"]
+    assert last.usage.completion_tokens == 32 and sg["steps"] == steps < 32  # < 32: drafts were accepted
+    assert sum(sg["drafter_steps"].values()) == sum(sg["draft_lengths"].values()) == steps
+    assert sg["mean_accepted"] == pytest.approx(32 / steps, abs=1e-3)
 
 
 def test_completions_whole_and_streamed(server):
@@ -204,19 +220,24 @@ def test_models_health_and_metrics(server):
     status, _, body = server.request("GET", "/health", key=None)
     assert status == 200 and json.loads(body)["status"] == "ok"
     before = server.metrics()
-    ask(server.client(), "Say yes.", max_tokens=4)
+    r = server.client().chat.completions.create(model="x", messages=[{"role": "user", "content": "Say yes."}],
+                                                max_tokens=4, temperature=0)
     after = server.metrics()
     assert after['specgen_requests_total{route="/v1/chat/completions",status="200"}'] == \
         before.get('specgen_requests_total{route="/v1/chat/completions",status="200"}', 0) + 1
-    assert after["specgen_generated_tokens_total"] > before["specgen_generated_tokens_total"]
+    # The counters moved by exactly what the response reported for itself.
+    sg = r.model_extra["specgen"]
+    moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert moved.get("specgen_generated_tokens_total", 0) == r.usage.completion_tokens
+    assert moved.get("specgen_verify_steps_total", 0) == sg["steps"]
+    assert {k: v for k, v in moved.items() if k.startswith("specgen_drafter_steps_total")} == \
+        {f'specgen_drafter_steps_total{{drafter="{d}"}}': n for d, n in sg["drafter_steps"].items()}
     assert after["specgen_request_seconds_count"] == before["specgen_request_seconds_count"] + 1
     assert after['specgen_request_seconds_bucket{le="+Inf"}'] == after["specgen_request_seconds_count"]
     server.request("GET", "/scanner/probe-123")
     labels = server.metrics()
     assert labels['specgen_requests_total{route="other",status="404"}'] >= 1
     assert not any("probe" in k for k in labels)  # unknown paths do not grow the label set
-    steps = after["specgen_verify_steps_total"]
-    assert sum(v for k, v in after.items() if k.startswith("specgen_drafter_steps_total")) == steps
 
 
 def test_one_log_line_per_request_with_timings(server):

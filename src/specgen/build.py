@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from .errors import SpecgenError
 from .llama.gguf import read_gguf
 from .llama.vocab import check_compatible
 from .fileio import human_size
-from .settings import check_drafter, parse_draft_max
+from .settings import check_draft, check_drafter, check_threads, parse_draft_max, uses_draft_model
 
 
 @dataclass
@@ -42,12 +43,12 @@ class EngineOptions:
     def check(self) -> list[str]:
         """Refuse what makes no sense before anything loads; clamp what is merely too large.
 
-        Returns notes for the user (a clamped value, an odd pair of files); raises
+        Returns warnings for the user (a clamped value, an odd pair of files); raises
         SpecgenError for a value no run could use.  The one home of these bounds.
         """
         notes = self.check_numbers()
-        if self.draft is not None and self.drafter_name() in ("model", "auto"):
-            notes += _pair_notes(Path(self.target), Path(self.draft))
+        if self.draft is not None and uses_draft_model(self.drafter_name()):
+            notes += _pair_warnings(Path(self.target), Path(self.draft))
         return notes
 
     def check_numbers(self) -> list[str]:
@@ -61,32 +62,28 @@ class EngineOptions:
         for field, layers in (("gpu_layers", self.gpu_layers), ("draft_gpu_layers", self.draft_gpu_layers)):
             if layers < -1:
                 raise SpecgenError(f"{{{field}}} must be -1 (all) or 0 or more, not {layers}")
-        notes = []
-        if self.threads is not None:
-            cores = os.cpu_count() or 1
-            if self.threads < 1:
-                raise SpecgenError(f"{{threads}} must be 1 or more, not {self.threads} (leave it out for the default)")
-            if self.threads > cores:
-                notes.append(f"{{threads}} {self.threads} is more than this machine's {cores} CPUs; using {cores}")
-                self.threads = cores
+        self.threads, notes = check_threads(self.threads)
         return notes
 
     def drafter_name(self) -> str:
-        return check_drafter(self.drafter or "auto")
+        return check_drafter("auto" if self.drafter is None else self.drafter)  # '' is no drafter, not auto
 
 
 MIN_CTX, MAX_CTX = 64, 1 << 24
 
 
-def _pair_notes(target: Path, draft: Path) -> list[str]:
+def _pair_warnings(target: Path, draft: Path) -> list[str]:
     """Warnings for a draft that cannot pay: the target itself, or a bigger file than the target."""
     try:
-        if target.resolve() == draft.resolve() or os.path.samefile(target, draft):
-            return [f"the draft is the target itself ({target.name}): every draft is accepted but costs as much "
-                    "as decoding it; use a smaller draft or {drafter} ngram"]
-        t, d = target.stat().st_size, draft.stat().st_size
+        ts, ds = target.stat(), draft.stat()
     except OSError:
         return []  # a missing file is reported by the loader, with its own message
+    if not (stat.S_ISREG(ts.st_mode) and stat.S_ISREG(ds.st_mode)):
+        return []  # a directory, FIFO or device (or '', the current directory): the loader says which
+    if os.path.samestat(ts, ds):
+        return [f"the draft is the target itself ({target.name}): every draft is accepted but costs as much "
+                "as decoding it; use a smaller draft or {drafter} ngram"]
+    t, d = ts.st_size, ds.st_size
     if d > t:
         return [f"the draft {draft.name} ({human_size(d)}) is larger than the target {target.name} "
                 f"({human_size(t)}): drafting will cost more than it saves; did you swap {target} and {draft}?"]
@@ -94,13 +91,12 @@ def _pair_notes(target: Path, draft: Path) -> list[str]:
 
 
 def load_engine(opts: EngineOptions) -> Engine:
-    """Load the models and build the engine; call `opts.check()` first to show its notes."""
+    """Load the models and build the engine; call `opts.check()` first to show its warnings."""
     opts.check()
     drafter_name = opts.drafter_name()
-    if drafter_name == "model" and not opts.draft:
-        raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or use {drafter} ngram)")
+    check_draft(drafter_name, opts.draft)
     # Validate both files before loading either: a bad draft should not cost a target load.
-    use_draft = opts.draft is not None and drafter_name in ("model", "auto")
+    use_draft = opts.draft is not None and uses_draft_model(drafter_name)
     target_info = read_gguf(opts.target)
     draft_info = read_gguf(opts.draft) if use_draft else None
 

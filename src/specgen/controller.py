@@ -1,20 +1,11 @@
 """Choose how many draft tokens to verify, from costs measured on this machine.
 
-A verify pass of n tokens costs c(n) seconds on the target; drafting costs
-t_d seconds a token (zero for n-gram lookup).  If token i of a draft survives
-with probability P_i (the product of per-token confidences), a step that
-verifies n drafts emits E(n) = 1 + P_1 + ... + P_n tokens in
-T(n) = c(n + 1) + n * t_d seconds.  The controller picks the n that maximises
-E(n) / T(n), and n = 0 (plain decoding) whenever nothing beats waiting: a
-plain step costs c(1) and also shows, for free, whether the draft's first
-token holds, after which the rest of the draft can be verified without that
-risk.  So waiting is worth (1 + P_1 E'(n)) / (c(1) + P_1 T'(n)), E' and T'
-those of the draft's remaining tokens; a doubtful first token in front of a
-long copy is not bet on with a wide verify, but confirmed by one plain step.
-
-On a GPU c(n) is nearly flat and long drafts win; on a CPU it grows almost
-linearly (a 1.5B target on a 2-core x86 VM: 26 ms for 1 token, 131 ms for 8)
-and only near-certain drafts pay.  Nothing here assumes which: c(n) is measured.
+Each prefix of n draft tokens is priced by the tokens it is expected to emit
+per second, E(n) / T(n): E from the survival estimates of `AcceptanceModel`,
+T from the verify cost c(n + 1) of `CostModel` and the drafting time; one
+plain step that checks the draft's first token is a candidate too (`_wait`).
+The rules and why they are so: DESIGN.md, "What a step costs" and "How long a
+draft".
 """
 
 from __future__ import annotations
@@ -70,6 +61,13 @@ class CostModel:
     _residual_at: dict[int, float] = field(default_factory=dict, repr=False)
     _cost_at: dict[int, float] = field(default_factory=dict, repr=False)
     """verify_cost(n) since the last observed step (a step prices dozens of sizes, the curve moves once a step)."""
+
+    @classmethod
+    def from_curve(cls, verify: dict[int, float], draft: dict[str, float] | None = None) -> CostModel:
+        """A model priced from a measured curve alone (an offline replay prices steps as the engine would)."""
+        costs = cls()
+        costs.seed(verify, draft or {})
+        return costs
 
     def seed(self, verify: dict[int, float], draft: dict[str, float]) -> None:
         """Start from a measured curve (calibrate.py); steps then keep it current."""

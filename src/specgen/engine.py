@@ -14,13 +14,14 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .llama.backend import Context, Model, common_prefix
+from .llama.backend import Context, Model
 from .controller import Controller
 from .drafters.base import Draft, Drafter
-from .errors import SpecgenError
-from .sampling import SamplingParams, accept_or_resample, accept_probability, argmax, distribution, sample
-from .settings import parse_draft_max
+from .errors import ModelFault, SpecgenError
+from .sampling import SamplingParams, accept_or_resample, argmax, distribution, sample
+from .settings import check_count, parse_draft_max
 from .textstream import TextStream
+from .tokens import common_prefix
 
 
 class ContextOverflow(SpecgenError):
@@ -50,18 +51,18 @@ class Step:
     accepted: int
     draft_seconds: float
     verify_seconds: float
-    judged: int = 0
-    """Sampling only: draft tokens judged, and the sums over them of the chance that
-    speculative sampling (min(1, p/q)) and that exact matching (p(x), llama.cpp's
-    rule) would accept them: the two rules compared on the same drafts."""
-    p_speculative: float = 0.0
-    p_exact: float = 0.0
     offered: int = 0
     """Tokens the drafter proposed; the controller verified `drafted` of them."""
 
     @property
     def emitted(self) -> int:
         return self.accepted + 1
+
+    @property
+    def drafter_used(self) -> str:
+        """The drafter the step counts under: `none` when it verified no draft token (auto chose to wait, a
+        copy found nothing), whichever drafter was asked."""
+        return self.drafter if self.drafted else "none"
 
 
 @dataclass
@@ -81,9 +82,6 @@ class Summary:
     tokens: list[int] = field(default_factory=list)
     drafter_steps: dict[str, int] = field(default_factory=dict)
     draft_lengths: dict[int, int] = field(default_factory=dict)
-    judged: int = 0
-    p_speculative: float = 0.0
-    p_exact: float = 0.0
     by_drafter: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per drafter: steps it offered a draft, tokens offered, verified (after the controller's cut), accepted."""
     costs: dict = field(default_factory=dict)
@@ -101,13 +99,17 @@ class Summary:
     def mean_accepted(self) -> float:
         return self.generated_tokens / self.steps if self.steps else 0.0
 
+    @property
+    def draft_share(self) -> float:
+        """The part of the drafting and verifying time spent drafting."""
+        busy = self.draft_seconds + self.verify_seconds
+        return self.draft_seconds / busy if busy > 0 else 0.0
+
     def add(self, step: Step) -> None:
         """Count one verify step."""
         self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
                            draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
-                           drafter_steps={step.drafter if step.drafted else "none": 1},
-                           draft_lengths={step.drafted: 1}, judged=step.judged,
-                           p_speculative=step.p_speculative, p_exact=step.p_exact,
+                           drafter_steps={step.drafter_used: 1}, draft_lengths={step.drafted: 1},
                            by_drafter={step.drafter: {"steps": 1, "offered": step.offered, "verified": step.drafted,
                                                       "accepted": step.accepted}} if step.offered else {}))
 
@@ -157,10 +159,6 @@ class Summary:
         }
         if self.costs:
             out["costs"] = self.costs
-        if self.judged:
-            out["sampling_acceptance"] = {"judged": self.judged,
-                                          "speculative": round(self.p_speculative / self.judged, 4),
-                                          "exact_match": round(self.p_exact / self.judged, 4)}
         return out
 
 
@@ -187,12 +185,6 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
     n = min(n, ctl.best_length(name, draft.confidence[:n], calibrated=draft.calibrated).n)
     return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
                  calibrated=draft.calibrated, offered=len(draft), caught_up=draft.caught_up), name
-
-
-def check_max_tokens(n: int) -> None:
-    """The one bound on a generation's length, for every front end."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SpecgenError(f"{{max_tokens}} must be 1 or more, not {n}")
 
 
 class Engine:
@@ -258,7 +250,7 @@ class Engine:
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
         for benchmarks that need a fixed length.
         """
-        check_max_tokens(max_tokens)
+        check_count("max_tokens", max_tokens)
         sampling.check()
         self._banned = self.target.eog_tokens if ignore_eos else None
         self._first_step = True
@@ -324,29 +316,25 @@ class Engine:
               rng: np.random.Generator) -> tuple[list[int], Step]:
         """Draft, verify in one batch, accept, roll back."""
         t0 = time.perf_counter()
-        draft, name = self._draft(history, room, params, rng)
+        draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
         if self._first_step:
             # A file whose tensor bytes are garbage still loads; its logits are what give it away.
             self._first_step = False
             if not np.isfinite(self.ctx.logits_row(0)).all():
-                raise SpecgenError(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
+                raise ModelFault(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
                                    "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
-        accepted, token = self._verify(draft, history, params, rng, step)
+        accepted, token = self._verify(draft, history, params, rng)
         self.ctx.rollback_to(len(history) + accepted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
                                 draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
         return draft.tokens[:accepted] + [token], step
 
-    def _draft(self, history: list[int], room: int, params: SamplingParams,
-               rng: np.random.Generator) -> tuple[Draft, str]:
-        return choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog)
-
     def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
-                rng: np.random.Generator, step: Step) -> tuple[int, int]:
+                rng: np.random.Generator) -> tuple[int, int]:
         """Rows 0..n of the verify batch judge draft tokens 1..n, row n gives the bonus token.
 
         Greedy: keep a draft token while it is the target's argmax.  Sampling:
@@ -363,9 +351,6 @@ class Engine:
             else:
                 p = distribution(row, past, params)
                 q = draft.q[i] if draft.q is not None else None
-                step.judged += 1
-                step.p_speculative += accept_probability(p, q, x)
-                step.p_exact += float(p[x])
                 ok, tok = accept_or_resample(p, q, x, rng)
                 if not ok:
                     return i, tok

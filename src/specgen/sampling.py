@@ -7,34 +7,25 @@ sampling lossless: the output follows p exactly (Leviathan et al. 2023).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
 
-from .errors import SpecgenError
+from .errors import SpecgenError, is_finite_number, shorten
 
 MAX_TEMPERATURE = 10.0
 """Above this every token is about equally likely: the output is noise, not a setting."""
 
+MIN_TEMPERATURE = 1e-3
+"""Below this (and above 0, greedy) sampling is greedy in all but name, and far below it logits / T
+overflow to infinity and the distribution to NaN."""
+
+REPEAT_PENALTY_RANGE = (0.01, 100.0)
+"""A penalty divides or multiplies logits by at most 100 either way: a tiny one (1e-300) would
+overflow them to infinity and leave nothing to sample."""
+
 MAX_SEED = 2**64 - 1
-
-
-class SamplingError(SpecgenError):
-    """One sampling parameter is out of bounds; callers word it for their own syntax."""
-
-    def __init__(self, field: str, value: object, rule: str):
-        self.field, self.value, self.rule = field, value, rule
-        super().__init__(f"{field} must be {rule}, not {value}")
-
-    def worded(self, name: str | None = None) -> str:
-        """The message with the parameter as the caller spells it (`--top-p`, `/temp`)."""
-        return f"{name or self.field} must be {self.rule}, not {self.value}"
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -52,17 +43,14 @@ class SamplingParams:
         return self.temperature <= 0.0
 
     def check(self) -> "SamplingParams":
-        """Raise SamplingError for the first parameter out of bounds; the one rule for every front end."""
+        """Refuse the first parameter out of bounds, named as `{field}` (SpecgenError.setting); the one rule for
+        every front end."""
         for f in fields(self):
             rule = _RULES.get(f.name)
             value = getattr(self, f.name)
             if rule is not None and value is not None and not rule[0](value):
-                raise SamplingError(f.name, value, rule[1])
+                raise SpecgenError(f"{{{f.name}}} must be {rule[1]}, not {shorten(value)}")
         return self
-
-
-def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _whole(x: object) -> bool:
@@ -70,15 +58,21 @@ def _whole(x: object) -> bool:
 
 
 _RULES = {
-    "temperature": (lambda x: _finite(x) and 0 <= x <= MAX_TEMPERATURE,
-                    f"a number from 0 (greedy) to {MAX_TEMPERATURE:g}"),
+    "temperature": (lambda x: is_finite_number(x) and (x == 0 or MIN_TEMPERATURE <= x <= MAX_TEMPERATURE),
+                    f"0 (greedy) or a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}"),
     "top_k": (lambda x: _whole(x) and x >= 0, "a whole number 0 or more (0: off)"),
-    "top_p": (lambda x: _finite(x) and 0 < x <= 1, "more than 0 and at most 1 (1: off)"),
-    "min_p": (lambda x: _finite(x) and 0 <= x <= 1, "from 0 to 1 (0: off)"),
-    "repeat_penalty": (lambda x: _finite(x) and 0 < x <= 100, "more than 0 and at most 100 (1: off)"),
+    "top_p": (lambda x: is_finite_number(x) and 0 < x <= 1, "more than 0 and at most 1 (1: off)"),
+    "min_p": (lambda x: is_finite_number(x) and 0 <= x <= 1, "from 0 to 1 (0: off)"),
+    "repeat_penalty": (lambda x: is_finite_number(x) and REPEAT_PENALTY_RANGE[0] <= x <= REPEAT_PENALTY_RANGE[1],
+                       "from {:g} to {:g} (1: off)".format(*REPEAT_PENALTY_RANGE)),
     "repeat_last_n": (lambda x: _whole(x) and x >= 0, "a whole number 0 or more"),
     "seed": (lambda x: _whole(x) and 0 <= x <= MAX_SEED, f"a whole number from 0 to {MAX_SEED}"),
 }
+
+
+def allowed(field: str) -> str:
+    """What a sampling setting may be, in the words its error uses (a usage line quotes them)."""
+    return _RULES[field][1]
 
 
 def penalized(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Offline replay of drafters and the controller over recorded greedy outputs: a script, not a test.
 
-    python tests/bench/replay.py record --target T.gguf --draft D.gguf --prompts SUITE ... --out traces.json
-    python tests/bench/replay.py predict traces.json [--curve cpu|flat|FILE.json] [--log ID] [--configs ...]
+    python -m tests.bench.replay record --target T.gguf --draft D.gguf [--prompts SUITE ...] --out traces.json
+    python -m tests.bench.replay predict traces.json [--curve cpu|flat|FILE.json] [--log ID] [--configs ...]
+                                                     [--json OUT]
 
 Greedy decoding is deterministic, so what a drafter proposes and what the
 target accepts can be replayed without the target, exactly but for near-ties
@@ -13,18 +14,20 @@ over prompt + output), and the text of every token it saw (the n-gram
 drafter tells seams from words by it; traces without texts replay it as all
 words).  `predict` then runs the real drafters (`NgramDrafter`,
 `AutoDrafter`) and the real `Controller` through `engine.choose_draft`, step
-by step, charging each step the cost curve given: verify c(n) for n rows,
-t_d per draft-model token.  The speedup predicted for a configuration is the
-plain time (tokens x c(1)) over its time.
+by step, charging each step the cost curve given, read through the engine's
+own `CostModel`: verify c(n) for n rows, t_d per draft-model token.  The
+speedup predicted for a configuration is the plain time (tokens x c(1)) over
+its time.
 
 Draft-model proposals past the first rejected token are taken from the true
 history (the model's real guess there would follow its own wrong token); they
 are rejected either way, so only their count and confidence are approximate.
 
-A change to a drafter or the controller is best checked on prompts it was not tuned on as well:
-`heldout-prompts.jsonl` here holds 58 written for this project in Spec-Bench's categories (qa,
-translation, rag, extraction, math_reasoning, summarization, writing, roleplay, and two-turn ones like
-MT-bench's in reasoning, stem, humanities, math, coding and extraction); record them with
+`record` takes the built-in suites unless given --prompts.  A change to a drafter or the controller is
+best checked on prompts it was not tuned on as well: `heldout-prompts.jsonl` here holds 58 written for
+this project in Spec-Bench's categories (qa, translation, rag, extraction, math_reasoning,
+summarization, writing, roleplay, and two-turn ones like MT-bench's in reasoning, stem, humanities,
+math, coding and extraction); record them with
 `record --prompts tests/bench/heldout-prompts.jsonl --max-tokens 96`.
 
 `--log ID` prints the per-step decisions for one prompt: which drafter the
@@ -39,31 +42,31 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from specgen.bench.workload import load_questions, select
-from specgen.controller import Controller
+from specgen.controller import Controller, CostModel
 from specgen.drafters import AutoDrafter, NgramDrafter, NoDrafter
 from specgen.drafters.base import Draft, KeepGoing
-from specgen.engine import choose_draft
+from specgen.engine import Step, Summary, choose_draft
+from specgen.tokens import common_prefix
 from specgen.sampling import SamplingParams
 
-HERE = Path(__file__).parent
+from .harness import CODE_EDIT, markdown, write_json
+
+CONFIGS = ["auto/auto", "ngram/auto", "model/auto", "ngram/8", "model/4"]
+"""What `predict` replays unless told: drafter/draft length."""
 
 
 # ---------------------------------------------------------------- record
 
 def record(args: argparse.Namespace) -> None:
     from specgen.build import EngineOptions, load_engine
-    from specgen.engine import Summary
     from specgen.llama.chat_template import chat_tokens
-
-    sys.path.insert(0, str(HERE))
-    from engine_ab import CODE_EDIT
 
     engine = load_engine(EngineOptions(target=args.target, draft=args.draft, drafter="auto", use_mmap=False,
                                        threads=args.threads))
@@ -85,7 +88,7 @@ def record(args: argparse.Namespace) -> None:
         out["segments"] = kept["segments"]
         pieces.update(kept.get("pieces", {}))
         done = {(s["category"], s["id"]) for s in out["segments"]}
-    questions = select(load_questions(args.prompts), args.categories, args.limit) if args.prompts else []
+    questions = select(load_questions(args.prompts or ["builtin:all"]), args.categories, args.limit)
     convs = [(str(q.question_id), q.category, q.turns, args.max_tokens) for q in questions]
     if args.code_edit:
         convs.insert(0, ("code-edit", "code-edit", [CODE_EDIT], args.code_edit))
@@ -125,6 +128,71 @@ def record(args: argparse.Namespace) -> None:
     engine.close()
 
 
+# ---------------------------------------------------------------- costs
+
+@dataclass
+class Curve:
+    """What steps cost in a replay: c(n), the seconds of a verify batch of n rows; the seconds of one
+    draft-model token; and the draft model's own batch curve, when measured (else its batches are taken
+    to grow like the target's).  Read through the engine's `CostModel`, so that sizes between and
+    beyond the measured ones cost what the controller takes them to cost."""
+
+    verify: dict[int, float]
+    draft: float
+    draft_verify: dict[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        self._target = CostModel.from_curve(self.verify)
+        self._draft = CostModel.from_curve(self.draft_verify or self.verify)
+
+    def c(self, n: int) -> float:
+        return self._target.verify_cost(n)
+
+    def draft_batch(self, n: int) -> float:
+        """A draft-model batch of n tokens, in one-token draft decodes."""
+        return self._draft.batch_factor(n)
+
+    def slower(self, factor: float) -> Curve:
+        return Curve({n: v * factor for n, v in self.verify.items()}, self.draft * factor, self.draft_verify)
+
+
+def measure_curve(target: str, draft: str, *, prefix: int = 512, repeats: int = 7) -> dict:
+    """This machine's costs for `--curve FILE`: verify c(n), n = 1..17, the draft model's per-token cost and
+    its catch-up batches, at *prefix* tokens of context (prompts run at hundreds; the engine's own
+    calibration uses a short one), the fastest of *repeats* sweeps (less noise than the engine's few)."""
+    from specgen.llama.backend import Context, Model, ModelOptions
+    from specgen.llama.calibrate import measure_draft, measure_verify
+
+    t = Model(target, ModelOptions(use_mmap=False))
+    d = Model(draft, ModelOptions(use_mmap=False))
+    tctx, dctx = Context(t, 4096), Context(d, 4096)
+    try:
+        return {"verify": {str(n): s for n, s in measure_verify(tctx, prefix=prefix, repeats=repeats).items()},
+                "draft": measure_draft(dctx, prefix=prefix),
+                "draft_verify": {str(n): s for n, s in
+                                 measure_verify(dctx, logits="last", prefix=prefix, repeats=repeats).items()}}
+    finally:
+        tctx.close()
+        dctx.close()
+        t.close()
+        d.close()
+
+
+def load_curve(spec: str, traces: dict) -> Curve:
+    """`--curve`: cpu (the curve the recording calibrated), flat (GPU-like) or a file `measure_curve` wrote."""
+    rec = traces["curve"]
+    cpu = Curve({int(k): float(v) for k, v in rec["verify"].items()}, float(rec["draft"] or 0.0))
+    if spec == "cpu":
+        return cpu
+    if spec == "flat":
+        # A GPU-like curve: verifying 32 rows costs 15% more than one; a 0.5B draft token ~15% of a step.
+        one = cpu.verify[1]
+        return Curve({n: one * (1 + 0.15 * (n - 1) / 31) for n in range(1, 34)}, 0.15 * one)
+    data = json.loads(Path(spec).read_text())
+    draft_verify = {int(k): float(v) for k, v in data["draft_verify"].items()} if data.get("draft_verify") else None
+    return Curve({int(k): float(v) for k, v in data["verify"].items()}, float(data.get("draft") or 0.0), draft_verify)
+
+
 # ---------------------------------------------------------------- replay
 
 class ReplayModelDrafter:
@@ -132,7 +200,7 @@ class ReplayModelDrafter:
 
     name = "model"
 
-    def __init__(self, curve: "Curve") -> None:
+    def __init__(self, curve: Curve) -> None:
         self.curve = curve
         self.top: list[int] = []
         self.prob: list[float] = []
@@ -177,76 +245,16 @@ class ReplayModelDrafter:
         pass
 
 
-@dataclass
-class Curve:
-    verify: dict[int, float]
-    draft: float
-    draft_verify: dict[int, float] | None = None
-    """The draft model's own batch curve, when measured; else its batches are taken to grow like the target's."""
-
-    def c(self, n: int) -> float:
-        return _interpolate(self.verify, n)
-
-    def draft_batch(self, n: int) -> float:
-        """A draft-model batch of n tokens, in one-token draft decodes."""
-        curve = self.draft_verify or self.verify
-        return _interpolate(curve, n) / _interpolate(curve, 1)
-
-
-def _interpolate(curve: dict[int, float], n: int) -> float:
-    if n in curve:
-        return curve[n]
-    ks = sorted(curve)
-    lo = max((k for k in ks if k < n), default=ks[0])
-    hi = min((k for k in ks if k > n), default=None)
-    if hi is None:  # beyond the measured sizes: the last measured slope
-        a, b = ks[-2], ks[-1]
-        return curve[b] + (curve[b] - curve[a]) / (b - a) * (n - b)
-    return curve[lo] + (curve[hi] - curve[lo]) * (n - lo) / (hi - lo)
-
-
-def load_curve(spec: str, traces: dict) -> Curve:
-    rec = traces["curve"]
-    cpu = Curve({int(k): float(v) for k, v in rec["verify"].items()}, float(rec["draft"] or 0.0))
-    if spec == "cpu":
-        return cpu
-    if spec == "flat":
-        # A GPU-like curve: verifying 32 rows costs 15% more than one; a 0.5B draft token ~15% of a step.
-        one = cpu.verify[1]
-        return Curve({n: one * (1 + 0.15 * (n - 1) / 31) for n in range(1, 34)}, 0.15 * one)
-    data = json.loads(Path(spec).read_text())
-    draft_verify = {int(k): float(v) for k, v in data["draft_verify"].items()} if data.get("draft_verify") else None
-    return Curve({int(k): float(v) for k, v in data["verify"].items()}, float(data.get("draft") or 0.0), draft_verify)
-
-
-@dataclass
-class Result:
-    tokens: int = 0
-    seconds: float = 0.0
-    steps: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    drafter_steps: dict[str, int] = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
-
-
-def accepted_prefix(draft: Sequence[int], truth: Sequence[int]) -> int:
-    a = 0
-    while a < min(len(draft), len(truth)) and draft[a] == truth[a]:
-        a += 1
-    return a
-
-
 class Session:
     """One configuration replayed over segments in order, with state (learning) carried across them."""
 
     def __init__(self, drafter: str, draft_max: int | None, curve: Curve, cap: int = 16,
                  calibrated: Curve | None = None, pieces: dict[str, str] | None = None):
         self.curve = curve
-        self.controller = Controller(fixed=draft_max, cap=cap)
         # The controller starts from what load-time calibration saw; steps are charged what they cost now.
         seed = calibrated or curve
-        self.controller.costs.seed(seed.verify, {"model": seed.draft})
+        self.controller = Controller(CostModel.from_curve(seed.verify, {"model": seed.draft}), fixed=draft_max,
+                                     cap=cap)
         # The token texts the recording kept, as the engine's drafters read them from the vocabulary.
         piece = (lambda t: bytes.fromhex(pieces.get(str(t), ""))) if pieces else None
         self.ngram = NgramDrafter(piece=piece)
@@ -255,16 +263,18 @@ class Session:
                         "auto": AutoDrafter(self.controller, self.ngram, self.model)}[drafter]
         self.shadow = NgramDrafter(piece=piece)  # what a plain copy would offer at each step, for the log
 
-    def run(self, seg: dict, want_log: bool = False, max_tokens: int | None = None) -> Result:
-        """Replay one segment.  A reply that ended with end-of-generation is replayed as the engine runs it,
-        not knowing where it ends: drafts may reach past its end (up to *max_tokens*, the generation's
-        limit), and the target's end-of-generation rejects what they copied there."""
+    def run(self, seg: dict, log: list[str] | None = None, max_tokens: int | None = None) -> Summary:
+        """Replay one segment: the engine's totals of its steps, with *log* (when given) a line per step.
+
+        A reply that ended with end-of-generation is replayed as the engine runs it, not knowing where
+        it ends: drafts may reach past its end (up to *max_tokens*, the generation's limit), and the
+        target's end-of-generation rejects what they copied there."""
         prompt, output = seg["prompt"], seg["output"]
         self.model.segment(seg)
         history = list(prompt)
         self.drafter.prefill(history)
         self.model.prefill(history) if self.drafter is not self.model else None
-        res = Result()
+        res = Summary(prompt_tokens=len(prompt))
         rng = np.random.default_rng(0)
         params = SamplingParams()
         eog = set(seg.get("eog", []))
@@ -277,31 +287,25 @@ class Session:
             draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng,
                                        lambda t: t in eog)
             truth = output[k:]
-            a = accepted_prefix(draft.tokens, truth)
+            a = common_prefix(draft.tokens, truth)
             n = len(draft)
             # A model draft asked for but not used still took its time.
             draft_s = self.model.take_decodes() * self.curve.draft
             verify_s = self.curve.c(n + 1)
             self.controller.observe(name, n, a, draft_s, verify_s, draft.confidence, caught_up=draft.caught_up,
                                     calibrated=draft.calibrated)
-            res.seconds += draft_s + verify_s
-            res.steps += 1
-            res.drafted += n
-            res.accepted += a
-            used = name if n else "none"
-            res.drafter_steps[used] = res.drafter_steps.get(used, 0) + 1
-            if want_log:
-                offer = self.shadow.draft(history, 16, params, rng)
-                could = accepted_prefix(offer.tokens, truth)
+            step = Step(name, n, a, draft_s, verify_s, offered=draft.offered)
+            res.add(step)
+            offer = self.shadow.draft(history, 16, params, rng)
+            if log is not None:
                 conf = " ".join(f"{c:.2f}" for c in draft.confidence[:6])
-                res.log.append(f"k={k:4d} {used:5s} n={n:2d} acc={a:2d} | copy offered {len(offer):2d}, "
-                               f"target takes {could:2d} | conf {conf}")
-            else:
-                self.shadow.draft(history, 16, params, rng)
+                log.append(f"k={k:4d} {step.drafter_used:5s} n={n:2d} acc={a:2d} | copy offered {len(offer):2d}, "
+                           f"target takes {common_prefix(offer.tokens, truth):2d} | conf {conf}")
             emitted = truth[: a + 1]
             history.extend(emitted)
             k += len(emitted)
-            res.tokens += len(emitted)
+        res.decode_seconds = res.draft_seconds + res.verify_seconds
+        res.tokens = output
         return res
 
 
@@ -324,21 +328,19 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
         sess = Session(drafter, None if dm == "auto" else int(dm), curve, calibrated=calibrated,
                        pieces=traces.get("pieces"))
         per: dict[str, list[float]] = {}
-        tot = Result()
+        runs = []
         for seg in segs:
-            want = log is not None and seg["id"] == log
-            r = sess.run(seg, want_log=want, max_tokens=limit)
-            if want:
+            lines = [] if log is not None and seg["id"] == log else None
+            r = sess.run(seg, lines, max_tokens=limit)
+            if lines is not None:
                 print(f"\n--- {cfg} on {seg['id']} turn {seg['turn']}")
-                print("\n".join(r.log))
-            per.setdefault(seg["category"], []).append(len(seg["output"]) * curve.c(1) / r.seconds)
-            for key in ("tokens", "seconds", "steps", "drafted", "accepted"):
-                setattr(tot, key, getattr(tot, key) + getattr(r, key))
-            for d, v in r.drafter_steps.items():
-                tot.drafter_steps[d] = tot.drafter_steps.get(d, 0) + v
+                print("\n".join(lines))
+            per.setdefault(seg["category"], []).append(r.generated_tokens * curve.c(1) / r.decode_seconds)
+            runs.append(r)
+        tot = Summary.total(runs)
         row = {c: round(geo(per[c]), 3) for c in cats}
         row["overall"] = round(geo([x for c in cats for x in per[c]]), 3)
-        row["accepted"] = round(tot.accepted / tot.drafted, 3) if tot.drafted else None
+        row["accepted"] = round(tot.acceptance_rate, 3) if tot.drafted else None
         row["steps"] = dict(sorted(tot.drafter_steps.items()))
         out[cfg] = row
     return out
@@ -347,23 +349,20 @@ def predict_table(traces: dict, curve: Curve, configs: list[str], categories: li
 def predict(args: argparse.Namespace) -> None:
     traces = json.loads(Path(args.traces).read_text())
     curve = load_curve(args.curve, traces)
-    configs = args.configs or ["auto/auto", "ngram/auto", "model/auto", "ngram/8", "model/4"]
+    configs = args.configs or CONFIGS
     print(f"curve: c(1)={curve.c(1) * 1e3:.1f} ms, c(2)/c(1)={curve.c(2) / curve.c(1):.2f}, "
           f"c(4)/c(1)={curve.c(4) / curve.c(1):.2f}, c(8)/c(1)={curve.c(8) / curve.c(1):.2f}, "
           f"c(17)/c(1)={curve.c(17) / curve.c(1):.2f}, draft token {curve.draft / curve.c(1):.2f} c(1)")
     calibrated = None
     if args.slowdown != 1.0:  # the machine got slower (other jobs) after the load-time calibration
-        calibrated = curve
-        curve = Curve({n: v * args.slowdown for n, v in curve.verify.items()}, curve.draft * args.slowdown,
-                      curve.draft_verify)
+        calibrated, curve = curve, curve.slower(args.slowdown)
     table = predict_table(traces, curve, configs, args.categories, args.log, args.max_tokens, calibrated)
     cats = [k for k in next(iter(table.values())) if k not in ("overall", "accepted", "steps")]
-    print("\n| config | " + " | ".join(cats) + " | overall | accepted | steps by drafter |")
-    print("|---|" + "---:|" * (len(cats) + 3))
-    for cfg, row in table.items():
-        acc = f"{row['accepted']:.0%}" if row["accepted"] is not None else "-"
-        print(f"| {cfg} | " + " | ".join(f"{row[c]:.2f}x" for c in cats) + f" | {row['overall']:.2f}x | {acc} | "
-              + ", ".join(f"{k} {v}" for k, v in row["steps"].items()) + " |")
+    rows = [[cfg, *(f"{row[c]:.2f}x" for c in cats), f"{row['overall']:.2f}x",
+             f"{row['accepted']:.0%}" if row["accepted"] is not None else "-",
+             ", ".join(f"{k} {v}" for k, v in row["steps"].items())] for cfg, row in table.items()]
+    print("\n" + markdown(["config", *cats, "overall", "accepted", "steps by drafter"], rows))
+    write_json(args.json, {"curve": args.curve, "predicted": table})
 
 
 def main() -> None:
@@ -372,9 +371,9 @@ def main() -> None:
     r = sub.add_parser("record")
     r.add_argument("--target", required=True)
     r.add_argument("--draft", required=True)
-    r.add_argument("--prompts", action="append", default=[])
+    r.add_argument("--prompts", action="append", help="suites, repeatable (default: builtin:all)")
     r.add_argument("--categories", nargs="*")
-    r.add_argument("--limit", type=int)
+    r.add_argument("--limit", type=int, help="at most this many prompts per category")
     r.add_argument("--max-tokens", type=int, default=128)
     r.add_argument("--code-edit", type=int, default=0, help="also the code-edit prompt, this many tokens")
     r.add_argument("--threads", type=int)
@@ -383,12 +382,13 @@ def main() -> None:
     p = sub.add_parser("predict")
     p.add_argument("traces")
     p.add_argument("--curve", default="cpu", help="cpu (recorded), flat (GPU-like) or a JSON {verify, draft}")
-    p.add_argument("--configs", nargs="*")
+    p.add_argument("--configs", nargs="*", help=f"drafter/draft length (default: {' '.join(CONFIGS)})")
     p.add_argument("--categories", nargs="*")
     p.add_argument("--log", help="print per-step decisions for this prompt id")
     p.add_argument("--max-tokens", type=int, help="cut the recorded outputs to this many tokens")
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="steps cost this many times the curve the controller was calibrated with")
+    p.add_argument("--json", help="also write the predictions here")
     args = ap.parse_args()
     record(args) if args.cmd == "record" else predict(args)
 

@@ -1,14 +1,17 @@
 """Server A/B benchmark: a script, not a test.
 
-    python tests/bench/server_ab.py --target T.gguf --draft D.gguf [--tokens 160] [--turn-tokens 48]
+    python -m tests.bench.server_ab --target T.gguf [--draft D.gguf] [--tokens 160] [--turn-tokens 48]
+                                    [--files 10] [--source DIR] [--lines 80,200]
+                                    [--sections edit,conversation,overhead] [--json OUT]
 
 Starts two `specgen serve` processes on free loopback ports, both --no-mmap and
 greedy: A with --drafter auto, B with --drafter none.  Then, over streamed
 HTTP requests (what an editor sends):
 
-1. edit session: 10 requests, each a different 80-200-line source file from
-   this repository with a small change to make (rename, add a parameter, add
-   type hints), sent to A and B interleaved (A B B A A B ...);
+1. edit session: --files requests, each a different Python file of 80-200
+   lines (--lines) from this repository (or --source) with a small change to
+   make (rename, add a parameter, add type hints), each sent to A between two
+   sends to B by the harness;
 2. growing conversation: 5 turns on one file through A; time to first token
    of turns 2-5 (prefix reused) against the same requests sent cold
    (`cache_prompt: false`);
@@ -35,27 +38,34 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-EXE = str(Path(sys.executable).parent / "specgen")
+from .harness import ROOT, csv_list, interleave, markdown, specgen_exe, write_json
+
 CHANGES = [
     "Rename the function `{f}` to `{f}_v2` everywhere it appears. Output the whole file.",
     "Add a keyword parameter `verbose: bool = False` to `{f}` (it does nothing yet). Output the whole file.",
     "Add type hints to every function parameter that lacks one. Output the whole file.",
 ]
+SECTIONS = ("edit", "conversation", "overhead")
 
 
-def source_files(n: int) -> list[tuple[Path, str]]:
-    """The n shortest Python files of 80-200 lines in this repository (prefill is the slow part on a
-    CPU), each with a small change to ask for."""
+def source_files(n: int, source: Path | None, lines: tuple[int, int]) -> list[tuple[Path, str]]:
+    """The n shortest Python files of *lines* lines under *source* (by default this repository's src and
+    tests; prefill is the slow part on a CPU), each with a small change to ask for."""
+    paths = sorted(source.rglob("*.py")) if source else sorted((ROOT / "src").rglob("*.py")) + sorted(
+        (ROOT / "tests").glob("*.py"))
     found = []
-    for p in sorted((ROOT / "src").rglob("*.py")) + sorted((ROOT / "tests").glob("*.py")):
+    for p in paths:
         text = p.read_text()
         funcs = re.findall(r"^\s*def ([a-z][a-z0-9_]*)\(", text, re.M)
-        if 80 <= len(text.splitlines()) <= 200 and funcs:
+        if lines[0] <= len(text.splitlines()) <= lines[1] and funcs:
             found.append((len(text.splitlines()), p, funcs[0]))
     if len(found) < n:
-        raise SystemExit(f"found only {len(found)} source files of 80-200 lines")
+        raise SystemExit(f"found only {len(found)} Python files of {lines[0]}-{lines[1]} lines with a function")
     return [(p, CHANGES[i % len(CHANGES)].format(f=f)) for i, (_, p, f) in enumerate(sorted(found)[:n])]
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def edit_messages(path: Path, change: str) -> list[dict]:
@@ -65,7 +75,7 @@ def edit_messages(path: Path, change: str) -> list[dict]:
 
 class Server:
     def __init__(self, args: argparse.Namespace, drafter: str, log: Path):
-        cmd = [EXE, "serve", "--port", "0", "--no-mmap", "--target", args.target, "--drafter", drafter]
+        cmd = [specgen_exe(), "serve", "--port", "0", "--no-mmap", "--target", args.target, "--drafter", drafter]
         if args.draft:
             cmd += ["--draft", args.draft]
         if args.threads:
@@ -117,35 +127,38 @@ class Server:
                 self.proc.kill()
 
 
-def edit_session(a: Server, b: Server, files: list[tuple[Path, str]], tokens: int) -> list[str]:
-    rows = ["| # | file (lines) | change | tokens | plain tok/s | auto tok/s | speedup | accepted/drafted |"
-            " latency plain / auto (s) | decode part plain / auto (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    ratios, lat_ratios, dec_ratios = [], [], []
+def edit_session(servers: dict[str, Server], files: list[tuple[Path, str]], tokens: int) -> tuple[list[str], dict]:
+    rows, out = [], []
     for i, (path, change) in enumerate(files):
         msgs = edit_messages(path, change)
-        order = (a, b) if i % 2 == 0 else (b, a)  # A B, B A, ...: drift hits both sides
-        res = {s.name: s.stream(msgs, tokens) for s in order}
-        ra, rb = res["auto"], res["none"]
-        ta, tb = ra["timings"]["predicted_per_second"], rb["timings"]["predicted_per_second"]
-        ratios.append(ta / tb)
-        lat_ratios.append(rb["total"] / ra["total"])
-        dec_ratios.append(rb["decode"] / ra["decode"] if ra["decode"] > 0 else float("nan"))
+
+        def measure(name: str) -> tuple[float, dict]:
+            r = servers[name].stream(msgs, tokens)
+            return r["timings"]["predicted_per_second"], r
+
+        ab = interleave(["auto"], 1, measure)
+        ra, rb = ab.last("auto"), ab.last("none")
         same = "" if ra["text"] == rb["text"] else " (texts differ)"
         lines = len(path.read_text().splitlines())
-        rows.append(f"| {i + 1} | {path.relative_to(ROOT)} ({lines}) | {change.split('.')[0][:40]} | "
-                    f"{ra['n']}/{rb['n']}{same} | {tb:.1f} | {ta:.1f} | {ta / tb:.2f}x | "
-                    f"{ra['timings']['draft_n_accepted']}/{ra['timings']['draft_n']} | "
-                    f"{rb['total']:.1f} / {ra['total']:.1f} | {rb['decode']:.1f} / {ra['decode']:.1f} |")
-        print(rows[-1], flush=True)
-    rows.append(f"\nmedian speedup (decode tok/s, auto / plain): {statistics.median(ratios):.2f}x; "
-                f"end-to-end latency plain/auto: {statistics.median(lat_ratios):.2f}x; "
-                f"decode part of the latency plain/auto: {statistics.median(dec_ratios):.2f}x")
-    print(rows[-1], flush=True)
-    return rows
+        got = {"file": shown(path), "speedup": ab.ratio("auto"),
+               "latency_plain_over_auto": ab.ratio("auto", lambda s: 1 / s.info["total"]),
+               "decode_plain_over_auto": ab.ratio("auto", lambda s: 1 / max(s.info["decode"], 1e-9))}
+        out.append(got)
+        rows.append([i + 1, f"{got['file']} ({lines})", change.split(".")[0][:40], f"{ra['n']}/{rb['n']}{same}",
+                     f"{ab.value('none'):.1f}", f"{ab.value('auto'):.1f}", f"{got['speedup']:.2f}x",
+                     f"{ra['timings']['draft_n_accepted']}/{ra['timings']['draft_n']}",
+                     f"{rb['total']:.1f} / {ra['total']:.1f}", f"{rb['decode']:.1f} / {ra['decode']:.1f}"])
+        print(f"edit {i + 1}: {got['speedup']:.2f}x", file=sys.stderr, flush=True)
+    medians = {k: statistics.median(f[k] for f in out) for k in out[0] if k != "file"}
+    text = [markdown(["#", "file (lines)", "change", "tokens", "plain tok/s", "auto tok/s", "speedup",
+                      "accepted/drafted", "latency plain / auto (s)", "decode part plain / auto (s)"], rows),
+            f"\nmedian speedup (decode tok/s, auto / plain): {medians['speedup']:.2f}x; "
+            f"end-to-end latency plain/auto: {medians['latency_plain_over_auto']:.2f}x; "
+            f"decode part of the latency plain/auto: {medians['decode_plain_over_auto']:.2f}x"]
+    return text, {"files": out, "median": medians}
 
 
-def conversation(a: Server, path: Path, tokens: int) -> list[str]:
+def conversation(a: Server, path: Path, tokens: int) -> tuple[list[str], dict]:
     asks = ["Rename the first function in this file to `start`. Output only the changed function.",
             "Now add a docstring to it.", "Now add type hints to it.", "Now make it log its arguments.",
             "Now add a short example of calling it."]
@@ -158,42 +171,44 @@ def conversation(a: Server, path: Path, tokens: int) -> list[str]:
         r = a.stream(msgs, tokens)
         warm.append((list(msgs), r))
         msgs.append({"role": "assistant", "content": r["text"]})
-    rows = ["| turn | prompt tokens | cached | TTFT warm (s) | TTFT cold (s) | warm / cold |", "|---|---|---|---|---|---|"]
-    ratios = []
+    rows, ratios = [], []
     for k, (m, r) in enumerate(warm[1:], start=2):
         cold = a.stream(m, 1, cache_prompt=False)
         ratios.append(r["ttft"] / cold["ttft"])
         t = r["timings"]
-        rows.append(f"| {k} | {t['prompt_n'] + t['cache_n']} | {t['cache_n']} | {r['ttft']:.2f} | "
-                    f"{cold['ttft']:.2f} | {ratios[-1]:.2f}x |")
-        print(rows[-1], flush=True)
-    rows.append(f"\nmedian TTFT warm / cold, turns 2-5: {statistics.median(ratios):.2f}x")
-    print(rows[-1], flush=True)
-    return rows
+        rows.append([k, t["prompt_n"] + t["cache_n"], t["cache_n"], f"{r['ttft']:.2f}", f"{cold['ttft']:.2f}",
+                     f"{ratios[-1]:.2f}x"])
+    median = statistics.median(ratios)
+    return ([markdown(["turn", "prompt tokens", "cached", "TTFT warm (s)", "TTFT cold (s)", "warm / cold"], rows),
+             f"\nmedian TTFT warm / cold, turns 2-5: {median:.2f}x"],
+            {"file": shown(path), "ttft_warm_over_cold": ratios, "median": median})
 
 
-def overhead(b: Server, args: argparse.Namespace, rounds: int) -> list[str]:
+def overhead(b: Server, args: argparse.Namespace) -> tuple[list[str], dict]:
     prompt = "Write a Python function that parses a CSV line, handling quoted fields."
     tokens = str(args.overhead_tokens)
-    run = [EXE, "run", "--target", args.target, "--drafter", "none", "--no-mmap", "--max-tokens", tokens,
+    run = [specgen_exe(), "run", "--target", args.target, "--drafter", "none", "--no-mmap", "--max-tokens", tokens,
            "--ignore-eos", "--json", prompt] + (["--threads", str(args.threads)] if args.threads else [])
-    server_tps, server_engine_tps, run_tps = [], [], []
-    for _ in range(rounds):
-        r = b.stream([{"role": "user", "content": prompt}], args.overhead_tokens, ignore_eos=True,
-                     cache_prompt=False)
-        server_tps.append(r["client_tps"])
-        server_engine_tps.append(r["timings"]["predicted_per_second"])
+
+    def measure(name: str) -> tuple[float, dict]:
+        if name == "server":
+            r = b.stream([{"role": "user", "content": prompt}], args.overhead_tokens, ignore_eos=True,
+                         cache_prompt=False)
+            return r["client_tps"], {"engine_tps": r["timings"]["predicted_per_second"]}
         out = subprocess.run(run, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if out.returncode:
             raise SystemExit(out.stderr)
-        run_tps.append(json.loads(out.stdout)["stats"]["decode_tps"])
-    s, e, r = statistics.median(server_tps), statistics.median(server_engine_tps), statistics.median(run_tps)
-    print(f"overhead: run {r:.2f}, server engine {e:.2f}, server client {s:.2f} tok/s", flush=True)
-    return ["| plain decoding, " + tokens + " tokens | tok/s |", "|---|---|",
-            f"| `specgen run --json` (engine figure) | {r:.2f} |",
-            f"| through the server, engine figure (`timings`) | {e:.2f} |",
-            f"| through the server, measured by the client | {s:.2f} |",
-            f"\nserver (client-measured) / run: {s / r:.3f}x; rounds: {rounds}, interleaved"]
+        return json.loads(out.stdout)["stats"]["decode_tps"], {}
+
+    ab = interleave(["server"], args.rounds, measure, baseline="run")
+    s, r = ab.value("server"), ab.value("run")
+    e = statistics.median(x.info["engine_tps"] for x in ab.samples if x.config == "server")
+    return ([markdown([f"plain decoding, {tokens} tokens", "tok/s"],
+                      [["`specgen run --json` (engine figure)", f"{r:.2f}"],
+                       ["through the server, engine figure (`timings`)", f"{e:.2f}"],
+                       ["through the server, measured by the client", f"{s:.2f}"]]),
+             f"\nserver (client-measured) / run: {ab.ratio('server'):.3f}x; rounds: {args.rounds}, interleaved"],
+            ab.to_json())
 
 
 def main() -> None:
@@ -205,36 +220,44 @@ def main() -> None:
     ap.add_argument("--overhead-tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=2, help="overhead rounds")
     ap.add_argument("--files", type=int, default=10)
-    ap.add_argument("--sections", default="edit,conversation,overhead", help="which parts to run")
+    ap.add_argument("--source", type=Path, help="take the files from here (default: this repository)")
+    ap.add_argument("--lines", default="80,200", help="the files' length, MIN,MAX lines")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="which parts to run, comma-separated")
     ap.add_argument("--threads", type=int, help="passed to the servers and to run (default: theirs)")
+    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
-    files = source_files(args.files)
-    print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}", flush=True)
-    sections = set(args.sections.split(","))
+    sections = set(csv_list(args.sections))
+    if unknown := sections - set(SECTIONS):
+        ap.error(f"unknown section {sorted(unknown)[0]!r}; choose of {', '.join(SECTIONS)}")
+    try:
+        lo, hi = (int(x) for x in args.lines.split(","))
+    except ValueError:
+        ap.error(f"--lines takes MIN,MAX, not {args.lines!r}")
+    files = source_files(args.files, args.source, (lo, hi))
+    print(f"$ python -m {__spec__.name} {' '.join(sys.argv[1:])}", flush=True)
+    out, result = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        a = Server(args, "auto", Path(tmp) / "auto.log") if sections & {"edit", "conversation"} else None
+        servers: dict[str, Server] = {}
         try:
-            b = Server(args, "none", Path(tmp) / "none.log") if sections & {"edit", "overhead"} else None
-            try:
-                out = []
-                if "edit" in sections:
-                    out += [f"## edit session ({len(files)} requests, up to {args.tokens} tokens each)", ""]
-                    out += edit_session(a, b, files, args.tokens)
-                if "conversation" in sections:
-                    conv_file = min((p for p, _ in files), key=lambda p: len(p.read_text().splitlines()))
-                    out += ["", f"## growing conversation (5 turns on {conv_file.relative_to(ROOT)}, "
-                                f"up to {args.turn_tokens} tokens a turn, server A)", ""]
-                    out += conversation(a, conv_file, args.turn_tokens)
-                if "overhead" in sections:
-                    out += ["", "## server overhead", ""]
-                    out += overhead(b, args, args.rounds)
-            finally:
-                if b:
-                    b.stop()
+            for name, needed in (("auto", {"edit", "conversation"}), ("none", {"edit", "overhead"})):
+                if sections & needed:
+                    servers[name] = Server(args, name, Path(tmp) / f"{name}.log")
+            if "edit" in sections:
+                text, result["edit"] = edit_session(servers, files, args.tokens)
+                out += [f"## edit session ({len(files)} requests, up to {args.tokens} tokens each)", "", *text]
+            if "conversation" in sections:
+                conv_file = min((p for p, _ in files), key=lambda p: len(p.read_text().splitlines()))
+                text, result["conversation"] = conversation(servers["auto"], conv_file, args.turn_tokens)
+                out += ["", f"## growing conversation (5 turns on {shown(conv_file)}, "
+                            f"up to {args.turn_tokens} tokens a turn, server A)", "", *text]
+            if "overhead" in sections:
+                text, result["overhead"] = overhead(servers["none"], args)
+                out += ["", "## server overhead", "", *text]
         finally:
-            if a:
-                a.stop()
+            for s in servers.values():
+                s.stop()
     print("\n" + "\n".join(out))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """Start-up time and memory of `specgen run`, against llama-cpp-python loading the same model: a script.
 
-    python tests/bench/startup.py --target T.gguf --draft D.gguf [--rounds 3] [--llama-completion PATH]
+    python -m tests.bench.startup --target T.gguf --draft D.gguf [--rounds 3] [--llama-completion PATH]
+                                  [--json OUT]
 
-Each round runs, interleaved, in fresh processes:
+Each round runs in fresh processes, each of them between two runs of the baseline (the harness's A/B):
+  * llama-cpp-python's `Llama(target, n_ctx=4096, use_mmap=False)` generating 1 token: the baseline;
   * `specgen run --max-tokens 1 --no-mmap` with the target only (--drafter none; also --raw, the prompt
     without the chat template as llama-completion sends it) and with the pair;
-  * llama-cpp-python's `Llama(target, n_ctx=4096, use_mmap=False)` generating 1 token;
+  * `python -c pass`, what any Python process costs;
   * with --llama-completion, llama.cpp's own CLI on the target (`-lm none -c 4096 -n 1`, no
     conversation mode), built from the source llama-cpp-python vendors: the reference;
   * `specgen run` with the pair under a phase timer (imports, GGUF checks, model loads, contexts,
-    cached calibration, template rendering, first token) -- that run's wall time is not compared.
-Wall times are medians over rounds; peak RSS is each child's ru_maxrss.  Memory is set against the
-model files plus the KV caches (f16 K and V, n_ctx tokens, from the GGUF shapes).
+    cached calibration, template rendering, first token), once a round -- its wall time is not compared.
+Wall times, and their ratios to the baseline's, are medians over rounds; peak RSS is each child's
+ru_maxrss.  Memory is set against the model files plus the KV caches (f16 K and V, n_ctx tokens, from
+the GGUF shapes).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
+
+from .harness import interleave, markdown, progress, specgen_exe, write_json
 
 PHASES = r'''
 import sys, time, json
@@ -42,8 +47,8 @@ def timed(mod, name, label):
         finally:
             marks[label] = marks.get(label, 0.0) + time.perf_counter() - t
     setattr(mod, name, wrapper)
-from specgen.llama import backend
-t = time.perf_counter(); backend._llama(); marks["import llama_cpp + backend init"] = time.perf_counter() - t
+from specgen.llama.loader import load_llama
+t = time.perf_counter(); load_llama(); marks["import llama_cpp + backend init"] = time.perf_counter() - t
 timed(build, "read_gguf", "GGUF header checks")
 timed(build, "Model", "model loads (target + draft)")
 timed(build, "check_compatible", "pair compatibility check")
@@ -75,29 +80,19 @@ print(llm.create_completion(sys.argv[2], max_tokens=1)["choices"][0]["text"])
 '''
 
 
-def child(cmd: list[str]) -> tuple[float, str]:
-    """(wall seconds, stderr) of one fresh process."""
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    wall = time.perf_counter() - t
+def child(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MiB, stderr) of one fresh process."""
+    with tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)  # the child's own rusage: its peak RSS, however short it lived
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read()
     if p.returncode != 0:
-        sys.exit(f"{cmd[:3]} failed: {p.stderr[-400:]}")
-    return wall, p.stderr
-
-
-def peak_rss(cmd: list[str]) -> float:
-    """Peak RSS (MiB) of one process, via GNU time if present, else /proc polling."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    peak = 0
-    while p.poll() is None:
-        try:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-        time.sleep(0.02)
-    return peak / 1024
+        sys.exit(f"{' '.join(cmd[:3])} failed: {text[-400:]}")
+    return wall, usage.ru_maxrss / 1024, text
 
 
 def kv_bytes(path: str, n_ctx: int) -> int:
@@ -119,56 +114,47 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", default="Say hi.")
     ap.add_argument("--llama-completion", help="llama.cpp's llama-completion binary, the reference")
+    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     py = sys.executable
-    exe = str(Path(py).parent / "specgen")
     base = ["run", "--max-tokens", "1", "--no-mmap", "--target", args.target, "--threads", "2"]
+    llama = "llama-cpp-python Llama, target"
     cmds = {
+        llama: [py, "-c", LLAMA, args.target, args.prompt],
         "python -c pass": [py, "-c", "pass"],
-        "llama-cpp-python Llama, target": [py, "-c", LLAMA, args.target, args.prompt],
-        "specgen run, target (--drafter none)": [exe, *base, "--drafter", "none", args.prompt],
-        "specgen run, target, --raw (no chat template, as llama-completion)": [exe, *base, "--drafter", "none",
-                                                                               "--raw", args.prompt],
-        "specgen run, pair (auto)": [exe, *base, "--draft", args.draft, args.prompt],
+        "specgen run, target (--drafter none)": [specgen_exe(), *base, "--drafter", "none", args.prompt],
+        "specgen run, target, --raw (no chat template, as llama-completion)": [specgen_exe(), *base, "--drafter",
+                                                                               "none", "--raw", args.prompt],
+        "specgen run, pair (auto)": [specgen_exe(), *base, "--draft", args.draft, args.prompt],
     }
     if args.llama_completion:
         cmds["llama-completion, target"] = [args.llama_completion, "-m", args.target, "-lm", "none", "-c", "4096",
                                             "-n", "1", "-t", "2", "-no-cnv", "-p", args.prompt]
-    walls: dict[str, list[float]] = {k: [] for k in cmds}
-    phases: list[dict] = []
-    for _ in range(args.rounds):
-        for name, cmd in cmds.items():
-            walls[name].append(child(cmd)[0])
-        _, err = child([py, "-c", PHASES, *base, "--draft", args.draft, args.prompt])
-        phases.append(json.loads(err.strip().splitlines()[-1]))
-    print("| process | wall, median of %d (s) | runs |" % args.rounds)
-    print("|---|---:|---|")
-    for name, w in walls.items():
-        print(f"| {name} | {statistics.median(w):.2f} | {', '.join(f'{x:.2f}' for x in w)} |")
-    print("\n| phase of `specgen run` (pair) | seconds, median |")
-    print("|---|---:|")
-    for key in phases[0]:
-        print(f"| {key} | {statistics.median(p.get(key, 0.0) for p in phases):.3f} |")
+
+    def measure(name: str) -> tuple[float, dict]:
+        wall, rss, _ = child(cmds[name])
+        return wall, {"rss_mib": rss}
+
+    ab = interleave([n for n in cmds if n != llama], args.rounds, measure, baseline=llama, say=progress("startup"))
+    phases = [json.loads(child([py, "-c", PHASES, *base, "--draft", args.draft, args.prompt])[2]
+                         .strip().splitlines()[-1]) for _ in range(args.rounds)]
+    print(markdown(["process", f"wall, median of {args.rounds} (s)", "x Llama", "runs"],
+                   [[name, f"{ab.value(name):.2f}", f"{ab.ratio(name):.2f}" if name != llama else "1",
+                     ", ".join(f"{x:.2f}" for x in ab.values(name))] for name in cmds]))
+    phase = {key: statistics.median(p.get(key, 0.0) for p in phases) for key in phases[0]}
+    print("\n" + markdown(["phase of `specgen run` (pair)", "seconds, median"],
+                          [[k, f"{v:.3f}"] for k, v in phase.items()]))
     mib = 1 << 20
     t_file, d_file = os.path.getsize(args.target), os.path.getsize(args.draft)
     t_kv, d_kv = kv_bytes(args.target, 4096), kv_bytes(args.draft, 4096)
-    rss_pair = peak_rss(cmds["specgen run, pair (auto)"])
-    rss_target = peak_rss(cmds["specgen run, target (--drafter none)"])
-    rss_llama = peak_rss(cmds["llama-cpp-python Llama, target"])
-    rss_py = peak_rss([py, "-c", "import specgen.cli, numpy, llama_cpp"])
-    rss_cli = peak_rss(cmds["llama-completion, target"]) if args.llama_completion else None
     budget = (t_file + d_file + t_kv + d_kv) / mib
-    print("\n| memory | MiB |")
-    print("|---|---:|")
-    for name, v in [("target file", t_file / mib), ("draft file", d_file / mib), ("target KV (4096, f16)", t_kv / mib),
-                    ("draft KV (4096, f16)", d_kv / mib), ("files + KV", budget),
-                    ("files + KV + 10% (the goal)", budget * 1.1),
-                    ("peak RSS, specgen run, pair", rss_pair), ("peak RSS, specgen run, target only", rss_target),
-                    ("peak RSS, llama-cpp-python Llama, target", rss_llama),
-                    ("peak RSS, llama-completion, target", rss_cli),
-                    ("peak RSS, python + imports only", rss_py)]:
-        if v is not None:
-            print(f"| {name} | {v:.0f} |")
+    rss = {name: statistics.median(s.info["rss_mib"] for s in ab.samples if s.config == name) for name in cmds}
+    rss["python + imports only"] = child([py, "-c", "import specgen.cli, numpy, llama_cpp"])[1]
+    memory = {"target file": t_file / mib, "draft file": d_file / mib, "target KV (4096, f16)": t_kv / mib,
+              "draft KV (4096, f16)": d_kv / mib, "files + KV": budget, "files + KV + 10% (the goal)": budget * 1.1,
+              **{f"peak RSS, {name}": v for name, v in rss.items() if name != "python -c pass"}}
+    print("\n" + markdown(["memory", "MiB"], [[k, f"{v:.0f}"] for k, v in memory.items()]))
+    write_json(args.json, {"wall": ab.to_json(), "phases": phase, "memory_mib": memory})
 
 
 if __name__ == "__main__":

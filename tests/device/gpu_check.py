@@ -1,17 +1,23 @@
 """What speculation costs and pays on this machine's accelerator, in one JSON file: a script, not a test.
 
-    python tests/device/gpu_check.py --out check.json --tokenizer qwen-tokenizer.json.gz [--shapes qwen7b|small]
-                                     [--traces qwen_traces.json]
+    python -m tests.device.gpu_check --out check.json --tokenizer qwen-tokenizer.json.gz \
+                                     [--shapes qwen7b|small] [--traces traces.json]
+    python -m tests.device.gpu_check --out check.json --models TARGET.gguf DRAFT.gguf [--traces traces.json]
+
+(from the repository root, with specgen importable: installed, or PYTHONPATH=src as gpu_check.sh runs it)
 
 Writes two random-weight GGUFs with the `gguf` package, shaped like Qwen2.5 7B
 (target) and 0.5B (draft) -- shapes and quant types, not weights, decide
 timing -- with the real Qwen2.5 tokenizer (so the pair passes the vocabulary
 check); then, through specgen's llama.cpp layer:
-  * the target's verify cost c(n), n = 1..32 (calibrate.measure_verify), and the draft's per-token cost;
+  * the target's verify cost c(n), n = 1..32 (--max-verify; calibrate.measure_verify), and the draft's
+    per-token cost;
   * plain decoding tok/s through specgen's engine against llama-cpp-python's `Llama`, interleaved;
   * what the controller chooses given those costs, and, with --traces (recorded by
-    tests/bench/replay.py on a CPU), the replayed speedups per category under the measured curve.
-`--shapes small` (the CPU path) uses a 0.5B-shaped target and a 4-layer draft.
+    `python -m tests.bench.replay record` on a CPU), the replayed speedups per category under the
+    measured curve.
+`--shapes small` (the CPU path) uses a 0.5B-shaped target and a 4-layer draft; `--models` measures
+two GGUFs at hand instead of writing any (the test suite's smallest case, on its tiny pair).
 """
 
 from __future__ import annotations
@@ -19,17 +25,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests" / "bench"))
 
 SHAPES = {  # n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, tied output
     "qwen2.5-7b": (3584, 28, 28, 4, 18944, 152064, False),
@@ -157,36 +157,44 @@ def main() -> None:
     ap.add_argument("--tokenizer", help="gzipped JSON of tokenizer keys (see --make-tokenizer)")
     ap.add_argument("--make-tokenizer", nargs=2, metavar=("GGUF", "OUT"), help="extract the tokenizer keys and exit")
     ap.add_argument("--shapes", choices=sorted(PAIRS), default="qwen7b")
+    ap.add_argument("--models", nargs=2, metavar=("TARGET", "DRAFT"),
+                    help="measure these GGUFs instead of writing random-weight ones")
     ap.add_argument("--workdir", default="/tmp/specgen-gpu-check")
-    ap.add_argument("--traces", help="traces recorded by tests/bench/replay.py record")
+    ap.add_argument("--traces", help="traces recorded by `python -m tests.bench.replay record`")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-verify", type=int, default=32, help="measure verify batches of 1 to this many tokens")
     args = ap.parse_args()
     if args.make_tokenizer:
         write_tokenizer_file(*args.make_tokenizer)
         return
+    if not args.tokenizer and not args.models:
+        ap.error("--tokenizer is required to write the models (make one with --make-tokenizer), or give --models")
     from specgen.controller import Controller, CostModel
     from specgen.drafters import NoDrafter
     from specgen.engine import Engine
     from specgen.llama.backend import Context, Model, ModelOptions, backend_name, system_info
     from specgen.llama.calibrate import measure_draft, measure_verify
 
-    report: dict = {"shapes": args.shapes, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    report: dict = {"shapes": None if args.models else args.shapes, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     t0 = time.perf_counter()
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    with gzip.open(args.tokenizer, "rt") as fh:
-        tokenizer = json.load(fh)
-    t_shape, d_shape = PAIRS[args.shapes]
-    paths = {}
-    for role, shape, seed in (("target", t_shape, 1), ("draft", d_shape, 2)):
-        paths[role] = work / f"random-{shape}.gguf"
-        if not paths[role].exists():
-            write_model(paths[role], shape, tokenizer, seed)
-    report["write_seconds"] = round(time.perf_counter() - t0, 1)
-    say(t0, "models written")
-    report["models"] = {r: {"shape": s, "bytes": paths[r].stat().st_size} for r, s in
-                        (("target", t_shape), ("draft", d_shape))}
+    if args.models:
+        paths = dict(zip(("target", "draft"), map(Path, args.models)))
+        shapes = {r: p.name for r, p in paths.items()}
+    else:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        with gzip.open(args.tokenizer, "rt") as fh:
+            tokenizer = json.load(fh)
+        shapes = dict(zip(("target", "draft"), PAIRS[args.shapes]))
+        paths = {}
+        for (role, shape), seed in zip(shapes.items(), (1, 2)):
+            paths[role] = work / f"random-{shape}.gguf"
+            if not paths[role].exists():
+                write_model(paths[role], shape, tokenizer, seed)
+        report["write_seconds"] = round(time.perf_counter() - t0, 1)
+        say(t0, "models written")
+    report["models"] = {r: {"shape": shapes[r], "bytes": p.stat().st_size} for r, p in paths.items()}
     report["backend"] = backend_name()
     report["system_info"] = system_info()
 
@@ -195,9 +203,10 @@ def main() -> None:
     report["gpu_layers"] = {"target": target.gpu_layers, "draft": draft.gpu_layers}
     tctx, dctx = Context(target, 4096), Context(draft, 4096)
     say(t0, "models loaded")
-    verify = measure_verify(tctx, tuple(range(1, 33)))
+    verify = measure_verify(tctx, tuple(range(1, args.max_verify + 1)))
     per_token = measure_draft(dctx)
-    catch_up = measure_verify(dctx, (1, 2, 3, 4, 6, 8, 12, 17), logits="last")  # the draft model's own batches
+    catch_up = measure_verify(dctx, tuple(n for n in (1, 2, 3, 4, 6, 8, 12, 17) if n <= args.max_verify),
+                              logits="last")  # the draft model's own batches
     say(t0, "costs measured")
     dctx.close()
     report["verify_seconds"] = {str(n): round(s, 6) for n, s in verify.items()}
@@ -210,29 +219,32 @@ def main() -> None:
 
     # Plain decoding: specgen's engine against llama-cpp-python's Llama, interleaved.
     from llama_cpp import Llama
-    from engine_ab import engine_rate, llama_rate
+
+    from ..bench.engine_ab import engine_rate, llama_rate
+    from ..bench.harness import interleave
 
     prompt = target.tokenize("Write a Python function that merges two sorted lists. " * 4)
     engine = Engine(target, NoDrafter(), n_ctx=4096)
     # The same threads on both sides (Llama's default is half of ours on a small machine).
     llm = Llama(str(paths["target"]), n_gpu_layers=-1, n_ctx=4096, use_mmap=False, verbose=False,
                 n_threads=engine.ctx.n_threads, n_threads_batch=engine.ctx.n_threads)
-    ours, theirs = [], []
-    for _ in range(args.rounds):
-        engine.reset_cache()
+
+    def measure(side: str) -> tuple[float, dict]:
         # Random weights emit end-of-generation tokens at random: both sides run the full length.
-        ours.append(engine_rate(engine, prompt, args.tokens, ignore_eos=True)[0])
-        theirs.append(llama_rate(llm, prompt, args.tokens, stop_at_eog=False)[0])
+        if side == "llama_cpp_python":
+            return llama_rate(llm, prompt, args.tokens, stop_at_eog=False)[0], {}
+        engine.reset_cache()
+        return engine_rate(engine, prompt, args.tokens, ignore_eos=True)[0], {}
+
+    ab = interleave(["specgen"], args.rounds, measure, baseline="llama_cpp_python")
     say(t0, "plain decoding measured")
-    report["plain_tok_s"] = {"specgen": [round(x, 2) for x in ours], "llama_cpp_python": [round(x, 2) for x in theirs],
-                             "ratio_median": round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)}
+    report["plain_tok_s"] = {side: [round(x, 2) for x in ab.values(side)] for side in ("specgen", "llama_cpp_python")}
+    report["plain_tok_s"]["ratio_median"] = round(ab.ratio("specgen"), 3)
     engine.close()
-    del llm
+    llm.close()  # its GPU memory now, not when this function returns
 
     # What the controller chooses at these costs.
-    costs = CostModel()
-    costs.seed(verify, {"model": per_token})
-    ctl = Controller(costs, cap=32)
+    ctl = Controller(CostModel.from_curve(verify, {"model": per_token}), cap=32)
     fresh = ctl.outlook("model")
     report["controller"] = {
         "draft_model_outlook_at_start": {"n": fresh.n, "vs_plain": round(fresh.rate * verify[1], 3)},
@@ -242,7 +254,7 @@ def main() -> None:
                                                 for c in (0.3, 0.6, 0.9, 0.99)},
     }
     if args.traces:
-        import replay
+        from ..bench import replay
 
         curve = replay.Curve({n: s for n, s in verify.items()}, per_token, catch_up)
         traces = json.loads(Path(args.traces).read_text())

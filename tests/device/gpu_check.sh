@@ -7,21 +7,22 @@
 #
 # The carry folder (tests/device/carry, git-ignored; made by tests/device/prepare_carry.sh on a machine
 # with PyPI) holds: a trimmed llama-cpp-python sdist, wheels for its build and run dependencies and
-# for gguf, the Qwen2.5 tokenizer keys, and optionally qwen_traces.json (tests/bench/replay.py record).
+# for gguf, the Qwen2.5 tokenizer keys, and optionally qwen_traces.json (python -m tests.bench.replay record).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-carry="${CARRY:-$here/carry}"
+carry="$(realpath -m "${CARRY:-$here/carry}")"
 mode=gpu
 if [[ "${1:-}" == "--cpu" ]]; then mode=cpu; shift; fi
-out="${1:-${OUT:-/tmp}/gpu_check.json}"
+out="$(realpath -m "${1:-${OUT:-/tmp}/gpu_check.json}")"
+cd "$root"  # gpu_check runs as the module tests.device.gpu_check, found from here
 traces=()
 [[ -f "$carry/qwen_traces.json" ]] && traces=(--traces "$carry/qwen_traces.json")
 [[ -f "$carry/qwen-tokenizer.json.gz" ]] || { echo "gpu_check: $carry/qwen-tokenizer.json.gz missing (run prepare_carry.sh)" >&2; exit 2; }
 
 if [[ "$mode" == cpu ]]; then
     py="${PYTHON:-python3}"
-    exec "$py" "$here/gpu_check.py" --shapes small --out "$out" --tokenizer "$carry/qwen-tokenizer.json.gz" \
+    exec "$py" -m tests.device.gpu_check --shapes small --out "$out" --tokenizer "$carry/qwen-tokenizer.json.gz" \
         --workdir /tmp/specgen-gpu-check-cpu --tokens 48 --rounds 2 "${traces[@]}"
 fi
 
@@ -40,6 +41,6 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import llama_cpp" 2
         "$carry"/llama_cpp_python-*.tar.gz
 fi
 echo "gpu_check: llama-cpp-python ready after $(( $(date +%s) - t0 )) s" >&2
-PYTHONPATH="$root/src" "$venv/bin/python" "$here/gpu_check.py" --shapes qwen7b --out "$out" \
+PYTHONPATH="$root/src" "$venv/bin/python" -m tests.device.gpu_check --shapes qwen7b --out "$out" \
     --tokenizer "$carry/qwen-tokenizer.json.gz" "${traces[@]}"
 echo "gpu_check: wrote $out after $(( $(date +%s) - t0 )) s" >&2

@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .runner import FORMAT, best_row, recommend
-from ..errors import SpecgenError
-from ..fileio import write_atomic
+from ..errors import SpecgenError, is_finite_number, kind_of, printable, shorten
+from ..fileio import home_path, os_problem, parse_json, read_regular, replaces, write_atomic
 
 
 # ---------------------------------------------------------------- shared shape
@@ -72,12 +72,13 @@ def _num(v: float | None, digits: int = 1) -> str:
 
 def leaderboard(block: Block, best: str | None) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and footnotes of a Spec-Bench-shaped table (speedup per category, overall, #MAT)."""
-    header = ["config", *block.categories, "overall", "#mean accepted", "accepted", "decode tok/s", "draft time",
-              "prompt tok/s"]
+    # Categories come from a prompt file and pair names from file names: shown, never obeyed by the terminal.
+    header = ["config", *map(printable, block.categories), "overall", "#mean accepted", "accepted", "decode tok/s",
+              "draft time", "prompt tok/s"]
     rows, notes = [], []
     for cfg in block.configs:
         ov = block.get(cfg, "overall")
-        label = cfg + (" ★" if cfg == best else "")
+        label = printable(cfg) + (" ★" if cfg == best else "")
         if ov.get("n_diverged"):
             label += " ≠"
         cells = [label, *(_x(block.get(cfg, c)["speedup"]) if block.get(cfg, c) else "—" for c in block.categories),
@@ -102,8 +103,8 @@ def _title(block: Block, result: dict) -> str:
     if rss:
         extra += f", peak RSS {rss:.0f} MB"
     n = (base or next(iter(block.rows.values())))["n_prompts"]
-    return (f"{block.pair} — {mode(block.temperature)}, {result['settings'].get('max_tokens', '?')} tokens, "
-            f"{n} prompts{extra}")
+    return (f"{printable(block.pair)} — {mode(block.temperature)}, {result['settings'].get('max_tokens', '?')} "
+            f"tokens, {n} prompts{extra}")
 
 
 def _best(result: dict, block: Block) -> str | None:
@@ -150,11 +151,12 @@ def tables(result: dict, width: int = 200) -> Group:
 
 
 def _table(header: list[str], rows: list[list[str]], styles: list[str | None]) -> Table:
+    # Text cells, never markup: a category named "[/x]" is shown as such on any console.
     table = Table(header_style="bold", box=None, pad_edge=False)
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        table.add_column(Text(h), justify="left" if i == 0 else "right", no_wrap=True)
     for cells, style in zip(rows, styles):
-        table.add_row(*cells, style=style)
+        table.add_row(*map(Text, cells), style=style)
     return table
 
 
@@ -181,9 +183,9 @@ def _transposed(header: list[str], rows: list[list[str]], styles: list[str | Non
         table = Table(header_style="bold", box=None, pad_edge=False)
         table.add_column("", no_wrap=True)
         for i in group:
-            table.add_column(rows[i][0], justify="right", no_wrap=True, header_style=styles[i] or "bold")
+            table.add_column(Text(rows[i][0]), justify="right", no_wrap=True, header_style=styles[i] or "bold")
         for r, name in enumerate(header[1:], start=1):
-            table.add_row(name, *(rows[i][r] for i in group))
+            table.add_row(Text(name), *(Text(rows[i][r]) for i in group))
         out.append(table)
     return out
 
@@ -200,8 +202,8 @@ class ProgressLog:
 
         self.done += 1
         where = f"{row['pair']} " if self.with_pair else ""
-        head = (f"[{self.done}/{self.total}] {where}{row['category']} #{row['question_id']} {row['config']} "
-                f"{mode(row['temperature'])}: {row['decode_tps']:.1f} tok/s")
+        head = printable(f"[{self.done}/{self.total}] {where}{row['category']} #{row['question_id']} "
+                         f"{row['config']} {mode(row['temperature'])}: {row['decode_tps']:.1f} tok/s")
         if row["role"] == "baseline":
             return head
         seen = self.speedups.setdefault((row["pair"], row["temperature"], row["config"]), [])
@@ -216,7 +218,7 @@ def recommendation_lines(result: dict) -> list[str]:
     for r in recs:
         rec = recommend(result["summary"], r["pair"])
         if rec is not None:
-            out.append(rec.line(with_pair=many))
+            out.append(printable(rec.line(with_pair=many)))
     return out
 
 
@@ -229,10 +231,11 @@ def bar_chart(result: dict, width: int = 40) -> Group:
                   if block.get(c, cat)]
         top = max([1.0, *values]) * 1.05
         one = round(width / top)
-        parts.append(Text(f"speedup over plain decoding — {block.pair}, {mode(block.temperature)}", style="bold"))
+        parts.append(Text(f"speedup over plain decoding — {printable(block.pair)}, {mode(block.temperature)}",
+                          style="bold"))
         pad = max(len(c) for c in configs)
         for cat in [*block.categories, "overall"]:
-            parts.append(Text(f"  {cat}", style="bold" if cat == "overall" else None))
+            parts.append(Text(f"  {printable(cat)}", style="bold" if cat == "overall" else None))
             for c in configs:
                 row = block.get(c, cat)
                 if row is None:
@@ -261,7 +264,13 @@ def check_output_path(path: Path | None, flag: str) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
     if path is None:
         return
-    path = path.expanduser()
+    path = home_path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a link loop, a path through a file
+        raise SpecgenError(f"{flag} {path}: {os_problem(e)}") from None
     if path.is_dir():
         raise SpecgenError(f"{flag} {path}: is a directory; give a file name")
     parent = path.resolve().parent
@@ -277,8 +286,25 @@ def check_output_path(path: Path | None, flag: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise SpecgenError(f"{flag} {path}: cannot create a file in {parent} ({e.strerror or e}); "
+        raise SpecgenError(f"{flag} {path}: cannot create a file in {parent} ({os_problem(e)}); "
                            "give a path you can write") from None
+
+
+def check_outputs(outputs: Iterable[tuple[Path | None, str]]) -> None:
+    """`check_output_path` for each (path, flag), and no file named twice: the second output would
+    silently replace the first."""
+    seen: dict[str, str] = {}
+    for path, flag in outputs:
+        check_output_path(path, flag)
+        if path is None:
+            continue
+        p = home_path(path)
+        if not replaces(p):  # /dev/stdout, /dev/null, a pipe: each output goes through in turn
+            continue
+        key = os.path.realpath(p)
+        if key in seen:
+            raise SpecgenError(f"{seen[key]} and {flag} name the same file ({path}); give each its own")
+        seen[key] = flag
 
 
 def save_outputs(result: dict, outputs: list[tuple[Path, Callable[[dict, Path], None]]]) -> dict[Path, str]:
@@ -290,12 +316,12 @@ def save_outputs(result: dict, outputs: list[tuple[Path, Callable[[dict, Path], 
     failed: dict[Path, str] = {}
     for path, write in outputs:
         try:
-            write(result, path)
+            write(result, home_path(path))  # where check_outputs looked
         except OSError as e:
             fd, spare = tempfile.mkstemp(prefix="specgen-bench-", suffix=path.suffix or ".out")
             os.close(fd)
             write(result, Path(spare))
-            failed[path] = f"could not write {path} ({e.strerror or e}); saved it to {spare}"
+            failed[path] = f"could not write {path} ({os_problem(e)}); saved it to {spare}"
     return failed
 
 
@@ -408,31 +434,59 @@ def write_plot(result: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- compare
 
+_RESULT = "a `specgen bench --json` result"
+
+RESULT_FIELDS = {"machine": "an object", "summary": "an array"}
+"""The parts of a result file `compare` reads, and the kind of value (as `kind_of` names it) each must be."""
+
+SUMMARY_FIELDS = {"pair": "a string", "config": "a string", "category": "a string", "temperature": "a number",
+                  "speedup": "a number", "decode_tps": "a number", "mean_accepted": "a number"}
+"""What `compare` reads of each summary row, and the kind of value each must be."""
+
+
+def _check_fields(obj: dict, fields: dict[str, str], where: str, what: str | None = None) -> None:
+    """Refuse *obj* when it lacks one of *fields* (then it is not *what*) or holds one as another kind of
+    value."""
+    missing = [key for key in fields if key not in obj]
+    if missing:
+        raise SpecgenError(f"{where} lacks {' and '.join(missing)}" + (f": not {what}" if what else ""))
+    for key, kind in fields.items():
+        value = obj[key]
+        if kind_of(value) != kind:
+            raise SpecgenError(f"{where}: `{key}` must be {kind}, not {kind_of(value)}")
+        if kind == "a number" and not is_finite_number(value):  # an int past the largest float
+            raise SpecgenError(f"{where}: `{key}` is a number too large to show ({len(str(abs(value)))} digits)")
+
+
 def load_result(path: Path) -> dict:
+    """A result file, checked here, once, for everything `compare` reads: a file of another shape (a hand
+    edit, another program's JSON) is one line naming the file and what is wrong in it."""
+    path = home_path(path)
+    raw = read_regular(path, _RESULT)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecgenError(f"{path}: no such file") from None
+        data = parse_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SpecgenError(f"{path}: not a JSON file ({e})") from None
-    except OSError as e:
-        raise SpecgenError(f"{path}: {e.strerror or e}") from None
-    if not isinstance(data, dict) or not {"machine", "summary", "runs"} <= set(data):
-        raise SpecgenError(f"{path}: not a `specgen bench --json` result (needs machine, runs and summary)")
-    if data.get("specgen_bench", FORMAT) > FORMAT:
-        raise SpecgenError(f"{path}: written by a newer specgen (format {data['specgen_bench']}); upgrade to read it")
-    need = {"pair", "config", "temperature", "category", "speedup", "decode_tps", "mean_accepted"}
-    for i, s in enumerate(data["summary"]):
-        if not isinstance(s, dict) or not need <= set(s):
-            raise SpecgenError(f"{path}: summary row {i} lacks {', '.join(sorted(need - set(s or {})))}")
-    data.setdefault("settings", {})
+    if not isinstance(data, dict):
+        raise SpecgenError(f"{path}: not {_RESULT} (it holds {kind_of(data)}, not an object)")
+    version = data.get("specgen_bench", FORMAT)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SpecgenError(f"{path}: `specgen_bench` (the format) must be a whole number from 1, not "
+                           f"{shorten(json.dumps(version), 30)}")
+    if version > FORMAT:
+        raise SpecgenError(f"{path}: written by a newer specgen (format {version}); upgrade to read it")
+    _check_fields(data, RESULT_FIELDS, str(path), _RESULT)
+    for i, row in enumerate(data["summary"]):
+        if not isinstance(row, dict):
+            raise SpecgenError(f"{path}: summary row {i} must be an object, not {kind_of(row)}")
+        _check_fields(row, SUMMARY_FIELDS, f"{path}: summary row {i}")
     return data
 
 
 def _machine_line(name: str, path: Path, r: dict) -> str:
     m = r["machine"]
-    return (f"{name}: {path} — {m.get('cpu')}, {m.get('threads')} threads, "
-            f"{m.get('backend_detail') or m.get('backend')}, {m.get('started', '?')}")
+    return printable(f"{name}: {path} — {m.get('cpu')}, {m.get('threads')} threads, "
+                     f"{m.get('backend_detail') or m.get('backend')}, {m.get('started', '?')}")
 
 
 def compare(a: dict, b: dict, path_a: Path, path_b: Path) -> Group:
@@ -445,11 +499,11 @@ def compare(a: dict, b: dict, path_a: Path, path_b: Path) -> Group:
         cats = list(dict.fromkeys([*(xa.categories if xa else []), *(xb.categories if xb else [])]))
         configs = list(dict.fromkeys([*(xa.configs if xa else []), *(xb.configs if xb else [])]))
         where = "" if xa and xb else f" (only in {'A' if xa else 'B'})"
-        table = Table(title=f"{key[0]} — {mode(key[1])}: A → B{where}", title_justify="left", header_style="bold",
-                      box=None, pad_edge=False)
+        table = Table(title=Text(printable(f"{key[0]} — {mode(key[1])}: A → B{where}")), title_justify="left",
+                      header_style="bold", box=None, pad_edge=False)
         table.add_column("config", no_wrap=True)
         for h in [*cats, "overall", "#mean accepted", "decode tok/s"]:
-            table.add_column(h, justify="right", no_wrap=True)
+            table.add_column(Text(printable(h)), justify="right", no_wrap=True)
 
         def cell(cfg: str, cat: str, field: str, fmt) -> str:
             va = xa.get(cfg, cat) if xa else None
@@ -457,7 +511,7 @@ def compare(a: dict, b: dict, path_a: Path, path_b: Path) -> Group:
             return f"{fmt(va[field]) if va else '—'} → {fmt(vb[field]) if vb else '—'}"
 
         for cfg in configs:
-            table.add_row(cfg, *(cell(cfg, c, "speedup", _x) for c in [*cats, "overall"]),
+            table.add_row(Text(printable(cfg)), *(cell(cfg, c, "speedup", _x) for c in [*cats, "overall"]),
                           cell(cfg, "overall", "mean_accepted", lambda v: f"{v:.2f}"),
                           cell(cfg, "overall", "decode_tps", lambda v: f"{v:.1f}"),
                           style="dim" if cfg == "none" else None)

@@ -20,7 +20,6 @@ over the runs.  Nothing here prints; the CLI renders the events.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -36,10 +35,12 @@ from .. import __version__
 from .workload import BASELINE, Config, Plan, Question, categories_of
 from ..engine import Engine, Summary
 from ..errors import SpecgenError
-from ..fileio import cache_dir, file_sha256, write_atomic
+from ..fileio import cache_dir, file_sha256, read_json_cache, write_json_cache
 from ..build import EngineOptions, describe_backend, load_engine, topology
 from ..llama.chat_template import chat_tokens
-from ..sampling import SamplingParams
+from ..sampling import MAX_SEED, SamplingParams
+from ..settings import parse_draft_max
+from ..tokens import common_prefix
 
 FORMAT = 1
 """Version of the result file layout (`specgen_bench` key)."""
@@ -155,7 +156,8 @@ def run_pair(engine: Engine, pair: str, plan: Plan, seq_start: int = 0) -> Itera
                 # session as it was before this prompt, not one that has learned from its answer already.
                 engine.restore(session)
                 # One seed per question and repeat: at T > 0 every configuration draws from the same stream.
-                sampling = SamplingParams(temperature=temperature, seed=plan.seed + 1009 * qi + r)
+                # Wrapped, so that a --seed near the top of the range stays one for every question.
+                sampling = SamplingParams(temperature=temperature, seed=(plan.seed + 1009 * qi + r) % (MAX_SEED + 1))
 
                 def measured(config: Config) -> Iterator[BenchEvent]:
                     got = yield from converse(q, config, temperature, r, sampling, plan.max_tokens, len(q.turns))
@@ -236,8 +238,7 @@ def compare_tokens(baseline: Sequence[int], tokens: Sequence[int]) -> tuple[bool
     """(identical, index of the first differing token or None)."""
     if list(baseline) == list(tokens):
         return True, None
-    n = min(len(baseline), len(tokens))
-    return False, next((i for i in range(n) if baseline[i] != tokens[i]), n)
+    return False, common_prefix(baseline, tokens)
 
 
 # ---------------------------------------------------------------- summary maths
@@ -280,7 +281,6 @@ def summarize(runs: list[dict]) -> list[dict]:
             sel = rows if cat == "overall" else [r for r in rows if r["category"] == cat]
             first = sel[0]
             tot = Summary.total(_summary_of(r) for r in sel)
-            draft_s, verify_s = tot.draft_seconds, tot.verify_seconds
             flags = [r["same_as_baseline"] for r in sel if r["same_as_baseline"] is not None]
             out.append({
                 "pair": pair, "drafter": first["drafter"], "draft_max": first["draft_max"],
@@ -291,8 +291,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "baseline_tps": round(geomean(_per_question(sel, "baseline_tps")), 3),
                 "acceptance_rate": round(tot.acceptance_rate, 4), "mean_accepted": round(tot.mean_accepted, 4),
                 "prompt_tps": round(geomean(_per_question(sel, "prompt_tps")), 3),
-                "draft_seconds": round(draft_s, 4), "verify_seconds": round(verify_s, 4),
-                "draft_share": round(draft_s / (draft_s + verify_s), 4) if draft_s + verify_s > 0 else 0.0,
+                "draft_seconds": round(tot.draft_seconds, 4), "verify_seconds": round(tot.verify_seconds, 4),
+                "draft_share": round(tot.draft_share, 4),
                 "generated_tokens": tot.generated_tokens, "steps": tot.steps, "drafted": tot.drafted,
                 "accepted": tot.accepted,
                 "n_diverged": sum(not f for f in flags) if temperature == 0 and first["role"] == "config" else None,
@@ -333,8 +333,7 @@ class Recommendation:
 
 
 def _config_of(row: dict) -> Config:
-    dm = row["draft_max"]
-    return Config(row["drafter"], None if dm == "auto" else int(dm))
+    return Config(row["drafter"], parse_draft_max(row["draft_max"]))
 
 
 def best_row(summary: list[dict], pair: str, temperature: float | None = None) -> dict | None:
@@ -439,20 +438,17 @@ def model_sha256(path: Path) -> str:
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
     cache_path = cache_dir() / "sha256.json"
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache, dict) and isinstance(cache.get(key), str):
+    cache = read_json_cache(cache_path, _digests) or {}
+    if key in cache:
         return cache[key]
-    digest = file_sha256(path)
-    try:
-        cache = cache if isinstance(cache, dict) else {}
-        cache[key] = digest
-        write_atomic(cache_path, json.dumps(cache))
-    except OSError:
-        pass  # an unwritable cache only costs hashing again
+    cache[key] = digest = file_sha256(path)
+    write_json_cache(cache_path, cache)
     return digest
+
+
+def _digests(cache: object) -> bool:
+    """The layout `model_sha256` writes: {"path|size|mtime": hex digest}."""
+    return isinstance(cache, dict) and all(isinstance(v, str) for v in cache.values())
 
 
 def build_result(pairs: list[dict], runs: list[dict], plan: Plan, settings: dict, started: float) -> dict:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import SpecgenError
-from ..settings import check_drafter, parse_draft_max
-from ..sampling import SamplingError, SamplingParams
+from ..fileio import home_path, parse_json, read_regular
+from ..settings import check_count, check_drafter, parse_draft_max, shown_draft_max
+from ..sampling import SamplingParams
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
 
@@ -55,7 +56,7 @@ def load_questions(specs: str | Sequence[str]) -> list[Question]:
             else:
                 raise SuiteError(f"unknown built-in suite {name!r}; choose one of {', '.join([*suites, 'all'])}")
         else:
-            paths.append(Path(spec).expanduser())
+            paths.append(home_path(spec))
     questions: list[Question] = []
     seen: set[tuple[str, str]] = set()
     for path in paths:
@@ -71,23 +72,18 @@ def load_questions(specs: str | Sequence[str]) -> list[Question]:
 
 def read_jsonl(path: Path) -> list[tuple[int, Question]]:
     """(line number, question) for each line of a question.jsonl file, validated."""
+    raw = read_regular(path, "a .jsonl file of questions or builtin:NAME", SuiteError)
     try:
-        if path.is_dir():
-            raise SuiteError(f"{path}: is a directory, not a .jsonl file")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: no such file (give a .jsonl of questions or builtin:NAME)") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SuiteError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise SuiteError(f"{path}: {e.strerror or e}") from None
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            obj = json.loads(line)
+            obj = parse_json(line)
         except json.JSONDecodeError as e:
             raise SuiteError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         out.append((lineno, _question(obj, where)))
@@ -129,8 +125,7 @@ def select(questions: list[Question], categories: Sequence[str] | None = None,
                              f"{', '.join(map(repr, unknown))}; these prompts have: {', '.join(available)}")
         questions = [q for q in questions if q.category in categories]
     if limit is not None:
-        if limit < 1:
-            raise SuiteError("--limit must be 1 or more")
+        check_count("limit", limit)
         count: dict[str, int] = {}
         kept = []
         for q in questions:
@@ -155,7 +150,7 @@ class Config:
 
     @property
     def draft_max_label(self) -> int | str:
-        return "auto" if self.draft_max is None else self.draft_max
+        return shown_draft_max(self.draft_max)
 
     @property
     def label(self) -> str:
@@ -188,11 +183,8 @@ def parse_temperatures(values: Sequence[str]) -> list[float]:
         try:
             t = float(v)
         except ValueError:
-            raise SpecgenError(f"--temperature takes numbers, not {v!r}") from None
-        try:
-            SamplingParams(temperature=t).check()
-        except SamplingError as e:
-            raise SpecgenError(e.worded("--temperature")) from None
+            raise SpecgenError(f"{{temperature}} takes numbers, not {v!r}") from None
+        SamplingParams(temperature=t).check()
         out.append(t)
     return list(dict.fromkeys(out))
 
@@ -208,9 +200,9 @@ def make_configs(drafters: Sequence[str], draft_maxes: Sequence[int | None]) -> 
         if fixed:
             try:
                 lengths = [parse_draft_max(length)]
-            except SpecgenError:
-                raise SpecgenError(f"{{drafter}} {item!r}: the draft length after '/' must be a number of tokens "
-                                   "(0 or more) or 'auto'") from None
+            except SpecgenError as e:  # the rule's own message, after the item, naming what was typed (no flag)
+                typed = e.worded({"draft_max": "the draft length after '/'"})
+                raise SpecgenError(f"{{drafter}} {item!r}: {typed}") from None
         if name != "none":
             configs += [Config(name, m) for m in lengths]
     configs = list(dict.fromkeys(configs))

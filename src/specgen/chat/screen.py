@@ -19,10 +19,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, TurnMeter, position_acceptance, run_command,
+from .session import (COMMANDS, Chat, ChatEvent, Prompt, Outcome, position_acceptance, run_command,
                       session_rows)
 from ..engine import Piece, Prefill, Summary
-from ..errors import SpecgenError
+from ..errors import SpecgenError, printable
+from ..fileio import read_line
+from ..meter import TurnMeter
+from ..settings import shown_draft_max
 from ..statsline import stats_parts
 from ..textstream import user_text
 
@@ -46,6 +49,8 @@ class Screen:
     # -- output ---------------------------------------------------------------------
 
     def line(self, text: str | Text = "", style: str | None = None) -> None:
+        if isinstance(text, str):  # messages quote paths, names and what was typed: shown, never obeyed
+            text = printable(text, lines=True)
         if self.fancy:
             self.console.print(text, style=style, soft_wrap=False)
         else:
@@ -59,6 +64,7 @@ class Screen:
 
     def loading(self, what: str) -> Callable[[], None]:
         """Show *what* while models load; returns a function that clears it."""
+        what = printable(what)
         if not self.fancy:
             print(what, flush=True)
             return lambda: None
@@ -69,10 +75,10 @@ class Screen:
     def banner(self, chat: Chat, backend: str) -> None:
         eng = chat.engine
         head = Text("specgen chat", style="bold")
-        head.append(f"  {chat.pair}  ·  {backend}  ·  ctx {chat.n_ctx}", style="dim")
+        head.append(f"  {printable(chat.pair)}  ·  {backend}  ·  ctx {chat.n_ctx}", style="dim")
         self.line(head)
         self.line(f"drafter {eng.drafter.name} (of {', '.join(sorted(eng.drafters))}), draft length "
-                  + ("auto" if eng.controller.fixed is None else str(eng.controller.fixed)), "dim")
+                  f"{shown_draft_max(eng.controller.fixed)}", "dim")
         self.line('Type a message (""" for several lines); /help for commands; Ctrl+D quits.', "dim")
         if self.color:
             legend = Text("Green: ", style="dim")
@@ -88,7 +94,7 @@ class Screen:
         self.line("  Ctrl+C        stops a reply (at the prompt: clears the line)")
 
     def stats(self, chat: Chat) -> None:
-        rows = session_rows(chat)
+        rows = [(k, printable(v)) for k, v in session_rows(chat)]
         spark = position_line(chat, self.fancy, max(self.console.width - 20, 20))
         if spark:
             rows.append(("by draft position", spark))
@@ -111,6 +117,17 @@ class Screen:
         # \001..\002 tell readline the escapes take no columns, so editing keeps its place.
         return f"\001\x1b[1;36m\002{text}\001\x1b[0m\002"
 
+    def _input(self, prompt: str) -> str:
+        if sys.stdin.isatty():
+            return input(self._prompt(prompt))
+        # Piped, as input() does it, but each line bounded: /dev/zero has no line end to stop at.
+        sys.stdout.write(self._prompt(prompt))
+        sys.stdout.flush()
+        line = read_line(sys.stdin, "a line of stdin")
+        if line is None:
+            raise EOFError
+        return line
+
     def read_message(self) -> str | None:
         """One message: a line, or the lines between two \"\"\" marks.  None at end of input."""
         if not self._readline and sys.stdin.isatty():
@@ -119,7 +136,7 @@ class Screen:
             except ImportError:
                 pass
             self._readline = True
-        line = input(self._prompt(">>> "))
+        line = self._input(">>> ")
         start = line.lstrip()
         if not start.startswith('"""'):
             return line
@@ -128,7 +145,7 @@ class Screen:
             return first.rstrip()[:-3]
         parts = [first]
         while True:
-            more = input(self._prompt("... "))
+            more = self._input("... ")
             if more.rstrip().endswith('"""'):
                 parts.append(more.rstrip()[:-3])
                 return "\n".join(parts).strip("\n")
@@ -266,18 +283,18 @@ def status_text(chat: Chat, width: int) -> Text:
         segs.append(f"reading the prompt ({m.summary.prompt_tokens if m else '?'} tokens)…")
     else:
         s, last = m.summary, m.last_step
-        now = (last.drafter if last.drafted else "none") if last else eng.drafter.name
+        now = last.drafter_used if last else eng.drafter.name
         segs.append(now if now == eng.drafter.name else f"{eng.drafter.name} → {now}")
         segs.append(f"{m.window_tps:.1f} tok/s (avg {m.avg_tps:.1f})")
         segs.append(f"accept {s.acceptance_rate:.0%} (session {m.session_acceptance:.0%})" if s.drafted
                     else "accept – (nothing drafted yet)")
         segs.append(f"{s.mean_accepted:.2f} tok/step")
-        cap = "auto" if eng.controller.fixed is None else f"max {eng.controller.fixed}"
-        segs.append(f"draft {last.drafted if last else 0} ({cap})")
-        segs.append(f"time draft {m.draft_share:.0%} / verify {1 - m.draft_share:.0%}")
+        fixed = eng.controller.fixed
+        segs.append(f"draft {last.drafted if last else 0} " + ("(length auto)" if fixed is None else f"(max {fixed})"))
+        segs.append(f"time draft {s.draft_share:.0%} / verify {1 - s.draft_share:.0%}")
         segs.append(f"prompt {m.prefill.tokens} new + {m.prefill.reused} cached")
     segs.append(f"ctx {m.context_used if m else 0}/{chat.n_ctx}")
-    segs.append(chat.pair)
+    segs.append(printable(chat.pair))
     segs.append(chat.backend)
     return pack([s for s in segs if s], width, style="dim")
 
@@ -328,7 +345,7 @@ def run(chat: Chat, screen: Screen) -> None:
         try:
             text, bad = user_text(text, "that message")
         except SpecgenError as e:
-            screen.error(f"error: {e}")
+            screen.error(f"error: {e.worded(chat.setting_names)}")
             continue
         if bad:
             screen.line(f"({bad} bytes that were not UTF-8 became \ufffd)", "dim")

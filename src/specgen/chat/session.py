@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Mapping, Union
 
 from .. import __version__
-from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Step, Summary
+from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Summary
 from ..errors import SpecgenError
-from ..fileio import write_atomic
+from ..fileio import home_path, os_problem, write_atomic
 from ..llama.chat_template import Message, chat_text, prompt_tokens
-from ..sampling import SamplingError, SamplingParams
+from ..meter import TurnMeter
+from ..sampling import SamplingParams, allowed
 from ..statsline import stats_line
-from ..settings import parse_draft_max
+from ..settings import parse_draft_max, shown_draft_max
 
 
 class ChatError(SpecgenError):
@@ -66,70 +65,14 @@ class Turn:
         return out
 
 
-class TurnMeter:
-    """Live figures for the status area, fed one event at a time."""
-
-    WINDOW = 2.0  # seconds of recent steps behind the sliding tokens/s
-
-    def __init__(self, n_ctx: int, prompt_tokens: int, session_drafted: int = 0, session_accepted: int = 0):
-        self.n_ctx = n_ctx
-        self.summary = Summary(prompt_tokens=prompt_tokens)
-        self.session_drafted, self.session_accepted = session_drafted, session_accepted
-        self.prefill: Prefill | None = None
-        self.last_step: Step | None = None
-        self.started = time.perf_counter()
-        self._points: deque[tuple[float, int]] = deque()
-
-    def on(self, ev: ChatEvent) -> None:
-        now = time.perf_counter()
-        if isinstance(ev, Prefill):
-            self.prefill = ev
-            self.summary.reused_tokens, self.summary.prompt_seconds = ev.reused, ev.seconds
-            self.started = now
-            self._points.append((now, 0))
-        elif isinstance(ev, Step):
-            self.summary.add(ev)
-            self.summary.decode_seconds = now - self.started
-            self.last_step = ev
-            self._points.append((now, self.summary.generated_tokens))
-            while len(self._points) > 2 and self._points[1][0] <= now - self.WINDOW:
-                self._points.popleft()
-        elif isinstance(ev, Summary):
-            self.summary = ev
-
-    @property
-    def window_tps(self) -> float:
-        if len(self._points) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._points[0], self._points[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-
-    @property
-    def avg_tps(self) -> float:
-        return self.summary.decode_tps
-
-    @property
-    def session_acceptance(self) -> float:
-        drafted = self.session_drafted + self.summary.drafted
-        return (self.session_accepted + self.summary.accepted) / drafted if drafted else 0.0
-
-    @property
-    def draft_share(self) -> float:
-        total = self.summary.draft_seconds + self.summary.verify_seconds
-        return self.summary.draft_seconds / total if total > 0 else 0.0
-
-    @property
-    def context_used(self) -> int:
-        return self.summary.prompt_tokens + self.summary.generated_tokens
-
-
 class Chat:
     def __init__(self, engine: Engine, system: str | None = None, sampling: SamplingParams | None = None,
                  max_tokens: int = 1024, pair: str = "", backend: str = "",
                  setting_names: Mapping[str, str] | None = None):
         self.engine = engine
-        self.setting_names = setting_names or {}
-        """What the front end calls the engine settings that errors name (SpecgenError.worded)."""
+        self.setting_names = {**(setting_names or {}), **COMMAND_SETTINGS}
+        """What the front end calls the engine settings that errors name (SpecgenError.worded); the
+        settings a command changes go by that command's name."""
         self.model = engine.target
         self.system = system or None
         self.sampling = sampling or SamplingParams()
@@ -211,7 +154,7 @@ class Chat:
         self.meter = meter = TurnMeter(self.n_ctx, len(tokens), session.drafted, session.accepted)
         fixed = self.engine.controller.fixed
         turn = Turn(user, drafter=self.engine.drafter.name, temperature=self.sampling.temperature,
-                    draft_max="auto" if fixed is None else str(fixed))
+                    draft_max=str(shown_draft_max(fixed)))
         yield Prompt(len(tokens), dropped, len(self.turns) - self.first_kept)
         self.turns.append(turn)
         self._decoded = None  # until this reply is complete, only the engine knows what is cached
@@ -267,7 +210,7 @@ class Chat:
         """Write the transcript as JSON (.json) or Markdown (.md, .markdown)."""
         if not path:
             raise ChatError("usage: /save PATH.md or /save PATH.json")
-        p = Path(path).expanduser()
+        p = home_path(path)
         kind = p.suffix.lower()
         if kind not in (".json", ".md", ".markdown"):
             raise ChatError(f"/save writes .md or .json, not {kind or 'a file without an extension'!r}")
@@ -278,7 +221,7 @@ class Chat:
         try:
             write_atomic(p, body)
         except OSError as e:
-            raise ChatError(f"cannot write {p}: {e.strerror or e}") from None
+            raise ChatError(f"cannot write {p}: {os_problem(e)}") from None
         return p
 
 
@@ -317,6 +260,9 @@ COMMANDS = {
     "/bye, /exit": "quit (so does Ctrl+D)",
 }
 
+COMMAND_SETTINGS = {"draft_max": "/draft", "temperature": "/temp"}
+"""The settings a command changes, by the command's name (an error about one names the command)."""
+
 
 @dataclass
 class Outcome:
@@ -351,12 +297,8 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
         chat.clear()
         return Outcome("conversation cleared" + (" (system prompt kept)" if chat.system else ""))
     if name == "/draft":
-        try:
-            n = parse_draft_max(arg)
-        except SpecgenError:
-            raise ChatError("usage: /draft N (0 or more) or /draft auto") from None
-        eng.set_draft_max(n)
-        return Outcome("draft length: auto" if n is None else f"draft length: {eng.controller.fixed}")
+        eng.set_draft_max(parse_draft_max(arg))
+        return Outcome(f"draft length: {shown_draft_max(eng.controller.fixed)}")
     if name == "/drafter":
         if not arg:
             raise ChatError(f"usage: /drafter NAME, one of {', '.join(sorted(eng.drafters))} "
@@ -367,11 +309,8 @@ def _command(chat: Chat, name: str, arg: str) -> Outcome:
         try:
             t = float(arg)
         except ValueError:
-            raise ChatError(f"usage: /temp T, a number 0 or more (now {chat.sampling.temperature:g})") from None
-        try:
-            chat.sampling = dataclasses.replace(chat.sampling, temperature=t).check()
-        except SamplingError as e:
-            raise ChatError(f"usage: /temp T, {e.rule}") from None
+            raise ChatError(f"usage: /temp T, {allowed('temperature')} (now {chat.sampling.temperature:g})") from None
+        chat.sampling = dataclasses.replace(chat.sampling, temperature=t).check()
         return Outcome(f"temperature: {t:g}" + (" (greedy)" if t == 0 else ""))
     if name == "/system":
         if not arg:
@@ -399,13 +338,12 @@ def session_rows(chat: Chat) -> list[tuple[str, str]]:
         rows.append(("steps by drafter", ", ".join(f"{k} {v}" for k, v in sorted(s.drafter_steps.items()))))
     if s.draft_lengths:
         rows.append(("draft lengths", ", ".join(f"{k}×{v}" for k, v in sorted(s.draft_lengths.items()))))
-    busy = s.draft_seconds + s.verify_seconds
-    if busy > 0:
-        rows.append(("time share", f"draft {s.draft_seconds / busy:.0%}, verify {s.verify_seconds / busy:.0%}"))
+    if s.draft_seconds + s.verify_seconds > 0:
+        rows.append(("time share", f"draft {s.draft_share:.0%}, verify {1 - s.draft_share:.0%}"))
     used = chat.turns[-1].context_used if chat.turns else 0
     rows += [("context", f"{used}/{chat.n_ctx} tokens used by the last turn"),
              ("drafter", eng.drafter.name + f" (available: {', '.join(sorted(eng.drafters))})"),
-             ("draft length", "auto" if eng.controller.fixed is None else str(eng.controller.fixed)),
+             ("draft length", str(shown_draft_max(eng.controller.fixed))),
              ("temperature", f"{chat.sampling.temperature:g}"),
              ("target", str(chat.model.path))]
     if eng.draft_model is not None:
@@ -413,5 +351,5 @@ def session_rows(chat: Chat) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["Chat", "ChatError", "ChatEvent", "Prompt", "Turn", "TurnMeter", "COMMANDS", "Outcome",
+__all__ = ["Chat", "ChatError", "ChatEvent", "Prompt", "Turn", "COMMANDS", "Outcome",
            "run_command", "session_rows", "markdown", "position_acceptance"]

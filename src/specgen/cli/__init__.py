@@ -22,11 +22,6 @@ def _interrupted_while_starting(signum, frame) -> None:
 if (os.path.basename(sys.argv[0]) in ("specgen", "__main__.py")
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
     signal.signal(signal.SIGINT, _interrupted_while_starting)
-    if os.environ.get("SPECGEN_TEST_PAUSE") == "startup" and os.environ.get("SPECGEN_TEST_PAUSE_FILE"):
-        with open(os.environ["SPECGEN_TEST_PAUSE_FILE"], "w") as _marker:  # tests: Ctrl+C lands here
-            _marker.write("startup")
-        import time
-        time.sleep(60)  # the handler ends the process
 
 import errno  # noqa: E402
 import select  # noqa: E402
@@ -34,7 +29,8 @@ import select  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from ..errors import SpecgenError  # noqa: E402
+from ..errors import SpecgenError, printable  # noqa: E402
+from ..fileio import os_problem  # noqa: E402
 
 app = typer.Typer(
     name="specgen",
@@ -45,7 +41,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from .options import SETTING_FLAGS  # noqa: E402
+from .messages import failure  # noqa: E402
 
 
 @app.callback()
@@ -99,25 +95,74 @@ def _stdout_closed() -> bool:
         return False
 
 
-def _exit_broken_pipe() -> None:
-    # Whatever is still buffered for stdout would fail again at interpreter exit and print a warning.
+def _silence_stdout() -> None:
+    # Whatever is still buffered for stdout would fail again at interpreter exit and print Python's
+    # "Exception ignored" lines (and make the status 120).
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+def _exit_broken_pipe() -> None:
+    _silence_stdout()
     sys.exit(BROKEN_PIPE_EXIT)
 
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+"""What an OSError naming no file means when it reaches main(): writing stdout failed."""
+
+
+def _os_error_exit(e: OSError) -> None:
+    if e.errno == errno.EPIPE:
+        _exit_broken_pipe()
+    what = f"{e.filename}: " if e.filename else "cannot write the output: " if e.errno in _WRITE_ERRORS else ""
+    print(failure(what + os_problem(e)), file=sys.stderr)
+    _silence_stdout()
+    sys.exit(1)
+
+
+def _standard_streams() -> None:
+    """A closed stdin, stdout or stderr (`<&-`) reads and writes as /dev/null: Python leaves it None,
+    and the next file opened would take its number.  Text the output encoding cannot show
+    (PYTHONIOENCODING=ascii, a POSIX locale) is written escaped (\\xe9) instead of failing."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            try:
+                os.fstat(fd)  # taken since by some file: leave that be
+            except OSError:
+                os.dup2(null, fd)
+                os.close(null)
+                null = fd
+        setattr(sys, name, open(null, "r" if fd == 0 else "w", closefd=null != fd))
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
+    _standard_streams()
+    try:
+        _main()
+    finally:
+        try:  # here, on every way out, not at interpreter exit, where a failure prints a warning
+            sys.stdout.flush()
+        except OSError as e:
+            _os_error_exit(e)
+
+
+def _main() -> None:
     register_commands(sys.argv[1:])  # still under the quiet start-up Ctrl+C handler
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = app(standalone_mode=False)
-        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a warning
     except SpecgenError as e:
-        print(f"specgen: error: {e.worded(SETTING_FLAGS)}", file=sys.stderr)
+        print(failure(e), file=sys.stderr)
         sys.exit(1)
     except _PipeClosed:
         _exit_broken_pipe()
@@ -132,10 +177,7 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # e.g. a closed pipe (`specgen run ... | head`) or a full disk
-        if getattr(e, "errno", None) == errno.EPIPE:
-            _exit_broken_pipe()
-        print(f"specgen: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _os_error_exit(e)
     except Exception as e:
         # Usage errors: newer typer raises its own copy of click's exceptions, older
         # typer raises click's; both have show() and exit_code.
@@ -144,7 +186,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         if os.environ.get("SPECGEN_DEBUG"):
             raise
-        print(f"specgen: internal error: {type(e).__name__}: {e} (SPECGEN_DEBUG=1 shows the traceback)",
+        print(f"specgen: internal error: {type(e).__name__}: {printable(e)} (SPECGEN_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         sys.exit(70)
     # typer (standalone_mode=False) turns Ctrl+C into `return 130`.

@@ -15,10 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..bench import runner
 from ..bench import workload
 from ..bench import report
-from ..errors import SpecgenError
-from ..engine import check_max_tokens
+from ..errors import SpecgenError, printable
+from ..sampling import SamplingParams
+from ..settings import DRAFTERS, check_count, check_draft, check_given, parse_draft_max, shown_draft_max, \
+    uses_draft_model
 from . import app
-from .options import EngineFlags, engine_command, note, note_context
+from .messages import warn
+from .options import EngineFlags, engine_command, warn_context
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -34,9 +37,9 @@ def bench(
         metavar="NAME", help="A pair from models.yaml (repeatable); default: the default pair.",
         rich_help_panel=M)] = None,
     drafter: Annotated[Optional[List[str]], typer.Option(
-        metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: auto, ngram, model; "
-                             "NAME/N fixes one's draft length (default: auto,ngram and, with a draft model, "
-                             "model).", rich_help_panel=W)] = None,
+        metavar="LIST", help="Drafters to compare with plain decoding, comma-separated: "
+                             f"{', '.join(d for d in DRAFTERS if d != 'none')}; NAME/N fixes one's draft length "
+                             "(default: auto,ngram and, with a draft model, model).", rich_help_panel=W)] = None,
     draft_max: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Draft lengths, comma-separated numbers or auto (default: auto).",
         rich_help_panel=W)] = None,
@@ -76,20 +79,21 @@ def bench(
     if context.invoked_subcommand is not None:
         return
     # Everything that can be wrong with the arguments fails here, before minutes of loading and running.
+    for name, values in (("--pair", pair), ("{drafter}", drafter), ("{draft_max}", draft_max),
+                         ("{temperature}", temperature), ("--prompts", prompts), ("--categories", categories)):
+        for value in values or ():
+            check_given(name, value)
     draft_maxes = workload.parse_draft_maxes(workload.split_list(draft_max) or ["auto"])
     chosen = workload.make_configs(workload.split_list(drafter), draft_maxes) if drafter else None
     drafters = list(dict.fromkeys(c.drafter for c in chosen or ()))
     temperatures = workload.parse_temperatures(workload.split_list(temperature) or ["0"])
-    check_max_tokens(max_tokens)
-    if repeat < 1:
-        raise SpecgenError(f"--repeat must be 1 or more, not {repeat}")
-    if limit is not None and limit < 1:
-        raise SpecgenError(f"--limit must be 1 or more, not {limit}")
+    check_count("max_tokens", max_tokens)
+    check_count("repeat", repeat)
+    SamplingParams(seed=seed).check()
     flags.check_numbers()
     prompts = prompts or ["builtin:all"]
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
-    for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")):
-        report.check_output_path(path, flag)
+    report.check_outputs([(json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")])
     if plot is not None:
         report.check_plot_available()
     pairs = workload.split_list(pair)
@@ -107,15 +111,15 @@ def bench(
     for name in pairs or [None]:
         r = flags.resolve(name)
         use = drafters or ["auto", "ngram", *(["model"] if r.draft else [])]
-        if "model" in use and r.draft is None:
-            raise SpecgenError("--drafter model needs a draft model: pass --draft PATH (or leave model out)")
-        needs_draft = any(d in ("model", "auto") for d in use)
+        for d in use:
+            check_draft(d, r.draft)
+        needs_draft = any(uses_draft_model(d) for d in use)
         loaded_draft = r.draft if needs_draft else None
         label = r.pair or (f"{r.target.stem}+{loaded_draft.stem}" if loaded_draft else r.target.stem)
         # One engine per pair that can run every configuration; the runner switches between them.
         opts = flags.options_for(r.target, loaded_draft, "auto" if needs_draft else "ngram", None)
         for line in opts.check():
-            note(line)
+            warn(line)
         specs.append((runner.PairSpec(label, opts, registry_pair=r.pair is not None and target is None), use))
     # One plan for all pairs, so their tables line up; a pair without a draft model gets no model rows.
     plan_drafters = list(dict.fromkeys(d for _, use in specs for d in use))
@@ -124,37 +128,39 @@ def bench(
     if len(specs) > 1 and any("model" not in use for _, use in specs) and "model" in plan_drafters:
         raise SpecgenError("some pairs have no draft model; leave `model` out of --drafter to compare them")
     settings = {"prompts": prompts, "limit": limit, "drafters": workload.split_list(drafter) or plan_drafters,
-                "draft_max": [c if c is not None else "auto" for c in draft_maxes], "seed": seed}
+                "draft_max": [shown_draft_max(c) for c in draft_maxes], "seed": seed}
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # No markup on either console: category and pair names from files are text, "[/x]" included.
+    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     result, interrupted = _run(err, [s for s, _ in specs], plan, settings)
     if result is None:
         raise KeyboardInterrupt
 
-    out = Console(highlight=False)
-    out.print(report.tables(result, out.width))
-    for line in report.recommendation_lines(result):
-        out.print(line, style="bold", soft_wrap=True)  # whole, however narrow: scripts grep for it
-    if plot is None:
-        out.print()
-        out.print(report.bar_chart(result))
     outputs = [(path, write) for path, write in ((json_path, report.write_json), (csv_path, report.write_csv),
                                                  (markdown_path, report.write_markdown), (plot, report.write_plot))
                if path is not None]
-    failed = report.save_outputs(result, outputs)
-    for path, _ in outputs:
-        if path not in failed:
-            err.print(f"wrote {path}")
+    out = Console(highlight=False, markup=False)
+    try:
+        out.print(report.tables(result, out.width))
+        for line in report.recommendation_lines(result):
+            out.print(line, style="bold", soft_wrap=True)  # whole, however narrow: scripts grep for it
+        if plot is None:
+            out.print()
+            out.print(report.bar_chart(result))
+    finally:  # a stdout that cannot be written (a full disk) must not cost the results
+        failed = report.save_outputs(result, outputs)
+        for path, _ in outputs:
+            if path not in failed:
+                err.print(f"wrote {path}")
     if failed:
         raise SpecgenError("; ".join(failed.values()))
     if interrupted:
         raise KeyboardInterrupt  # after the partial results are out; main() exits 130
     if save:
-        from ..models.registry import save_local_default
+        from ..models.userfile import save_local_default
 
         for rec in result["recommendations"]:
-            draft_max_saved = None if rec["draft_max"] == "auto" else int(rec["draft_max"])
-            written = save_local_default(rec["pair"], rec["drafter"], draft_max_saved)
+            written = save_local_default(rec["pair"], rec["drafter"], parse_draft_max(rec["draft_max"]))
             err.print(f"saved for {rec['pair']}: --drafter {rec['drafter']} --draft-max {rec['draft_max']} "
                       f"({written})")
 
@@ -166,7 +172,7 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
     infos: list[dict] = []
     runs: list[dict] = []
     started = time.time()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
                         transient=True, disable=not err.is_terminal)
     # Off a terminal (a log, a script) the bar is hidden: one plain line per run instead.
@@ -182,7 +188,7 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
                 _show(ev, progress, task, plan)
                 if isinstance(ev, runner.PairLoaded):
                     infos.append(ev.info)
-                    note_context(next(s.options for s in specs if s.name == ev.info["pair"]), ev.info["n_ctx"])
+                    warn_context(next(s.options for s in specs if s.name == ev.info["pair"]), ev.info["n_ctx"])
                 elif isinstance(ev, runner.Run):
                     runs.append(ev.row)
                     if lines is not None:
@@ -197,13 +203,13 @@ def _run(err: Console, specs: list[runner.PairSpec], plan: workload.Plan,
 
 def _show(ev: runner.BenchEvent, progress: Progress, task, plan: workload.Plan) -> None:
     if isinstance(ev, runner.PairLoading):
-        progress.update(task, description=f"{ev.pair}: loading")
+        progress.update(task, description=printable(f"{ev.pair}: loading"))
     elif isinstance(ev, runner.Generating):
         q = ev.question
         what = "warm-up" if ev.repeat < 0 else f"T={ev.temperature:g} repeat {ev.repeat + 1}/{plan.repeat}"
         turn = f" turn {ev.turn + 1}" if len(q.turns) > 1 else ""
-        progress.update(task, description=f"{ev.pair} · {q.category} #{q.question_id}{turn} · "
-                                          f"{ev.config.label} · {what}")
+        progress.update(task, description=printable(f"{ev.pair} · {q.category} #{q.question_id}{turn} · "
+                                                    f"{ev.config.label} · {what}"))
     elif isinstance(ev, runner.Generated):
         progress.advance(task)
 
@@ -215,7 +221,7 @@ def compare(
 ) -> None:
     """Print two bench results side by side (each cell: A → B)."""
     ra, rb = report.load_result(a), report.load_result(b)
-    out = Console(highlight=False)
+    out = Console(highlight=False, markup=False)
     if not out.is_terminal:
-        out = Console(highlight=False, width=max(out.width, 200))
+        out = Console(highlight=False, markup=False, width=max(out.width, 200))
     out.print(report.compare(ra, rb, a, b))

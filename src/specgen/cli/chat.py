@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..chat.session import Chat
-from ..engine import check_max_tokens
 from ..build import describe_backend
 from ..chat.screen import Screen, run
+from ..settings import check_count, check_given
 from . import app
-from .options import SETTING_FLAGS, EngineFlags, engine_command, load
+from .messages import SETTING_FLAGS
+from .options import EngineFlags, engine_command, load
 
 
 @app.command()
@@ -25,7 +26,8 @@ def chat(
     flags: EngineFlags,
 ) -> None:
     """Chat with the target; the status line shows what speculation does for each reply."""
-    check_max_tokens(max_tokens)
+    check_count("max_tokens", max_tokens)
+    check_given("--system", system)
     sampling = flags.sampling()
     if hasattr(sys.stdin, "reconfigure"):  # stray bytes reach the chat as surrogates, not an exception
         sys.stdin.reconfigure(errors="surrogateescape")

@@ -11,16 +11,18 @@ from rich.table import Table
 
 from ..llama.vocab import check_pair_files
 from ..models import cache, download
-from ..errors import SpecgenError, shorten
+from ..errors import SpecgenError, printable, shorten
 from ..fileio import human_size
-from ..models.registry import ModelEntry, add_pair, load_registry, parse_model_spec, user_path
+from ..models.registry import ModelEntry, load_registry, parse_model_spec, user_path
+from ..models.userfile import add_pair
 from ..settings import DRAFTERS, parse_draft_max
 from . import app
 
 pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
 app.add_typer(pair_app, name="pair")
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: the lines quote names and paths from models.yaml, where "[/x]" is text, not a style.
+_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -57,9 +59,9 @@ def pull(
         pulled = download.pull_models([model], check=check)[0]
         files, what, downloaded = pulled.files, model.spec, pulled.downloaded
     status = f"downloaded {human_size(downloaded)}" if downloaded else "already downloaded"
-    _err.print(f"{what}: {status}, checked ({'sha256, ' if check else ''}size and GGUF header)")
+    _err.print(f"{printable(what)}: {status}, checked ({'sha256, ' if check else ''}size and GGUF header)")
     for f in files:
-        print(f)
+        print(printable(f))
 
 
 @app.command("list")
@@ -72,9 +74,9 @@ def list_pairs(
     if json_out:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return
-    out = Console(highlight=False)
+    out = Console(highlight=False, markup=False)  # a note "[/x]" is text, not a style
     if not out.is_terminal:
-        out = Console(highlight=False, width=200)  # piped: no wrapping
+        out = Console(highlight=False, markup=False, width=200)  # piped: no wrapping
     cols = ["pair", "target", "draft", "quant", "size", "downloaded", "verified"]
     if out.width < 110:
         cols.remove("quant")
@@ -94,7 +96,7 @@ def list_pairs(
                size if exact or size == "?" else "~" + size, s.downloaded, "yes" if s.verified else "no", s.note]
         if "quant" not in cols:
             del row[3]
-        table.add_row(*row[:len(cols)])
+        table.add_row(*(printable(c) for c in row[:len(cols)]))  # notes and paths come from models.yaml
     out.print(table)
     out.print(f"* default pair; ~ approximate size until downloaded; cache {cache.cache_dir()}; "
               f"your pairs: {user_path()}", style="dim")
@@ -114,13 +116,15 @@ def rm(
     registry = load_registry()
     registry.pair(name)
     done = cache.remove_pair(registry, name)
-    if not done.removed and not done.kept:
+    if not done.removed and not done.kept and not done.unlinked:
         _err.print(f"pair {name}: nothing downloaded, nothing removed")
         return
     for f in done.removed:
-        print(f"removed {f}")
+        print(printable(f"removed {f}"))
+    for f, outside in done.unlinked:
+        print(printable(f"removed the link {f}; {outside} is outside the cache and stays"))
     for f in done.kept:
-        print(f"kept {f} (used by another downloaded pair)")
+        print(printable(f"kept {f} (used by another downloaded pair)"))
     _err.print(f"pair {name}: freed {human_size(done.freed)}")
 
 
@@ -145,6 +149,6 @@ def pair_add(
                               default=default, force=force, check=check)
     have = cache.local_pair(registry, name)
     t, d = registry.pair_models(name)
-    _err.print(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}")
+    _err.print(printable(f"pair {name}: target {t.spec}, draft {d.spec}; written to {path}"))
     if have is None:
         _err.print(f"run `specgen pull {name}` to download it")

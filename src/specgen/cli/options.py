@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,36 +15,41 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..errors import SpecgenError, worded
 from ..build import EngineOptions, load_engine
 from ..engine import Engine
 from ..models.resolve import Resolved
-from ..sampling import SamplingError, SamplingParams
-from ..settings import parse_draft_max
+from ..sampling import SamplingParams
+from ..settings import DRAFTERS, check_given, parse_draft_max
+from .messages import warn
 
 M, D, S = "Models", "Drafting", "Sampling"
 
-SETTING_FLAGS = {"target": "--target", "draft": "--draft", "drafter": "--drafter", "draft_max": "--draft-max",
-                 "n_ctx": "--ctx", "draft_p_min": "--draft-p-min", "threads": "--threads",
-                 "gpu_layers": "--gpu-layers", "draft_gpu_layers": "--draft-gpu-layers", "max_tokens": "--max-tokens"}
-"""How the CLI words the engine settings that library errors name (see SpecgenError.worded)."""
+
+def _path_flag(field: str) -> Callable[[str], Path]:
+    """The parser of a file flag, which sees the text typed: typer itself reads an empty value (an unset shell
+    variable) as '.', the current folder, and the message would then be about a directory."""
+    def parse(value: str) -> Path:
+        return Path(check_given(f"{{{field}}}", value))
+    return parse
 
 
 @dataclass
 class EngineFlags:
-    target: Annotated[Optional[Path], typer.Option(help="Target GGUF.", rich_help_panel=M)] = None
-    draft: Annotated[Optional[Path], typer.Option(help="Draft GGUF (same vocabulary).", rich_help_panel=M)] = None
+    target: Annotated[Optional[Path], typer.Option(
+        help="Target GGUF.", parser=_path_flag("target"), metavar="<path>", rich_help_panel=M)] = None
+    draft: Annotated[Optional[Path], typer.Option(
+        help="Draft GGUF (same vocabulary).", parser=_path_flag("draft"), metavar="<path>", rich_help_panel=M)] = None
     pair: Annotated[Optional[str], typer.Option(
         help="A pair from models.yaml (see `specgen list`); default: the default pair.", rich_help_panel=M)] = None
     no_download: Annotated[bool, typer.Option(
         "--no-download", help="Fail instead of pulling a pair that is not downloaded yet.", rich_help_panel=M)] = False
     drafter: Annotated[Optional[str], typer.Option(
-        help="auto | model | ngram | none. auto (the default) copies with n-gram lookup when the text "
+        help=f"{' | '.join(DRAFTERS)}. auto (the default) copies with n-gram lookup when the text "
              "repeats, drafts with the model when that pays on this machine, else decodes plainly.",
         rich_help_panel=D)] = None
-    draft_max: Annotated[str, typer.Option(
-        help="Most draft tokens per step, or 'auto' to size each draft from measured costs.",
-        rich_help_panel=D)] = "auto"
+    draft_max: Annotated[Optional[str], typer.Option(
+        help="Most draft tokens per step, or 'auto' to size each draft from measured costs "
+             "(default: the pair's setting, else auto).", rich_help_panel=D)] = None
     draft_p_min: Annotated[float, typer.Option(
         help="Stop drafting when the draft model's top probability falls below this.",
         rich_help_panel=D)] = 0.0
@@ -72,22 +76,25 @@ class EngineFlags:
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
-        """Check every number first, then resolve (maybe download) the pair; notes go to stderr."""
+        """Check every number first, then resolve (maybe download) the pair; warnings go to stderr."""
         self.check_numbers()
         self.rpc_workers()  # a malformed --rpc fails before any download
         r = self.resolve(self.pair)
-        draft_max = parse_draft_max(self.draft_max) if self.draft_max != "auto" or r.draft_max is None \
-            else r.draft_max
+        draft_max = parse_draft_max(self.draft_max) if self.draft_max is not None else r.draft_max
         opts = self.options_for(r.target, r.draft, self.drafter or r.drafter, draft_max)
         for line in opts.check():
-            note(line)
+            warn(line)
         return opts
 
     def check_numbers(self) -> None:
-        """Refuse a bad number flag before any pair is resolved or downloaded; clamp with a note."""
+        """Refuse a bad number flag, or an empty one, before any pair is resolved or downloaded; clamp with a
+        warning."""
+        for name, value in (("{drafter}", self.drafter), ("{draft_max}", self.draft_max), ("--rpc", self.rpc),
+                            ("--draft-rpc", self.draft_rpc)):
+            check_given(name, value)
         opts = self.options_for(Path(), self.draft, self.drafter, parse_draft_max(self.draft_max))
         for line in opts.check_numbers():
-            note(line)
+            warn(line)
         self.threads = opts.threads
 
     def resolve(self, pair: str | None) -> Resolved:
@@ -113,30 +120,22 @@ class EngineFlags:
             rpc=rpc, draft_rpc=draft_rpc)
 
     def sampling(self) -> SamplingParams:
-        try:
-            return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                  min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed).check()
-        except SamplingError as e:
-            raise SpecgenError(e.worded(e.flag)) from None
-
-
-def note(text: str) -> None:
-    """A warning that does not stop the command, on stderr."""
-    print(f"specgen: note: {worded(text, SETTING_FLAGS)}", file=sys.stderr)
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed).check()
 
 
 def load(opts: EngineOptions) -> Engine:
-    """Load the models; a setting the target could not take as given is noted."""
+    """Load the models; a setting the target could not take as given gets a warning."""
     engine = load_engine(opts)
-    note_context(opts, engine.n_ctx)
+    warn_context(opts, engine.n_ctx)
     return engine
 
 
-def note_context(opts: EngineOptions, n_ctx: int) -> None:
+def warn_context(opts: EngineOptions, n_ctx: int) -> None:
     """Say so when the engine loaded with *n_ctx* got less context than asked: the loader cuts it to what the
     target was trained for."""
     if n_ctx < opts.n_ctx:
-        note(f"{{n_ctx}} {opts.n_ctx} is more than {Path(opts.target).name} was trained for; using {n_ctx}")
+        warn(f"{{n_ctx}} {opts.n_ctx} is more than {Path(opts.target).name} was trained for; using {n_ctx}")
 
 
 def _panel(hint: Any) -> str | None:
@@ -176,4 +175,4 @@ def engine_command(fn: Callable | None = None, *, sampling: bool = True) -> Call
     return wrapper
 
 
-__all__ = ["EngineFlags", "SETTING_FLAGS", "engine_command", "note"]
+__all__ = ["EngineFlags", "engine_command", "load", "warn_context"]

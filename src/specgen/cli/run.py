@@ -9,28 +9,31 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..engine import Piece, Summary, check_max_tokens
+from ..engine import Piece, Summary
 from ..errors import SpecgenError
+from ..fileio import read_stream
+from ..settings import check_count, check_given
 from ..textstream import user_text
 from ..build import topology
 from ..llama.chat_template import chat_tokens, messages_for
 from ..statsline import stats_line
 from . import app
-from .options import EngineFlags, engine_command, load, note
+from .messages import warn
+from .options import EngineFlags, engine_command, load
 
 
 def _decoded(data: bytes | str, what: str) -> str:
     text, bad = user_text(data, what)
     if bad:
-        note(f"{what} is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+        warn(f"{what} is not valid UTF-8: {bad} bytes were replaced with \ufffd")
     return text
 
 
 def read_prompt(arg: str | None) -> str:
     """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
     parts = []
-    if not sys.stdin.isatty():
-        piped = _decoded(sys.stdin.buffer.read(), "stdin")
+    if not sys.stdin.isatty():  # a closed stdin reads as /dev/null (see main)
+        piped = _decoded(read_stream(sys.stdin, "stdin"), "stdin")
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if arg:
@@ -57,7 +60,9 @@ def run(
     flags: EngineFlags,
 ) -> None:
     """Generate a reply to PROMPT with speculative decoding."""
-    check_max_tokens(max_tokens)
+    check_count("max_tokens", max_tokens)
+    for name, value in (("--system", system), *(("--stop", s) for s in stop or ())):
+        check_given(name, value)
     sampling = flags.sampling()
     text_in = read_prompt(prompt)
     opts = flags.engine_options()

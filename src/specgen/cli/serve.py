@@ -10,6 +10,7 @@ import typer
 
 from ..build import describe_backend
 from ..errors import SpecgenError
+from ..settings import check_given
 from . import app
 from .options import EngineFlags, engine_command, load
 
@@ -36,6 +37,9 @@ def serve(
         raise SpecgenError(f"--port must be between 0 and 65535, not {port}")
     if queue < 0:
         raise SpecgenError(f"--queue must be 0 or more, not {queue}")
+    # An empty --host would listen on every interface, an empty --api-key would let anyone in.
+    check_given("--host", host)
+    check_given("--api-key", api_key)
     key = api_key if api_key is not None else os.environ.get("SPECGEN_API_KEY") or None
     sampling = flags.sampling()
     opts = flags.engine_options()

@@ -12,7 +12,9 @@ import typer
 
 from ..errors import SpecgenError
 from ..llama.rpc import DEFAULT_PORT
+from ..settings import check_given, check_threads
 from . import app
+from .messages import warn
 
 
 def _mb(n: int) -> str:
@@ -30,26 +32,27 @@ def worker(
         help="Devices to serve, comma-separated (e.g. CUDA0,CUDA1); default: the GPUs, else the CPU.")] = None,
 ) -> None:
     """Serve this machine's CPU or GPU to `specgen run/chat/bench/serve --rpc HOST:PORT` elsewhere."""
-    from ..llama import rpc
+    from ..llama import rpc_worker
     from ..llama.backend import default_threads
     from ..llama.devices import CPU, by_names, local_devices, local_gpus
 
-    loopback = rpc.check_host(host)
-    if threads is not None and threads < 1:
-        raise SpecgenError("--threads must be 1 or more")
+    loopback = rpc_worker.check_host(host)
+    check_given("--device", device)
+    threads, notes = check_threads(threads)
+    for line in notes:
+        warn(line)
     if device:
         devices = by_names(device.split(","))
     else:
         devices = local_gpus() or [d for d in local_devices() if d.type == CPU][:1]
     if not devices:
         raise SpecgenError("this llama.cpp build has no device to serve")
-    w = rpc.Worker(host, port, devices, threads or default_threads())
+    w = rpc_worker.Worker(host, port, devices, threads or default_threads())
     err = sys.stderr
     tty = err.isatty()
     if not loopback:
-        print(f"specgen: warning: listening on {host}: llama.cpp's RPC protocol has no authentication or "
-              "encryption, anyone who can reach this port can run code on these devices; prefer 127.0.0.1 "
-              "and an SSH tunnel (see README)", file=err)
+        warn(f"listening on {host}: llama.cpp's RPC protocol has no authentication or encryption, anyone who "
+             "can reach this port can run code on these devices; prefer 127.0.0.1 and an SSH tunnel (see README)")
 
     def line(event: str = "") -> str:
         s = w.refresh()

@@ -1,12 +1,8 @@
 """The hybrid drafter: copy when the text repeats, the draft model otherwise, or nothing.
 
-Each step the free n-gram lookup goes first and the controller prices its
-copy.  The draft model is asked only when the controller expects its tokens
-(at their measured cost and this session's acceptance per position) to beat
-both that copy and plain decoding, and its draft is used if, once priced, it
-still does.  So on hardware where a draft model cannot pay, `auto` degrades
-to n-gram copying and plain steps; where verifying is nearly free, a doubtful
-copy does not crowd out a good draft model.
+Each step the controller prices the free n-gram copy first; the draft model is
+asked only when its outlook beats that, and its draft kept only when, priced,
+it still does (the rule and why: DESIGN.md, "auto").
 """
 
 from __future__ import annotations

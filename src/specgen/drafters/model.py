@@ -6,8 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..llama.backend import Context, Model, common_prefix
+from ..llama.backend import Context, Model
 from ..sampling import SamplingParams, distribution, sample
+from ..tokens import common_prefix
 from .base import Draft, KeepGoing
 
 

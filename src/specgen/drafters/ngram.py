@@ -1,44 +1,12 @@
 """Prompt lookup: draft by copying what followed the same tokens earlier.
 
 Code edits, summaries and RAG answers repeat long spans of their prompt.  The
-drafter finds the longest recent match of the history's last tokens and
-proposes what followed it.  Two things make it pay off on hardware where a
-wide verify batch costs several single-token steps:
-
-* locality: after a mismatch (a renamed identifier) the copy usually resumes
-  just past where it left off, so among equally long matches the one nearest
-  the previous copy position wins over the most recent one;
-* calibrated confidence: it learns from the target's verdicts how often a copy
-  goes on, and reports that as the per-token confidence the controller uses to
-  size the draft.
-
-The confidence is shaped like copies behave.  The first token of a fresh
-match is the gamble: it survives about half the time after a short match into
-a document, rarely when earlier occurrences of the same context went on
-differently ("split"), rarely when the source is the reply itself, and hardly
-ever when the reply only echoes a short question.  So its rate is learned per
-kind of match over the session (scored on every step, drafted or not).  Once
-it is accepted the copy is confirmed, and how far it goes on is learned per
-source, match length at the draft and position in it: a copy that started from
-a 20-token match in code runs on; one that started from a 5-token match in an
-essay usually stops within a few tokens, and pooling the two by how long the
-match has grown would rate the essay's copy by the code's.  Both kinds of rate
-are kept apart for tokens at a seam of the text (punctuation, a line break, the
-word after a stop or a number) and inside a phrase, since seams are where
-replies part from what they copy.
-
-A copy the target goes on following, through accepted drafts or plain steps,
-stays one copy: its next tokens are rated as continuations, not as a fresh
-gamble, so one plain step is how the controller checks a doubtful first token.
-Until it reaches a fork: where the source says the same context twice and the
-two go on differently, the reply that has echoed it picks one way or neither
-(a RAG answer quoting "... for UNICEF" stops where the document goes on), so
-the next token is a fresh gamble again, rated as a split match.
-
-A session mixes kinds of text, so each generation also fits how far its own
-verdicts run above or below the session's rates (one offset in log-odds for
-first tokens, one for continuations) and applies it to every rate, less a
-margin for how little of the generation has been seen yet.
+drafter proposes what followed the longest recent match of the history's last
+tokens, and reports as each token's confidence its own acceptance rate,
+learned from the target's verdicts per kind of token (a fresh match's first,
+or a confirmed copy's continuation; by source, match length, position and
+seam) and shifted per generation.  What it rates and why: DESIGN.md, "What the
+n-gram drafter learns".
 """
 
 from __future__ import annotations
@@ -111,12 +79,9 @@ class _Shift:
     two lucky guesses; a shift in log-odds does not, and it weighs a miss where
     a hit was near certain more than misses where misses were expected.
 
-    Rates are given _DOUBT standard deviations of the fit below it: a session
-    mixes kinds of text (code edits whose copies run on, answers whose quotes
-    stop), and a reply's own kind shows only as its verdicts come in.  Until
-    then a wide verify is priced for a reply less given to copying than the
-    session's average, which on a CPU is what keeps an essay from staking six
-    steps on a code edit's statistics; each verdict narrows the doubt.
+    Rates are given _DOUBT standard deviations of the fit below it, a doubt
+    that each verdict narrows: a session mixes kinds of text, and a reply's own
+    kind shows only as its verdicts come in.
     """
 
     def __init__(self) -> None:

@@ -13,36 +13,16 @@ import ctypes
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import SpecgenError
+from ..errors import ModelFault, SpecgenError
+from . import rpc
+from .devices import local_gpus, null_terminated
 from .gguf import GGUFInfo, read_gguf
-
-_init_lock = threading.Lock()
-_log_callback = None  # must outlive every llama.cpp call
-
-
-def _llama():
-    """Import llama_cpp once, with llama.cpp's own logging silenced.
-
-    llama.cpp writes hundreds of lines to stderr on load; our users get one
-    clear line on error instead.  SPECGEN_LLAMA_LOG=1 turns it back on.
-    """
-    global _log_callback
-    import llama_cpp
-
-    with _init_lock:
-        if _log_callback is None:
-            _log_callback = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-            if not os.environ.get("SPECGEN_LLAMA_LOG"):
-                llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-            llama_cpp.llama_backend_init()
-    return llama_cpp
+from .loader import load_llama
 
 
 class _Interrupts:
@@ -84,37 +64,20 @@ class _Interrupts:
                 self.pending = False
                 raise KeyboardInterrupt
 
-    def pause_for_tests(self, point: str, detail: str = "") -> None:
-        """With SPECGEN_TEST_PAUSE=point (or point:detail), write SPECGEN_TEST_PAUSE_FILE and wait
-        (up to 60 s) for Ctrl+C.
-
-        Lets tests interrupt at a known moment instead of after a guessed sleep.
-        """
-        if os.environ.get("SPECGEN_TEST_PAUSE") not in (point, f"{point}:{detail}"):
-            return
-        marker = os.environ.get("SPECGEN_TEST_PAUSE_FILE")
-        if marker:
-            Path(marker).write_text(point)
-        deadline = time.monotonic() + 60
-        while not self.pending and time.monotonic() < deadline:
-            time.sleep(0.01)
-
 
 interrupts = _Interrupts()
 
 
 def supports_gpu_offload() -> bool:
-    return bool(_llama().llama_supports_gpu_offload())
+    return bool(load_llama().llama_supports_gpu_offload())
 
 
 def system_info() -> str:
-    return _llama().llama_print_system_info().decode("utf-8", "replace").strip()
+    return load_llama().llama_print_system_info().decode("utf-8", "replace").strip()
 
 
 def backend_name() -> str:
     """'CUDA', 'Metal', 'Vulkan'... or 'CPU', read from llama.cpp's system info."""
-    from .devices import local_gpus
-
     # An RPC-enabled build "supports GPU offload" (to workers) without a local GPU.
     if not local_gpus():
         return "CPU"
@@ -135,7 +98,27 @@ class ModelOptions:
     """HOST:PORT of llama.cpp RPC workers that take the offloaded layers (ahead of local GPUs)."""
 
 
-class Model:
+class _Owned:
+    """Holds a llama.cpp object at `ptr`: `close()` frees it once, and collection frees what nobody closed."""
+
+    ptr = None  # until __init__ gets it, or when that failed part way
+
+    def _free(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.ptr:
+            self._free()
+            self.ptr = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass  # at interpreter exit llama_cpp may be torn down first, and __del__ has no one to tell
+
+
+class Model(_Owned):
     """A loaded GGUF model and its vocabulary."""
 
     def __init__(self, path: str | os.PathLike[str], options: ModelOptions | None = None,
@@ -143,7 +126,7 @@ class Model:
         options = options or ModelOptions()
         self.info = info or read_gguf(path)  # fail with one clear line before llama.cpp
         self.path = self.info.path
-        lib = _llama()
+        lib = load_llama()
         mp = lib.llama_model_default_params()
         n_layer = int(self.info.metadata.get(f"{self.info.architecture}.block_count", 999))
         mp.n_gpu_layers = (n_layer + 1 if options.gpu_layers < 0 else options.gpu_layers) \
@@ -164,21 +147,14 @@ class Model:
             mp.devices = ctypes.cast(devs, ctypes.c_void_p)
             mp.n_gpu_layers = n_layer + 1 if options.gpu_layers < 0 else options.gpu_layers
             self.gpu_layers = min(mp.n_gpu_layers, n_layer + 1)
-        self.ptr = None
-        paused = []
 
         def progress(fraction: float, user_data) -> bool:
-            if not paused:
-                paused.append(True)
-                interrupts.pause_for_tests("load", self.path.name)
             return not interrupts.pending
 
         # Kept on self: llama.cpp holds the pointer for as long as the load runs.
         self._progress = lib.llama_progress_callback(progress)
         mp.progress_callback = self._progress
         with interrupts.deferred():
-            if options.vocab_only:  # a vocabulary-only load reports no progress
-                interrupts.pause_for_tests("load", self.path.name)
             self.ptr = lib.llama_model_load_from_file(str(self.path).encode(), mp)
             if interrupts.pending:
                 self.close()
@@ -204,9 +180,6 @@ class Model:
     def _rpc_devices(self, options: ModelOptions, n_layer: int):
         """RPC workers first (as llama.cpp orders them), then this machine's GPUs; refuses a model that
         cannot fit in what the workers report free."""
-        from . import rpc
-        from .devices import local_gpus, null_terminated
-
         remote = rpc.connect(self.rpc)
         local = local_gpus()
         self.devices = [f"{d.name} ({d.description})" for d in remote + local]
@@ -223,16 +196,8 @@ class Model:
     def name(self) -> str:
         return self.info.name
 
-    def close(self) -> None:
-        if getattr(self, "ptr", None):
-            self._lib.llama_model_free(self.ptr)
-            self.ptr = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self) -> None:
+        self._lib.llama_model_free(self.ptr)
 
     @property
     def eog_tokens(self) -> np.ndarray:
@@ -278,7 +243,7 @@ class Model:
         return raw.decode("utf-8", "replace") if raw else None
 
 
-class Context:
+class Context(_Owned):
     """One llama.cpp context (KV cache) for a model, sequence 0 only."""
 
     def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None, n_batch: int = 512):
@@ -292,7 +257,6 @@ class Context:
         cp.n_threads = cp.n_threads_batch = threads
         self.n_threads = threads
         cp.no_perf = True
-        self.ptr = None
         with interrupts.deferred():
             self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
@@ -305,18 +269,10 @@ class Context:
         self.n_past = 0  # tokens whose KV entries are in the cache
         self._rows_offset = 0
 
-    def close(self) -> None:
-        if getattr(self, "ptr", None):
-            if hasattr(self, "_batch"):
-                self._lib.llama_batch_free(self._batch)
-            self._lib.llama_free(self.ptr)
-            self.ptr = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self) -> None:
+        if hasattr(self, "_batch"):
+            self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self.ptr)
 
     def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
         """Append *tokens* at positions n_past.. to the KV cache.
@@ -342,10 +298,9 @@ class Context:
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
                 with interrupts.deferred():
-                    interrupts.pause_for_tests("decode")
                     rc = self._lib.llama_decode(self.ptr, b)
                 if rc != 0:
-                    raise SpecgenError(f"llama_decode failed (code {rc}) at position {self.n_past}")
+                    raise ModelFault(f"llama_decode failed (code {rc}) at position {self.n_past}")
                 self.n_past += len(chunk)
                 self._rows_offset = start
         except BaseException:
@@ -368,11 +323,3 @@ def default_threads() -> int:
     # on SMT machines; half the logical count, at least 1, is closer.
     n = os.cpu_count() or 2
     return max(1, n // 2) if n > 4 else n
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

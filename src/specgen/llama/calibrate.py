@@ -16,9 +16,11 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
-from ..fileio import cache_dir, write_atomic
+from ..errors import is_finite_number
+from ..fileio import cache_dir, read_json_cache, write_json_cache
 from .backend import Context, system_info
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
@@ -46,15 +48,17 @@ def _filler(ctx: Context, n: int) -> list[int]:
     return (toks * (n // max(len(toks), 1) + 1))[:n]
 
 
-def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES, logits: str = "all") -> dict[int, float]:
+def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES, logits: str = "all", *, prefix: int = PREFIX,
+                   repeats: int = REPEATS) -> dict[int, float]:
     """Seconds for one decode of n tokens with logits for every row, as the engine verifies
-    (*logits* "last": as a draft model catches up on tokens it did not draft)."""
-    sizes = tuple(n for n in sizes if PREFIX + n < ctx.n_ctx)
+    (*logits* "last": as a draft model catches up on tokens it did not draft), after *prefix* tokens
+    of context, the fastest of *repeats* sweeps."""
+    sizes = tuple(n for n in sizes if prefix + n < ctx.n_ctx)
     ctx.rollback_to(0)
-    ctx.decode(_filler(ctx, PREFIX), logits="none")
+    ctx.decode(_filler(ctx, prefix), logits="none")
     batch = _filler(ctx, max(sizes))
     ctx.decode(batch[:4], logits="all")  # warm-up: first calls allocate
-    ctx.rollback_to(PREFIX)
+    ctx.rollback_to(prefix)
     times: dict[int, list[float]] = {n: [] for n in sizes}
     # The controller takes the curve's shape from here and learns the machine's speed as it runs, so
     # what must not happen is a shape bent by a burst of other work.  Timing each size in a row let a
@@ -62,23 +66,23 @@ def measure_verify(ctx: Context, sizes: tuple[int, ...] = SIZES, logits: str = "
     # cached curve kept it); sweeping all sizes several times and keeping each size's fastest leaves
     # a burst one sample of many.  Sweeps alternate direction so that every decode follows one of a
     # like size: a one-token decode right after a wide batch runs on cold caches and reads ~3% slow.
-    for sweep in range(REPEATS):
+    for sweep in range(repeats):
         for n in sizes if sweep % 2 == 0 else sizes[::-1]:
             t0 = time.perf_counter()
             ctx.decode(batch[:n], logits=logits)
             times[n].append(time.perf_counter() - t0)
-            ctx.rollback_to(PREFIX)
+            ctx.rollback_to(prefix)
     ctx.rollback_to(0)
     return {n: min(t) for n, t in times.items()}
 
 
-def measure_draft(ctx: Context) -> float:
-    """Seconds per drafted token: a one-token decode and reading its logits."""
+def measure_draft(ctx: Context, *, prefix: int = PREFIX) -> float:
+    """Seconds per drafted token: a one-token decode and reading its logits, after *prefix* tokens."""
     ctx.rollback_to(0)
-    toks = _filler(ctx, PREFIX + 6)
-    ctx.decode(toks[:PREFIX], logits="last")
+    toks = _filler(ctx, prefix + 6)
+    ctx.decode(toks[:prefix], logits="last")
     times = []
-    for t in toks[PREFIX:]:
+    for t in toks[prefix:]:
         t0 = time.perf_counter()
         ctx.decode([t], logits="last")
         ctx.logits_row(-1).max()
@@ -87,29 +91,38 @@ def measure_draft(ctx: Context) -> float:
     return statistics.median(times[1:])
 
 
+def _seconds(x: Any) -> bool:
+    return is_finite_number(x) and x > 0  # the controller divides by costs: a 0 is no measurement
+
+
+def _curve(x: Any) -> bool:
+    """{"size": seconds}, at least one size, each a batch of 1 token or more."""
+    return (isinstance(x, dict) and bool(x)
+            and all(k.isascii() and k.isdigit() and int(k) >= 1 and _seconds(s) for k, s in x.items()))
+
+
+def _valid(cache: Any) -> bool:
+    """The layout `cached_costs` writes: per key, a verify curve {"size": seconds} or a draft token's seconds."""
+    return isinstance(cache, dict) and all(_curve(v) or _seconds(v) for v in cache.values())
+
+
 def cached_costs(target: Context, draft: Context | None) -> tuple[dict[int, float], float | None]:
     """(verify seconds by batch size, draft seconds per token or None), measured or from the cache."""
     path = cache_file()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_json_cache(path, _valid) or {}
     changed = False
     tk = _key(target, "verify")
-    if tk not in cache:
+    if not _curve(cache.get(tk)):
         cache[tk] = {str(n): s for n, s in measure_verify(target).items()}
         changed = True
     verify = {int(n): float(s) for n, s in cache[tk].items()}
     draft_cost = None
     if draft is not None:
         dk = _key(draft, "draft")
-        if dk not in cache:
+        if not _seconds(cache.get(dk)):
             cache[dk] = measure_draft(draft)
             changed = True
         draft_cost = float(cache[dk])
     if changed:
-        try:
-            write_atomic(path, json.dumps(cache))
-        except OSError:
-            pass  # a read-only cache only costs a re-measure next time
+        write_json_cache(path, cache)
     return verify, draft_cost

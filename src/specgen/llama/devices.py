@@ -15,18 +15,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import SpecgenError
+from .loader import load_llama
 
 # enum ggml_backend_dev_type
 CPU, GPU, IGPU, ACCEL, META = range(5)
-TYPE_NAMES = {CPU: "CPU", GPU: "GPU", IGPU: "iGPU", ACCEL: "accelerator", META: "meta"}
 
 _P = ctypes.c_void_p
 
 
 def lib_dir() -> Path:
-    from .backend import _llama
-
-    return Path(_llama().__file__).parent / "lib"
+    return Path(load_llama().__file__).parent / "lib"
 
 
 def load_lib(stem: str) -> ctypes.CDLL | None:
@@ -75,10 +73,6 @@ class Device:
     name: str
     description: str
     type: int
-
-    @property
-    def type_name(self) -> str:
-        return TYPE_NAMES.get(self.type, str(self.type))
 
     def memory(self) -> tuple[int, int]:
         """(free, total) bytes; for an RPC device this asks the worker."""

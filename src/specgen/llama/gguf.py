@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecgenError
+from ..fileio import home_path, open_regular, os_problem
 
 MAGIC = b"GGUF"
 
@@ -122,6 +123,8 @@ class _Reader:
                 self.pos = pos
                 if self.pos > len(self.buf):
                     raise GGUFError(f"{self.path}: truncated GGUF header (array runs past the end)")
+            elif itype == _ARRAY:  # llama.cpp refuses these too, and their nesting has no bound
+                raise GGUFError(f"{self.path}: corrupt GGUF header (an array of arrays)")
             else:
                 for _ in range(count):
                     self.value(itype)
@@ -129,29 +132,25 @@ class _Reader:
         raise GGUFError(f"{self.path}: corrupt GGUF header (unknown value type {vtype})")
 
 
+WHAT_TO_GIVE = "the path of a .gguf file"
+"""What to give instead of a model path that is not a file (see `fileio.unreadable`)."""
+
+
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     """Parse the header of *path* and check that the tensor data fits the file.
 
     Raises GGUFError with a one-line message for every way a file can be bad.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise GGUFError(f"{p}: no such file")
-    if p.is_dir():
-        raise GGUFError(f"{p}: is a directory, not a GGUF file")
-    if not p.is_file():  # a FIFO or device would block or stream forever
-        raise GGUFError(f"{p}: not a regular file; give the path of a .gguf file")
+    p = home_path(path)
     try:
-        with open(p, "rb") as f:
+        with open_regular(p, WHAT_TO_GIVE, GGUFError) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 4 or f.read(4) != MAGIC:
                 raise GGUFError(f"{p}: not a GGUF file (bad magic; expected 'GGUF')")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _parse(_Reader(buf, p), p, size)
-    except PermissionError:
-        raise GGUFError(f"{p}: permission denied") from None
-    except OSError as e:
-        raise GGUFError(f"{p}: cannot read ({e.strerror or e})") from None
+    except OSError as e:  # opening is open_regular's to word: this is a read that failed
+        raise GGUFError(f"{p}: cannot read ({os_problem(e)})") from None
 
 
 def _parse(r: _Reader, p: Path, size: int) -> GGUFInfo:

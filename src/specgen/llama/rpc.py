@@ -1,5 +1,5 @@
-"""llama.cpp's RPC backend: serve this machine's devices (`specgen worker`) and
-offload a model's layers to workers elsewhere (`--rpc HOST:PORT,...`).
+"""llama.cpp's RPC backend, client side: offload a model's layers to workers elsewhere
+(`--rpc HOST:PORT,...`); the worker itself is `rpc_worker.py`.
 
 Both ends are ggml-rpc from the llama.cpp build llama_cpp loaded, called
 through ctypes, so a worker and its client are the same code and protocol.
@@ -15,25 +15,28 @@ machine vanishes sends no reset, so its connections get TCP keepalive.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import socket
 import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Container, Iterator, Sequence
 
-from ..errors import SpecgenError
-from .devices import Device, device, load_lib, null_terminated
+from ..errors import SpecgenError, error_line
+from ..fileio import os_problem
+from .devices import Device, device, ggml, load_lib
+from .loader import load_llama
 
 DEFAULT_PORT = 50052
 MAX_WORKERS = 16  # GGML_RPC_MAX_SERVERS
 HELLO = 14  # RPC_CMD_HELLO, fixed across protocol versions
 CAPS = 24  # RPC_CONN_CAPS_SIZE: the HELLO request's body
 PROBE_TIMEOUT = 5.0
+NUDGE_SECONDS = 1.0
+IPV4_ONLY = (f"llama.cpp's RPC connects over IPv4 only: give an IPv4 address or a host name that has one "
+             f"(e.g. 127.0.0.1:{DEFAULT_PORT})")
 REBUILD = ('CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir llama-cpp-python'
            " (add your GPU flag, e.g. -DGGML_CUDA=on, inside the quotes)")
 
@@ -50,6 +53,8 @@ def parse_endpoints(spec: str | None, flag: str = "--rpc") -> tuple[str, ...]:
         host, sep, port = item.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise SpecgenError(f"{flag}: {item!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT})")
+        if ":" in host or host.startswith("["):  # only an IPv6 address has a colon in its host part
+            raise SpecgenError(f"{flag}: {item!r} is an IPv6 address; {IPV4_ONLY}")
         ep = f"{host}:{int(port)}"
         if ep in out:
             raise SpecgenError(f"{flag}: {ep} is listed twice")
@@ -67,13 +72,12 @@ def _split(endpoint: str) -> tuple[str, int]:
 # -- the library -----------------------------------------------------------------------------------
 
 def supported() -> bool:
-    from .backend import _llama
-
-    return bool(_llama().llama_supports_rpc())
+    return bool(load_llama().llama_supports_rpc())
 
 
 @lru_cache(maxsize=1)
-def _rpc() -> ctypes.CDLL:
+def ggml_rpc() -> ctypes.CDLL:
+    """libggml-rpc with the calls both ends use bound, or one line saying how to get a build that has it."""
     lib = load_lib("ggml-rpc") if supported() else None
     if lib is None:
         raise SpecgenError(f"this llama-cpp-python was built without RPC support; rebuild it: {REBUILD}")
@@ -86,7 +90,7 @@ def _rpc() -> ctypes.CDLL:
     return lib
 
 
-# -- client side -----------------------------------------------------------------------------------
+# -- reaching workers ------------------------------------------------------------------------------
 
 class WorkerBusy(SpecgenError):
     """The worker took the connection but is serving another client (one at a time)."""
@@ -94,11 +98,10 @@ class WorkerBusy(SpecgenError):
 
 def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]:
     """Connect and shake hands as llama.cpp will; the worker's protocol version, or one clear line."""
-    host, port = _split(endpoint)
+    port = _split(endpoint)[1]
+    address = _ipv4(endpoint)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror:
-        raise SpecgenError(f"RPC worker {endpoint}: cannot resolve host {host!r}") from None
+        sock = socket.create_connection(address, timeout=timeout)
     except ConnectionRefusedError:
         raise SpecgenError(f"RPC worker {endpoint} refused the connection: start `specgen worker --port {port}` "
                            "there (or open its SSH tunnel) and check the address") from None
@@ -106,39 +109,89 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
         raise SpecgenError(f"RPC worker {endpoint} did not answer within {timeout:.0f}s: check the address, "
                            "the firewall or the SSH tunnel") from None
     except OSError as e:
-        raise SpecgenError(f"cannot reach RPC worker {endpoint}: {e.strerror or e}") from None
+        raise SpecgenError(f"cannot reach RPC worker {endpoint}: {os_problem(e)}") from None
+    got = bytearray()  # what the peer sent, kept when a timeout or a reset cuts the reading short
+    size = 0
     with sock:
         try:
             sock.sendall(bytes([HELLO]) + struct.pack("<Q", CAPS) + bytes(CAPS))
-            head = _recv_exactly(sock, 8)
-            size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            body = _recv_exactly(sock, size) if 4 <= size <= 4096 else b""
+            _recv_into(sock, got, 8)
+            size = struct.unpack("<Q", got[:8])[0] if len(got) == 8 else 0
+            if 4 <= size <= 4096:
+                _recv_into(sock, got, 8 + size)
         except (socket.timeout, TimeoutError):
+            reply = bytes(got) or _nudge(sock)
+            if reply:
+                raise SpecgenError(_not_a_worker(endpoint, port, reply)) from None
             raise WorkerBusy(f"RPC worker {endpoint} accepted the connection but did not answer within "
                              f"{timeout:.0f}s: a worker serves one client at a time; is another program "
                              "using it?") from None
         except OSError as e:
-            body, size = b"", 0
             if not isinstance(e, ConnectionError):
-                raise SpecgenError(f"RPC worker {endpoint}: {e.strerror or e}") from None
-    if len(body) < 4 or len(body) != size:
-        raise SpecgenError(f"RPC worker {endpoint} broke off the handshake: it runs an incompatible llama.cpp "
-                           "build; install the same llama-cpp-python version on both machines")
+                raise SpecgenError(f"RPC worker {endpoint}: {os_problem(e)}") from None
+    if not got:  # what a llama.cpp build that does not know this handshake does
+        raise SpecgenError(f"RPC worker {endpoint} hung up on the handshake: it runs an incompatible llama.cpp "
+                           "build (install the same llama-cpp-python version on both machines), or it is not a "
+                           "llama.cpp RPC worker at all")
+    body = bytes(got[8:])
+    if not 4 <= size <= 4096 or len(body) != size:
+        raise SpecgenError(_not_a_worker(endpoint, port, bytes(got)))
     return body[0], body[1], body[2]
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
+def _ipv4(endpoint: str) -> tuple[str, int]:
+    """The IPv4 address llama.cpp will connect to (it resolves names with gethostbyname, IPv4 only)."""
+    host, port = _split(endpoint)
+    try:
+        return socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
+    except (socket.gaierror, UnicodeError):
+        pass
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise SpecgenError(f"RPC worker {endpoint}: cannot resolve host {host!r}") from None
+    raise SpecgenError(f"RPC worker {endpoint}: {host} has only IPv6 addresses; {IPV4_ONLY}")
+
+
+def _recv_into(sock: socket.socket, buf: bytearray, n: int) -> None:
+    """Read until *buf* holds *n* bytes or the peer closes."""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
             break
         buf += chunk
-    return buf
+
+
+def _nudge(sock: socket.socket) -> bytes:
+    """Send the end of a line to a peer that has not answered the handshake.  A busy worker has not
+    accepted the connection yet and stays silent; an HTTP server, or anything else that reads lines,
+    answers.  What it answered, or nothing."""
+    try:
+        sock.settimeout(NUDGE_SECONDS)
+        sock.sendall(b"\r\n\r\n")
+        return sock.recv(64)
+    except OSError:
+        return b""
+
+
+def _not_a_worker(endpoint: str, port: int, reply: bytes) -> str:
+    head = reply[:256].lower()
+    what = "an HTTP server" if head.startswith(b"http/") or b"<html" in head or b"<!doctype" in head else \
+        "something that does not speak llama.cpp's RPC protocol"
+    return (f"{endpoint} is not a llama.cpp RPC worker: {what} answered there; check the port, and start "
+            f"`specgen worker --port {port}` on that machine")
 
 
 _workers: dict[str, tuple[int, int, int]] = {}  # endpoint -> protocol version, for every worker in use
 _abort_cb = None  # must outlive every llama.cpp call
+_last_words: list[Callable[[str], None]] = []
+
+
+def on_abort(hook: Callable[[str], None]) -> Callable[[], None]:
+    """Have *hook(line)* run just before an abort ends the process, with the line about to be printed (a
+    server answers its clients with it); returns the call that removes the hook."""
+    _last_words.append(hook)
+    return lambda: _last_words.remove(hook) if hook in _last_words else None
 
 
 def _answers(endpoint: str) -> bool:
@@ -165,7 +218,12 @@ def _lost_message(endpoints: Sequence[str]) -> str:
 
 def _die(line: str, code: int = 1) -> None:
     try:
-        sys.stderr.write(f"specgen: error: {line}\n")
+        for hook in list(_last_words):
+            try:
+                hook(line)
+            except Exception:  # the process ends either way; its one line must still be printed
+                pass
+        sys.stderr.write(error_line(line) + "\n")
         sys.stderr.flush()
     finally:
         os._exit(code)
@@ -202,14 +260,12 @@ def _install_abort_handler() -> None:
 
 def connect(endpoints: Sequence[str]) -> list[Device]:
     """The devices the workers at *endpoints* serve, each worker probed first."""
-    lib = _rpc()
+    lib = ggml_rpc()
     for ep in endpoints:
         if ep not in _workers:
             _workers[ep] = probe(ep)
     _install_abort_handler()
     _keepalive.watch(endpoints)
-    from .devices import ggml
-
     g = ggml()
     out: list[Device] = []
     for ep in endpoints:
@@ -255,18 +311,7 @@ class KeepAlive:
             time.sleep(1.0)
 
     def scan(self) -> None:
-        try:
-            fds = os.listdir("/proc/self/fd")
-        except OSError:
-            return
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/self/fd/{fd}")
-                if not link.startswith("socket:") or link in self._done:
-                    continue
-                s = socket.socket(fileno=os.dup(int(fd)))  # options set on a dup apply to the socket
-            except OSError:
-                continue
+        for link, s in process_sockets(skip=self._done):
             try:
                 if s.type == socket.SOCK_STREAM and s.getpeername()[:2] in self.peers:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -277,159 +322,26 @@ class KeepAlive:
                     self._done.add(link)
             except OSError:
                 pass
-            finally:
-                s.close()
 
 
-_keepalive = KeepAlive()
-
-
-def describe(endpoints: Sequence[str]) -> str:
-    return "RPC " + ", ".join(endpoints)
-
-
-# -- server side -----------------------------------------------------------------------------------
-
-def check_host(host: str) -> bool:
-    """Whether *host* is a loopback address; one line if ggml-rpc cannot bind it (IPv4 literals only)."""
-    try:
-        addr = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise SpecgenError(f"--host must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, not {host!r}") \
-            from None
-    return addr.is_loopback
-
-
-@dataclass
-class WorkerStats:
-    connected: int = 0
-    served: int = 0
-    received: int = 0
-    sent: int = 0
-    events: list[str] = field(default_factory=list)
-
-    def snapshot(self) -> tuple[int, int, int, int]:
-        return self.connected, self.served, self.received, self.sent
-
-
-_TCP_INFO_BYTES = struct.Struct("<QQ")  # tcpi_bytes_acked, tcpi_bytes_received
-_TCP_INFO_OFFSET = 120
-
-
-def _connection_bytes() -> dict[str, tuple[int, int]] | None:
-    """(received, sent) bytes of each established TCP connection this process holds, by socket inode.
-
-    ggml-rpc counts nothing, and its socket calls (recv/send) escape /proc/self/io; the kernel's
-    tcp_info of each connection has the totals.  Linux only (None elsewhere)."""
-    if not hasattr(socket, "TCP_INFO"):
-        return None
-    out: dict[str, tuple[int, int]] = {}
+def process_sockets(skip: Container[str] = ()) -> Iterator[tuple[str, socket.socket]]:
+    """Each socket this process holds, llama.cpp's included: its name in /proc ('socket:[inode]') and a
+    duplicate, closed when the caller moves on.  Options set on the duplicate apply to the socket itself.
+    Linux only (nothing elsewhere)."""
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
-        return None
+        return
     for fd in fds:
         try:
             link = os.readlink(f"/proc/self/fd/{fd}")
-            if not link.startswith("socket:"):
+            if not link.startswith("socket:") or link in skip:
                 continue
             s = socket.socket(fileno=os.dup(int(fd)))
         except OSError:
             continue
-        try:
-            if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-            if len(info) >= _TCP_INFO_OFFSET + 16 and info[0] == 1:  # TCP_ESTABLISHED
-                acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_OFFSET)
-                out[link] = (received, acked)
-        except OSError:
-            pass
-        finally:
-            s.close()
-    return out
+        with s:
+            yield link, s
 
 
-class Worker:
-    """ggml-rpc's server on a background thread, its connection log read from its stdout."""
-
-    def __init__(self, host: str, port: int, devices: list[Device], threads: int,
-                 cache_dir: str | None = None):
-        self.host, self.port, self.devices, self.threads = host, port, devices, threads
-        self.endpoint = f"{host}:{port}"
-        self.cache_dir = cache_dir
-        self.stats = WorkerStats()
-        self._lock = threading.Lock()
-        self._live: dict[str, tuple[int, int]] = {}  # open connections' counters
-        self._closed = [0, 0]  # totals of connections gone
-        self._thread: threading.Thread | None = None
-
-    def _check_port(self) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((self.host, self.port))
-        except OSError as e:
-            raise SpecgenError(f"cannot listen on {self.endpoint}: {e.strerror or e} (another worker there? "
-                               "pick another --port)") from None
-        finally:
-            s.close()
-
-    def start(self) -> None:
-        lib = _rpc()
-        self._check_port()
-        # ggml-rpc reports connections with printf on fd 1; route fd 1 into a pipe we read, and keep
-        # Python's own stdout on a copy of the real one.
-        real = os.dup(1)
-        sys.stdout.flush()
-        sys.stdout = os.fdopen(real, "w", buffering=1)
-        r, w = os.pipe()
-        os.dup2(w, 1)
-        os.close(w)
-        threading.Thread(target=self._read_log, args=(r,), name="specgen-worker-log", daemon=True).start()
-        self._devs = null_terminated([d.ptr for d in self.devices])  # alive as long as the server runs
-        args = (self.endpoint.encode(), self.cache_dir.encode() if self.cache_dir else None,
-                self.threads, len(self.devices), ctypes.cast(self._devs, ctypes.c_void_p))
-        threading.Thread(target=self._count_bytes, name="specgen-worker-bytes", daemon=True).start()
-        self._thread = threading.Thread(target=lib.ggml_backend_rpc_start_server, args=args,
-                                        name="specgen-worker", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _read_log(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as f:
-            for raw in f:
-                line = raw.decode("utf-8", "replace").strip()
-                event = None
-                with self._lock:
-                    if line.startswith("Accepted client connection"):
-                        self.stats.connected += 1
-                        self.stats.served += 1
-                        event = "client connected"
-                    elif line.startswith("Client connection closed"):
-                        self.stats.connected = max(0, self.stats.connected - 1)
-                        event = "client disconnected"
-                if event:
-                    self.stats.events.append(event)
-
-    def _count_bytes(self, every: float = 0.2) -> None:
-        # Sampled, so a connection's last fraction of a second may go uncounted.
-        while True:
-            self.refresh()
-            time.sleep(every)
-
-    def refresh(self) -> WorkerStats:
-        now = _connection_bytes()
-        if now is None:
-            return self.stats
-        with self._lock:
-            for key, (rx, tx) in self._live.items():
-                if key not in now:
-                    self._closed[0] += rx
-                    self._closed[1] += tx
-            self._live = now
-            self.stats.received = self._closed[0] + sum(v[0] for v in now.values())
-            self.stats.sent = self._closed[1] + sum(v[1] for v in now.values())
-        return self.stats
+_keepalive = KeepAlive()

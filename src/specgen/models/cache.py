@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import SpecgenError
-from ..fileio import cache_home
+from ..errors import SpecgenError, shorten
+from ..fileio import cache_home, home_path, os_problem
+from ..settings import shown_draft_max
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
 
 
@@ -32,12 +33,12 @@ def cache_dir() -> Path:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         value = os.environ.get(var)
         if value:
-            check_env_folder(var, Path(os.path.expandvars(value)).expanduser())
+            check_env_folder(var, home_path(os.path.expandvars(value)))
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
+        return home_path(os.path.expandvars(explicit))
     home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
+    return home_path(os.path.expandvars(home)) / "hub"
 
 
 def storage_folder(repo: str, cache: Path | None = None) -> Path:
@@ -164,7 +165,7 @@ def file_problem(path: Path) -> str | None:
     except GGUFError as e:
         return str(e).split(": ", 1)[-1].removesuffix("; re-download it")
     except OSError as e:
-        return e.strerror or str(e)
+        return os_problem(e)
     return None
 
 
@@ -226,7 +227,7 @@ class PairStatus:
             "name": self.name, "default": self.default, "verified": self.verified, "user": self.user,
             "target": self.target.id, "target_spec": self.target.spec,
             "draft": self.draft.id, "draft_spec": self.draft.spec,
-            "drafter": self.drafter, "draft_max": "auto" if self.draft_max is None else self.draft_max,
+            "drafter": self.drafter, "draft_max": shown_draft_max(self.draft_max),
             "target_bytes": t, "draft_bytes": d, "sizes_exact": exact,
             "downloaded": self.downloaded, "damaged": self.damaged,
             "target_files": [str(f) for f in self.target_files] if self.target_files else None,
@@ -262,48 +263,110 @@ def pair_statuses(registry: Registry) -> list[PairStatus]:
     return out
 
 
+# ---------------------------------------------------------------- what specgen may remove
+
+def real_path(path: Path) -> Path:
+    """Where *path* really is, every link followed (a link loop is not an error here: it ends somewhere)."""
+    return Path(os.path.realpath(path))
+
+
+def owns(path: Path, folder: Path) -> bool:
+    """Whether the file *path* names, links followed, lies inside repo folder *folder*.
+
+    Only such a file is the cache's own, to remove or replace.  A snapshot entry is normally a link
+    into the repo's `blobs/`; one that leads elsewhere (to a GGUF of the user's, linked in by hand
+    or by another tool) names a file that specgen did not make, and only the link itself may go.
+    """
+    return real_path(path).is_relative_to(real_path(folder))
+
+
+def _entry_inside(entry: Path, folder: Path) -> None:
+    """Refuse *entry* when its own folder leads out of the cache: removing or writing the entry there
+    would remove or write a file of the user's."""
+    if owns(entry.parent, folder):
+        return
+    link = next((p for p in entry.parents if p.is_symlink() and not owns(p, folder)), entry.parent)
+    raise SpecgenError(f"{shorten(str(link), 200)} is a link out of the Hugging Face cache; specgen removes "
+                       "and replaces files only inside the cache: remove that link yourself, then run the "
+                       "command again")
+
+
+def claim(path: Path, folder: Path) -> Path:
+    """*path*, made a place in repo folder *folder* that a download may write: a link there that leads
+    out of the cache is removed (the link only; the file it names stays)."""
+    _entry_inside(path, folder)
+    if path.is_symlink() and not owns(path, folder):
+        path.unlink()
+    return path
+
+
+def remove_entry(entry: Path, folder: Path, keep_shared: bool = False) -> int:
+    """Remove snapshot entry *entry* of repo folder *folder* and the blob it links to; the bytes freed.
+
+    Only the cache's own files go (see `owns`): an entry that links out of the cache is removed
+    as a link, and the file it names stays.  With *keep_shared*, a blob that another snapshot
+    entry still links to stays too.
+    """
+    _entry_inside(entry, folder)
+    blob = real_path(entry)
+    mine = owns(entry, folder)
+    linked = entry.is_symlink()
+    size = blob.stat().st_size if mine and blob.is_file() else 0
+    entry.unlink(missing_ok=True)
+    if not mine:
+        return 0
+    if linked:
+        snaps = folder / "snapshots"
+        if keep_shared and any(real_path(p) == blob for p in snaps.rglob("*") if p.is_symlink()):
+            return 0
+        blob.unlink(missing_ok=True)
+        Path(str(blob) + ".incomplete").unlink(missing_ok=True)
+    return size
+
+
 @dataclass
 class Removal:
     removed: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
+    unlinked: list[tuple[Path, Path]] = field(default_factory=list)
+    """(cache entry, the file outside the cache it linked to): the link went, the file stays."""
     freed: int = 0
 
 
 def remove_pair(registry: Registry, name: str) -> Removal:
     """Delete pair *name*'s cached files that no other downloaded pair uses.
 
-    Local `path:` models are never deleted.  Repos left without files are removed
-    from the cache entirely.
+    Local `path:` models are never deleted, nor a file outside the cache that a snapshot
+    entry links to (the link goes).  Repos left without files are removed from the cache entirely.
     """
     target, draft = registry.pair_models(name)
     keep: set[Path] = set()
     for other in pair_statuses(registry):
         if other.name != name and other.target_files is not None and other.draft_files is not None:
             for f in other.target_files + other.draft_files:
-                keep.add(f.resolve())
-    out = Removal()
+                keep.add(real_path(f))
+    entries: list[tuple[Path, Path]] = []
     touched: set[Path] = set()
     for model in (target, draft):
         if model.path is not None:
             continue
         folder = storage_folder(model.repo)
-        files = local_files(model) or []
-        for f in files:
-            blob = f.resolve()
-            if blob in keep:
-                out.kept.append(f)
-                continue
-            size = blob.stat().st_size if blob.exists() else 0
-            f.unlink(missing_ok=True)
-            still_linked = any(p.resolve() == blob for p in (folder / "snapshots").rglob("*") if p.is_symlink())
-            if not still_linked and blob != f and blob.exists():
-                blob.unlink()
-                out.freed += size
-                Path(str(blob) + ".incomplete").unlink(missing_ok=True)
-            elif blob == f:
-                out.freed += size
-            out.removed.append(f)
         touched.add(folder)
+        for f in local_files(model) or []:
+            _entry_inside(f, folder)  # refused before anything is removed
+            if (f, folder) not in entries:  # a pair may use one model twice
+                entries.append((f, folder))
+    out = Removal()
+    for f, folder in entries:
+        real = real_path(f)
+        if real in keep:
+            out.kept.append(f)
+        elif not owns(f, folder):
+            remove_entry(f, folder)
+            out.unlinked.append((f, real))
+        else:
+            out.freed += remove_entry(f, folder, keep_shared=True)
+            out.removed.append(f)
     for folder in touched:
         _prune(folder)
     return out

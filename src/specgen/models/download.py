@@ -1,4 +1,4 @@
-"""Hugging Face downloads into the standard Hub cache, with one-line errors.
+"""Hugging Face downloads into the standard Hub cache, checked before a file counts as there.
 
 How a file arrives:
 1. the repo is listed once (`model_info` with file metadata: commit, sizes, LFS sha256);
@@ -8,22 +8,20 @@ How a file arrives:
 3. bytes go to `blobs/<etag>.incomplete`, resuming with a Range request from what is there
    (after a dropped connection, or in a later run after Ctrl+C), hashed on the way;
 4. only when size, sha256 and the GGUF header check out is it renamed to `blobs/<etag>`,
-   and `hf_hub_download` links it into `snapshots/<commit>/`.  A `run` only ever looks in
+   and linked into `snapshots/<commit>/` as huggingface_hub links it.  A `run` only ever looks in
    `snapshots/`, so an interrupted pull never leaves a file it could mistake for a model.
 
 Since huggingface_hub 1.18 its own downloader writes partial files under a process-unique
 name and deletes them on failure, so an interrupted `hf_hub_download` starts over from
 zero; the transfer itself is therefore done here, with huggingface_hub's HTTP client,
 headers and token.  Whether a downloaded pair fits together is the caller's check: this
-module never loads a model.
-Environment: HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME / HF_HUB_CACHE are read on
-every call.
+module never loads a model; where the Hub is and every error's wording are `models.hub`'s,
+and only files inside the cache are ever removed or replaced (`models.cache.owns`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -31,207 +29,23 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
-from ..errors import SpecgenError
+from ..errors import SpecgenError, printable, shorten
 from ..fileio import human_size, write_atomic
-from .cache import _SHARD_RE, PairFiles, cache_dir, file_problem, local_files, select_files, storage_folder
+from .cache import (_SHARD_RE, PairFiles, cache_dir, claim, file_problem, local_files, owns, real_path, remove_entry,
+                    select_files, storage_folder)
+from .hub import endpoint, httpx_module, hub_errors, library, list_repo, not_a_hub, offline, wait
+from .hub import token as hub_token
+from .progress import Progress
 from .registry import ModelEntry, Registry
 
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_RETRIES = 5
 CHUNK = 1 << 20
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_ETAG_RE = re.compile(r"^[0-9A-Za-z_-]{8,128}$")
+_ETAG_RE = re.compile(r"[0-9A-Za-z_-]{8,128}")
+_CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                 "# The Hugging Face Hub cache: backup tools that honour this tag skip it (bford.info/cachedir).\n")
 
-
-# ---------------------------------------------------------------- environment (read per call)
-
-def endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _token() -> str | None:
-    from huggingface_hub import get_token
-
-    cache_dir()  # huggingface_hub reads $HF_HOME/token: a bad HF_HOME is named before it fails there
-    return os.environ.get("HF_TOKEN") or get_token()
-
-
-def _httpx():
-    """The HTTP library huggingface_hub's own session is built on: httpx2 from huggingface_hub 2
-    on, httpx in 1.x.  Chosen by the hub's version, not by what imports: both can be installed,
-    and the other one's Timeout and exception types do not fit the session."""
-    from huggingface_hub import __version__ as hub_version
-
-    if int(hub_version.split(".")[0]) >= 2:
-        import httpx2 as httpx
-    else:
-        import httpx
-    return httpx
-
-
-# ---------------------------------------------------------------- errors
-
-_OFFLINE_HINT = "HF_ENDPOINT points specgen at a mirror, HF_HUB_OFFLINE=1 uses downloaded models only"
-
-
-@contextlib.contextmanager
-def hub_errors(repo: str, file: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub / network / disk errors into one-line SpecgenErrors."""
-    from huggingface_hub import errors as hf
-
-    httpx = _httpx()
-    ep = endpoint()
-    what = f"{repo}/{file}" if file else repo
-    try:
-        yield
-    except SpecgenError:
-        raise
-    except hf.GatedRepoError:
-        page = f"{ep}/{repo}"
-        if _token():
-            raise SpecgenError(f"{repo} is gated and your token has no access to it: accept its terms at "
-                               f"{page} with the account that owns HF_TOKEN, then run the command again") from None
-        raise SpecgenError(f"{repo} is gated: accept its terms at {page} while logged in, then set HF_TOKEN to a "
-                           f"read token from {ep}/settings/tokens (or run `hf auth login`)") from None
-    except hf.RevisionNotFoundError:
-        raise SpecgenError(f"{repo}: revision not found on {ep}") from None
-    except hf.RepositoryNotFoundError:
-        raise SpecgenError(f"repo {repo} not found on {ep}: check the name "
-                           "(a private repo also needs HF_TOKEN)") from None
-    except hf.LocalEntryNotFoundError:
-        raise SpecgenError(f"cannot reach {ep} and {what} is not in the cache ({cache_dir()}); "
-                           f"check your connection ({_OFFLINE_HINT})") from None
-    except hf.EntryNotFoundError:
-        raise SpecgenError(f"{what} not found on {ep}: the repo no longer has this file; "
-                           "run `specgen pull` again to re-list it") from None
-    except hf.OfflineModeIsEnabled:
-        raise SpecgenError(f"{what} is not downloaded and HF_HUB_OFFLINE is set; unset it to download") from None
-    except hf.HfHubHTTPError as e:
-        status = e.response.status_code if getattr(e, "response", None) is not None else "?"
-        if status == 401:
-            raise SpecgenError(f"{ep} rejected the token for {repo} (HTTP 401); check HF_TOKEN or "
-                               "run `hf auth login`") from None
-        if status == 429:
-            raise SpecgenError(f"{ep} is rate-limiting downloads (HTTP 429); wait a minute and run the command "
-                               "again (it resumes)") from None
-        raise SpecgenError(f"{ep} answered HTTP {status} for {what}; try again later ({_OFFLINE_HINT})") from None
-    except (httpx.ConnectError, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
-        raise SpecgenError(f"cannot reach {ep} ({type(e).__name__}: {str(e) or 'no answer'}); check your "
-                           f"network ({_OFFLINE_HINT})") from None
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise SpecgenError(f"disk full while downloading {what} into {cache_dir()}; free some space or set "
-                               "HF_HOME to a bigger disk, then run the command again (it resumes)") from None
-        raise SpecgenError(f"{what}: {e.strerror or e}") from None
-
-
-# ---------------------------------------------------------------- listing and choosing files
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int | None
-    sha256: str | None = None
-    blob_id: str | None = None
-
-
-@dataclass(frozen=True)
-class RepoListing:
-    repo: str
-    commit: str
-    files: dict[str, RemoteFile]
-
-
-def list_repo(repo: str, revision: str = "main") -> RepoListing:
-    """The repo's files at *revision* with sizes and LFS sha256 (one request)."""
-    from huggingface_hub import HfApi
-
-    with hub_errors(repo):
-        info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True, token=_token())
-    commit = info.sha or ""
-    if not _COMMIT_RE.match(commit):
-        raise SpecgenError(f"{endpoint()} gave no valid commit for {repo} (got {commit!r}); "
-                           "is HF_ENDPOINT a Hugging Face compatible server?")
-    files = {}
-    for s in info.siblings or []:
-        files[s.rfilename] = RemoteFile(s.rfilename, s.size if s.size is not None else (s.lfs.size if s.lfs else None),
-                                        s.lfs.sha256 if s.lfs else None, s.blob_id)
-    return RepoListing(repo, commit, files)
-
-
-# ---------------------------------------------------------------- what is already local
-
-# ---------------------------------------------------------------- progress
-
-class Progress:
-    """Download progress on stderr: a rich bar per file plus a total on a terminal,
-    one plain line per file otherwise."""
-
-    def __init__(self, enabled: bool | None = None):
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.live = self.console.is_terminal if enabled is None else enabled
-        self._progress = None
-        self._tasks: dict[str, int] = {}
-        self._total = None
-
-    def __enter__(self) -> "Progress":
-        if self.live:
-            from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
-
-            self._progress = RichProgress(
-                TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-            self._progress = None
-
-    def plan(self, files: list[tuple[str, str, int | None, int]]) -> None:
-        """[(key, label, total bytes, bytes already there)] for the files about to download."""
-        if not files:
-            return
-        if self._progress is None:
-            return
-        for key, label, total, done in files:
-            self._tasks[key] = self._progress.add_task(label, total=total, completed=done)
-        if len(files) > 1:
-            totals = [t for _, _, t, _ in files]
-            self._total = self._progress.add_task(
-                "[bold]total", total=sum(totals) if None not in totals else None,
-                completed=sum(d for _, _, _, d in files))
-
-    def start(self, key: str, label: str, total: int | None, done: int) -> None:
-        if self._progress is None:
-            resumed = f", resuming at {human_size(done)}" if done else ""
-            self.console.print(f"downloading {label} ({human_size(total)}{resumed})")
-
-    def advance(self, key: str, n: int) -> None:
-        if self._progress is not None:
-            if key in self._tasks:
-                self._progress.advance(self._tasks[key], n)
-            if self._total is not None:
-                self._progress.advance(self._total, n)
-
-    def message(self, text: str) -> None:
-        self.console.print(text)
-
-
-# ---------------------------------------------------------------- downloading
 
 @dataclass
 class _Plan:
@@ -281,13 +95,12 @@ def _head(plan: _Plan, token: str | None) -> None:
 
     ep = endpoint()
     url = hf_hub_url(plan.repo, plan.name, revision=plan.commit, endpoint=ep)
-    with hub_errors(plan.repo, plan.name):
-        meta = get_hf_file_metadata(url, token=token, endpoint=ep,
-                                    timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT", 10)))
+    with hub_errors(plan.repo, plan.name, "HF_HUB_ETAG_TIMEOUT"):
+        meta = get_hf_file_metadata(url, token=token, endpoint=ep, timeout=wait("HF_HUB_ETAG_TIMEOUT"))
     etag = meta.etag or ""
-    if not _ETAG_RE.match(etag):
-        raise SpecgenError(f"{plan.key}: the server gave no usable ETag ({etag!r}); is HF_ENDPOINT a "
-                           "Hugging Face compatible server?")
+    if not _ETAG_RE.fullmatch(etag):
+        raise SpecgenError(f"{plan.key}: the server gave no usable ETag ('{printable(shorten(etag, 60))}'); "
+                           f"{not_a_hub()}")
     if plan.size is not None and meta.size is not None and meta.size != plan.size:
         raise SpecgenError(f"{plan.key}: size mismatch, the listing says {plan.size} bytes and the file "
                            f"{meta.size}; refusing it (run the command again later)")
@@ -340,15 +153,15 @@ class _Hasher:
 
 def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
     """Bring plan.partial to plan.size bytes, resuming; returns bytes received."""
-    httpx = _httpx()
+    httpx = httpx_module()
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
     session = get_session()
-    timeout = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT", 10))
+    timeout = wait("HF_HUB_DOWNLOAD_TIMEOUT")  # for the connection, and for each read of the stream
     hasher = _Hasher(plan)
     received, tries, attempts = 0, 0, 0
     plan.partial.parent.mkdir(parents=True, exist_ok=True)
-    plan.partial.touch()
+    claim(plan.partial, plan.folder).touch()  # a resumed file is appended to and truncated: it must be ours
     while True:
         have = plan.partial.stat().st_size
         if plan.size is not None and have > plan.size:
@@ -392,11 +205,15 @@ def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
         except httpx.TransportError as e:
             tries += 1
             attempts += 1
+            stalled = isinstance(e, httpx.TimeoutException)
             if tries > MAX_RETRIES or attempts > 20 * MAX_RETRIES:
+                why = (f"no data for {timeout} s, HF_HUB_DOWNLOAD_TIMEOUT sets the wait" if stalled
+                       else f"{type(e).__name__}: {printable(shorten(str(e), 120))}")
                 raise SpecgenError(f"download of {plan.key} from {urlparse(plan.url).netloc} failed after "
-                                   f"{MAX_RETRIES} retries ({type(e).__name__}: {e}); run the command again, "
-                                   "it resumes where it stopped") from None
-            time.sleep(min(0.5 * 2 ** (tries - 1), 8))
+                                   f"{MAX_RETRIES} retries ({why}); check your connection and run the command "
+                                   "again, it resumes where it stopped") from None
+            if not stalled:  # a timeout has already waited its turn
+                time.sleep(min(0.5 * 2 ** (tries - 1), 8))
     size = plan.partial.stat().st_size
     if plan.size is not None and size != plan.size:
         raise SpecgenError(f"{plan.key}: size mismatch, got {size} bytes, expected {plan.size}")
@@ -428,17 +245,45 @@ def _complete(plan: _Plan) -> None:
 
 
 def _link(plan: _Plan, token: str | None) -> Path:
-    """Link the blob into the snapshot (huggingface_hub's own code) and point the ref at the commit."""
+    """Link the blob into the snapshot as huggingface_hub lays it out, and point the ref at the commit.
+
+    Its own `hf_hub_download` would ask the Hub for the file's metadata once more, and when that times
+    out, retry it for minutes at a fixed 60 s wait: it runs only where no link can be made (it copies).
+    """
     from huggingface_hub import hf_hub_download
 
-    ep = endpoint()
-    with hub_errors(plan.repo, plan.name):
-        pointer = Path(hf_hub_download(plan.repo, plan.name, revision=plan.commit, cache_dir=str(cache_dir()),
-                                       endpoint=ep, token=token))
+    pointer = claim(plan.pointer, plan.folder)
+    if not _symlink(plan.blob, pointer):
+        ep = endpoint()
+        with hub_errors(plan.repo, plan.name, "HF_HUB_ETAG_TIMEOUT"):
+            pointer = Path(hf_hub_download(plan.repo, plan.name, revision=plan.commit, cache_dir=str(cache_dir()),
+                                           endpoint=ep, token=token, etag_timeout=wait("HF_HUB_ETAG_TIMEOUT")))
     ref = plan.folder / "refs" / plan.revision
     if plan.revision != plan.commit and (not ref.is_file() or ref.read_text().strip() != plan.commit):
-        write_atomic(ref, plan.commit)
+        write_atomic(claim(ref, plan.folder), plan.commit)
+    tag = plan.folder.parent / "CACHEDIR.TAG"  # as hf_hub_download leaves it
+    if not tag.exists():
+        with contextlib.suppress(OSError):
+            tag.write_text(_CACHEDIR_TAG)
     return pointer
+
+
+def _symlink(blob: Path, pointer: Path) -> bool:
+    """Make *pointer* a relative link to *blob*, as huggingface_hub does; False where links are off
+    (HF_HUB_DISABLE_SYMLINKS) or the file system has none."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_DISABLE_SYMLINKS:
+        return False
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pointer.unlink(missing_ok=True)
+        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    except FileExistsError:  # another pull linked it meanwhile
+        return real_path(pointer) == real_path(blob)
+    except OSError:
+        return False
+    return True
 
 
 def _check_gguf(plan: _Plan) -> None:
@@ -488,13 +333,6 @@ def _cached_problem(plan: _Plan, full: bool) -> str | None:
     return problem
 
 
-def _discard_cached(plan: _Plan) -> None:
-    blob = plan.pointer.resolve()
-    plan.pointer.unlink(missing_ok=True)
-    if blob != plan.pointer:
-        blob.unlink(missing_ok=True)
-
-
 def pull_models(models: list[ModelEntry], progress: Progress | None = None,
                 revision: str = "main", check: bool = False) -> list[PulledModel]:
     """Make every model local (downloading what is missing or damaged) and return their files.
@@ -503,13 +341,13 @@ def pull_models(models: list[ModelEntry], progress: Progress | None = None,
     *check* also its sha256) and fetched again when it does not match.  With
     HF_HUB_OFFLINE set only the cache is used, and a missing model is an error.
     """
+    library()
     from huggingface_hub.utils import WeakFileLock, build_hf_headers, disable_progress_bars
 
     disable_progress_bars()
     progress = progress or Progress()
     results: list[PulledModel] = []
     plans_by_model: list[tuple[ModelEntry, list[_Plan]]] = []
-    token = _token()
     for model in models:
         if model.path is not None:
             if not model.path.is_file():
@@ -550,9 +388,15 @@ def pull_models(models: list[ModelEntry], progress: Progress | None = None,
                 problem = _cached_problem(p, check)
                 if problem is None:
                     continue
-                progress.message(f"{p.key}: the cached copy is damaged ({problem}); downloading it again")
-                _discard_cached(p)
+                outside = None if owns(p.pointer, p.folder) else real_path(p.pointer)
+                remove_entry(p.pointer, p.folder)
+                if outside is None:
+                    progress.message(f"{p.key}: the cached copy is damaged ({problem}); downloading it again")
+                else:
+                    progress.message(f"{p.key}: the cache linked to {outside}, which is not the Hub's file "
+                                     f"({problem}); removed the link (that file stays) and downloading it")
             pending.append(p)
+    token = hub_token() if pending else None  # only what is fetched needs it: a run from the cache never does
     for p in pending:  # every HEAD before any byte: a gated or missing file fails the whole pull
         _head(p, token)
     if pending:
@@ -588,8 +432,6 @@ def _missing_hint(model: ModelEntry) -> str:
         return f"{model.repo}/{model.file}"
     return f"a {model.quant} GGUF of {model.repo}"
 
-
-# ---------------------------------------------------------------- pairs
 
 def pull_pair(registry: Registry, name: str, progress: Progress | None = None, check: bool = False) -> PairFiles:
     """Download pair *name*'s target and draft (what is missing or damaged).  Whether they fit together

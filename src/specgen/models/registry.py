@@ -5,7 +5,8 @@ The built-in file ships inside the package.  A user file at
 is merged over it: a model there replaces the built-in model of the same id, a
 pair there is merged field by field (so `drafter:` alone tunes a built-in pair
 and `default: true` picks another default).  `specgen pair add` and
-`specgen bench --save` write the user file, atomically.
+`specgen bench --save` write the user file (`models.userfile`); the YAML is read
+with the line of every node (`models.yamldoc`).
 
 This module knows nothing about downloads; see `models.download`.
 """
@@ -13,36 +14,29 @@ This module knows nothing about downloads; see `models.download`.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
-import yaml
-
-from ..errors import SpecgenError, shorten
-from ..fileio import write_atomic
-from ..settings import DRAFTERS, check_drafter, parse_draft_max
+from ..errors import SpecgenError, is_finite_number, kind_of, shorten
+from ..fileio import absent, home_path
+from ..settings import check_drafter, parse_draft_max
+from .yamldoc import YamlDoc, read_doc
 
 DEFAULT_QUANT = "Q4_K_M"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_QUANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+# Matched whole (`fullmatch`): with `match`, a `$` would let a trailing newline through.
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+QUANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 _MODEL_FIELDS = {"repo", "quant", "file", "path", "family", "params", "size_gb", "license", "gated", "verified"}
 _PAIR_FIELDS = {"target", "draft", "drafter", "draft_max", "note", "default", "verified"}
 _TOP_FIELDS = {"version", "models", "pairs"}
-
-USER_HEADER = ("# specgen user models and pairs, merged over the built-in models.yaml.\n"
-               "# Written by `specgen pair add` and `specgen bench --save`; hand edits are kept,\n"
-               "# comments are not.\n")
-
-
-class RegistryError(SpecgenError):
-    """models.yaml is not valid YAML or does not follow the schema."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +141,8 @@ def builtin_path() -> Path:
 
 def user_path() -> Path:
     if os.environ.get("XDG_CONFIG_HOME"):
-        check_env_folder("XDG_CONFIG_HOME", Path(os.environ["XDG_CONFIG_HOME"]).expanduser())
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        check_env_folder("XDG_CONFIG_HOME", home_path(os.environ["XDG_CONFIG_HOME"]))
+    base = os.environ.get("XDG_CONFIG_HOME") or home_path("~") / ".config"
     return Path(base) / "specgen" / "models.yaml"
 
 
@@ -166,97 +160,6 @@ def check_env_folder(var: str, path: Path) -> None:
                            "or unset it")
 
 
-# ---------------------------------------------------------------- YAML with line numbers
-
-class _Doc:
-    """A parsed YAML document as plain Python data, plus the line of every node."""
-
-    MAX_NODES = 20_000
-    """A models.yaml has tens of entries; more nodes than this means aliases multiplying (a "YAML bomb")."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.lines: dict[tuple, int] = {}
-        self._nodes = 0
-        self._open: set[int] = set()  # nodes being converted: meeting one again is an alias cycle
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            self.data = {} if node is None else self._plain(loader, node, ())
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark else 1
-            what = e.problem or e.context or "invalid YAML"
-            raise RegistryError(f"{path}:{line}: invalid YAML: {what}") from None
-        except yaml.YAMLError as e:
-            raise RegistryError(f"{path}: invalid YAML: {e}") from None
-        finally:
-            loader.dispose()
-
-    def _plain(self, loader: yaml.SafeLoader, node: yaml.Node, at: tuple) -> Any:
-        # The composer shares one node among its aliases; converting to plain data copies it each
-        # time, so nested aliases can multiply a small file into gigabytes.  Count and stop early.
-        self._nodes += 1
-        if self._nodes > self.MAX_NODES or id(node) in self._open:
-            what = "refers to itself" if id(node) in self._open else \
-                f"expands to more than {self.MAX_NODES} entries"
-            raise RegistryError(f"{self.path}:{node.start_mark.line + 1}: the YAML anchor here {what} "
-                                "through aliases (*name); write the entries out instead of aliasing them")
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            self._open.add(id(node))
-            try:
-                return self._plain_inner(loader, node, at)
-            finally:
-                self._open.discard(id(node))
-        return self._plain_inner(loader, node, at)
-
-    def _plain_inner(self, loader: yaml.SafeLoader, node: yaml.Node, at: tuple) -> Any:
-        self.lines[at] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True) \
-                    if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, (str, int, float)) or isinstance(key, bool):
-                    raise RegistryError(f"{self.path}:{key_node.start_mark.line + 1}: "
-                                        f"{self.where(at)}keys must be plain names")
-                key = str(key)
-                if key in out:
-                    raise RegistryError(f"{self.path}:{key_node.start_mark.line + 1}: "
-                                        f"{self.where(at)}duplicate key {key!r}")
-                out[key] = self._plain(loader, value_node, at + (key,))
-                self.lines[at + (key,)] = key_node.start_mark.line + 1  # errors point at the key
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._plain(loader, v, at + (i,)) for i, v in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
-
-    @staticmethod
-    def where(at: tuple) -> str:
-        return ".".join(str(a) for a in at) + ": " if at else ""
-
-    def line(self, at: tuple) -> int:
-        while at and at not in self.lines:
-            at = at[:-1]
-        return self.lines.get(at, 1)
-
-    def loc(self, at: tuple) -> str:
-        return f"{self.path}:{self.line(at)}"
-
-    def error(self, at: tuple, msg: str) -> RegistryError:
-        return RegistryError(f"{self.loc(at)}: {self.where(at)}{msg}")
-
-
-def _read_doc(path: Path) -> _Doc:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RegistryError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    return _Doc(path, text)
-
-
 # ---------------------------------------------------------------- schema
 
 def safe_repo_path(name: str) -> str:
@@ -268,50 +171,75 @@ def safe_repo_path(name: str) -> str:
     return name
 
 
-def _check_str(doc: _Doc, at: tuple, value: Any, pattern: re.Pattern | None = None, what: str = "") -> str:
+def _check_str(doc: YamlDoc, at: tuple, value: Any, pattern: re.Pattern | None = None, what: str = "") -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise doc.error(at, f"expected a string, got {_kind(value)}")
     value = str(value)
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise doc.error(at, f"{shorten(value)!r} is not {what}")
     return value
 
 
-def _check_bool(doc: _Doc, at: tuple, value: Any) -> bool:
+def _check_bool(doc: YamlDoc, at: tuple, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise doc.error(at, f"expected true or false, got {value!r}")
+        raise doc.error(at, f"expected true or false, got {_kind(value)}")
     return value
 
 
+def _plain_fields(doc: YamlDoc, at: tuple, raw: dict, texts: tuple[str, ...], flags: tuple[str, ...]) -> dict:
+    """The entry's optional text fields and true/false fields that are there, checked."""
+    out = {key: _check_str(doc, at + (key,), raw[key]) for key in texts if key in raw}
+    out.update({key: _check_bool(doc, at + (key,), raw[key]) for key in flags if key in raw})
+    return out
+
+
+def _check_path(doc: YamlDoc, at: tuple, value: Any) -> Path:
+    """A local model's `path:`, made absolute (a relative one is relative to the file that says it)."""
+    text = _check_str(doc, at, value)
+    if "\x00" in text:
+        raise doc.error(at, "a path cannot hold a NUL character")
+    try:
+        p = home_path(text)
+    except SpecgenError as e:
+        raise doc.error(at, str(e)) from None
+    p = p if p.is_absolute() else Path(os.path.realpath(doc.path.parent / p))  # a link loop is told when read
+    try:
+        p.stat()  # the file may well be missing (said when it is needed); a path no system takes is not
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise doc.error(at, f"a path of {len(text)} characters is longer than the file system allows") from None
+    return p
+
+
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))
+    """A YAML value as a message shows it: a mapping, a list or null by its kind, anything else as written."""
+    return kind_of(value) if isinstance(value, (dict, list)) or value is None else shorten(repr(value))
 
 
-def _unknown_keys(doc: _Doc, at: tuple, got: dict, allowed: set[str]) -> None:
+def _unknown_keys(doc: YamlDoc, at: tuple, got: dict, allowed: set[str]) -> None:
     for key in got:
         if key not in allowed:
             raise doc.error(at + (key,), f"unknown field{_did_you_mean(key, allowed)}; "
                                          f"allowed: {', '.join(sorted(allowed))}")
 
 
-def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
-    at = ("models", model_id)
-    if not _ID_RE.match(model_id):
-        raise doc.error(at, "model ids use letters, digits and . _ + - only")
+def _check_entry(doc: YamlDoc, at: tuple, raw: Any, allowed: set[str]) -> None:
+    """An entry of `models:` or `pairs:`: a plain name, and a mapping of known fields."""
+    if not ID_RE.fullmatch(at[-1]):
+        raise doc.error(at, f"{at[0][:-1]} names use letters, digits and . _ + - only")
     if not isinstance(raw, dict):
         raise doc.error(at, f"expected a mapping of fields, got {_kind(raw)}")
-    _unknown_keys(doc, at, raw, _MODEL_FIELDS)
-    kw: dict[str, Any] = {}
-    for key in ("family", "params", "license"):
-        if key in raw:
-            kw[key] = _check_str(doc, at + (key,), raw[key])
-    for key in ("gated", "verified"):
-        if key in raw:
-            kw[key] = _check_bool(doc, at + (key,), raw[key])
+    _unknown_keys(doc, at, raw, allowed)
+
+
+def _model(doc: YamlDoc, model_id: str, raw: Any) -> ModelEntry:
+    at = ("models", model_id)
+    _check_entry(doc, at, raw, _MODEL_FIELDS)
+    kw = _plain_fields(doc, at, raw, ("family", "params", "license"), ("gated", "verified"))
     if "size_gb" in raw:
         v = raw["size_gb"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise doc.error(at + ("size_gb",), f"expected a size in GB (a number), got {v!r}")
+        if not is_finite_number(v) or v < 0:
+            raise doc.error(at + ("size_gb",), f"expected a size in GB (a number, 0 or more), got {_kind(v)}")
         kw["size_gb"] = float(v)
     if ("repo" in raw) == ("path" in raw):
         raise doc.error(at, "give either `repo` (a Hugging Face repo) or `path` (a local GGUF file)")
@@ -319,12 +247,9 @@ def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
         for key in ("quant", "file", "gated"):
             if key in raw:
                 raise doc.error(at + (key,), f"`{key}` goes with `repo`, not with `path`")
-        p = Path(_check_str(doc, at + ("path",), raw["path"])).expanduser()
-        if not p.is_absolute():
-            p = (doc.path.parent / p).resolve()
-        return ModelEntry(id=model_id, path=p, source=doc.loc(at), **kw)
-    repo = _check_str(doc, at + ("repo",), raw["repo"], _REPO_RE, "a Hugging Face repo id (owner/name)")
-    quant = _check_str(doc, at + ("quant",), raw["quant"], _QUANT_RE, "a quantization name like Q4_K_M") \
+        return ModelEntry(id=model_id, path=_check_path(doc, at + ("path",), raw["path"]), source=doc.loc(at), **kw)
+    repo = _check_str(doc, at + ("repo",), raw["repo"], REPO_RE, "a Hugging Face repo id (owner/name)")
+    quant = _check_str(doc, at + ("quant",), raw["quant"], QUANT_RE, "a quantization name like Q4_K_M") \
         if "quant" in raw else None
     file = None
     if "file" in raw:
@@ -334,49 +259,41 @@ def _model(doc: _Doc, model_id: str, raw: Any) -> ModelEntry:
         except SpecgenError as e:
             raise doc.error(at + ("file",), str(e)) from None
         if not file.lower().endswith(".gguf"):
-            raise doc.error(at + ("file",), f"{file!r} is not a .gguf file")
+            raise doc.error(at + ("file",), f"{shorten(file)!r} is not a .gguf file")
     if quant is None and file is None:
         raise doc.error(at, "give `quant` (like Q4_K_M) or `file` (a .gguf in the repo)")
     return ModelEntry(id=model_id, repo=repo, quant=quant, file=file, source=doc.loc(at), **kw)
 
 
-def _pair_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
+def _pair_fields(doc: YamlDoc, name: str, raw: Any) -> dict[str, Any]:
     at = ("pairs", name)
-    if not _ID_RE.match(name):
-        raise doc.error(at, "pair names use letters, digits and . _ + - only")
-    if not isinstance(raw, dict):
-        raise doc.error(at, f"expected a mapping of fields, got {_kind(raw)}")
-    _unknown_keys(doc, at, raw, _PAIR_FIELDS)
+    _check_entry(doc, at, raw, _PAIR_FIELDS)
     out: dict[str, Any] = {}
     for key in ("target", "draft"):
         if key in raw:
-            out[key] = _check_str(doc, at + (key,), raw[key], _ID_RE, "a model id")
+            out[key] = _check_str(doc, at + (key,), raw[key], ID_RE, "a model id")
     if "drafter" in raw:
-        v = raw["drafter"]
-        if v not in DRAFTERS:
-            raise doc.error(at + ("drafter",), f"{v!r} is not a drafter; choose one of {', '.join(DRAFTERS)}")
-        out["drafter"] = v
+        try:
+            out["drafter"] = check_drafter(raw["drafter"])
+        except SpecgenError as e:
+            raise doc.error(at + ("drafter",), str(e)) from None
     if "draft_max" in raw:
         try:
             out["draft_max"] = parse_draft_max(raw["draft_max"])
         except SpecgenError:
             raise doc.error(at + ("draft_max",), f"expected a number of tokens (0 or more) or auto, "
-                                                 f"got {raw['draft_max']!r}") from None
-    if "note" in raw:
-        out["note"] = _check_str(doc, at + ("note",), raw["note"])
-    for key in ("default", "verified"):
-        if key in raw:
-            out[key] = _check_bool(doc, at + (key,), raw[key])
+                                                 f"got {_kind(raw['draft_max'])}") from None
+    out.update(_plain_fields(doc, at, raw, ("note",), ("default", "verified")))
     return out
 
 
-def _top(doc: _Doc) -> tuple[dict, dict]:
+def _check_top(doc: YamlDoc) -> tuple[dict, dict]:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), f"expected a mapping with `models:` and `pairs:`, got {_kind(data)}")
     _unknown_keys(doc, (), data, _TOP_FIELDS)
     if "version" in data and data["version"] != 1:
-        raise doc.error(("version",), f"unsupported version {data['version']!r} (this specgen reads version 1)")
+        raise doc.error(("version",), f"unsupported version {_kind(data['version'])} (this specgen reads version 1)")
     models = data.get("models") or {}
     pairs = data.get("pairs") or {}
     for key, value in (("models", models), ("pairs", pairs)):
@@ -389,19 +306,19 @@ def load_registry(user_file: Path | None = None, builtin_file: Path | None = Non
     """The built-in models.yaml merged with the user's (which may be absent)."""
     builtin_file = builtin_file or builtin_path()
     user_file = user_file or user_path()
-    docs = [_read_doc(builtin_file)]
-    if user_file.exists():
-        docs.append(_read_doc(user_file))
-    return _merge(docs)
+    docs = [read_doc(builtin_file)]
+    if not absent(user_file):  # unlike exists(), a link loop is read, to be reported
+        docs.append(read_doc(user_file))
+    return merge_docs(docs)
 
 
-def _merge(docs: list[_Doc]) -> Registry:
+def merge_docs(docs: list[YamlDoc]) -> Registry:
     models: dict[str, ModelEntry] = {}
     pair_raw: dict[str, dict[str, Any]] = {}
-    pair_src: dict[str, tuple[_Doc, dict[str, tuple]]] = {}
+    pair_src: dict[str, tuple[YamlDoc, dict[str, tuple]]] = {}
     user_pairs: set[str] = set()
     for n, doc in enumerate(docs):
-        raw_models, raw_pairs = _top(doc)
+        raw_models, raw_pairs = _check_top(doc)
         for model_id, raw in raw_models.items():
             models[str(model_id)] = _model(doc, str(model_id), raw)
         defaults_here = []
@@ -444,52 +361,6 @@ def _merge(docs: list[_Doc]) -> Registry:
     return Registry(models=models, pairs=pairs, default=defaults[0], files=[d.path for d in docs])
 
 
-# ---------------------------------------------------------------- writing the user file
-
-def _load_user_raw(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {"version": 1}
-    doc = _read_doc(path)
-    _top(doc)
-    return dict(doc.data or {"version": 1})
-
-
-def _render_user(path: Path, raw: dict[str, Any], builtin_file: Path | None = None) -> tuple[str, Registry]:
-    """The user file's text for *raw*, and the registry it would give (validated, nothing written)."""
-    text = USER_HEADER + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return text, _merge([_read_doc(builtin_file or builtin_path()), _Doc(path, text)])
-
-
-def _write_user_raw(path: Path, raw: dict[str, Any], builtin_file: Path | None = None) -> Path:
-    """Validate *raw* merged over the built-in file, then replace *path* atomically."""
-    raw = {"version": 1, **{k: v for k, v in raw.items() if k != "version"}}
-    for key in ("models", "pairs"):
-        if key in raw and not raw[key]:
-            del raw[key]
-    text, _ = _render_user(path, raw, builtin_file)  # raises before anything is written
-    return write_atomic(path, text)
-
-
-def save_local_default(pair: str, drafter: str, draft_max: int | None) -> Path:
-    """Record *pair*'s preferred drafter and draft_max (None: auto) in the user models.yaml.
-
-    Used by `specgen bench --save`; `run`/`chat` then use these over the pair's
-    built-in recommendation.  Returns the file written.
-    """
-    check_drafter(drafter)
-    parse_draft_max(draft_max)
-    path = user_path()
-    load_registry(path).pair(pair)  # unknown pair -> error with close matches
-    raw = _load_user_raw(path)
-    pairs = raw.setdefault("pairs", {}) or {}
-    raw["pairs"] = pairs
-    entry = pairs.setdefault(pair, {}) or {}
-    pairs[pair] = entry
-    entry["drafter"] = drafter
-    entry["draft_max"] = "auto" if draft_max is None else draft_max
-    return _write_user_raw(path, raw)
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A model as given on the command line: a registry id, REPO[:QUANT], or a local path."""
@@ -502,86 +373,14 @@ class ModelSpec:
 def parse_model_spec(spec: str, registry: Registry | None = None) -> ModelSpec:
     """`qwen2.5-coder-0.5b` (a model id), `Qwen/X-GGUF[:Q4_K_M]`, or `./model.gguf`."""
     spec = spec.strip()
-    p = Path(spec).expanduser()
+    p = home_path(spec)
     if p.is_file() or spec.lower().endswith(".gguf") or spec.startswith((".", "/", "~")):
-        return ModelSpec(path=p.resolve())
+        return ModelSpec(path=Path(os.path.realpath(p)))  # not resolve(): a link loop is told when read
     if registry is not None and spec in registry.models:
         return ModelSpec(model_id=spec)
     repo, _, quant = spec.partition(":")
-    if _REPO_RE.match(repo) and (not quant or _QUANT_RE.match(quant)):
+    if REPO_RE.fullmatch(repo) and (not quant or QUANT_RE.fullmatch(quant)):
         return ModelSpec(repo=repo, quant=quant or None)
     known = _did_you_mean(spec, registry.models) if registry is not None else ""
     raise SpecgenError(f"{shorten(spec)!r} is not a model id{known}, a Hugging Face REPO[:QUANT] "
                        "(like Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:Q4_K_M), or a .gguf file")
-
-
-def _model_id_for(spec: ModelSpec, registry: Registry, new_models: dict[str, Any]) -> str:
-    if spec.model_id:
-        return spec.model_id
-    if spec.path is not None:
-        for m in registry.models.values():
-            if m.path is not None and m.path == spec.path:
-                return m.id
-        base = re.sub(r"[^A-Za-z0-9._+-]", "-", spec.path.stem).strip("-._").lower() or "model"
-        entry: dict[str, Any] = {"path": str(spec.path)}
-    else:
-        quant = spec.quant or DEFAULT_QUANT
-        found = registry.find_model(spec.repo, quant=quant)
-        if found is not None:
-            return found.id
-        name = spec.repo.split("/", 1)[1]
-        name = re.sub(r"(?i)[-_.]gguf$", "", name)
-        base = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{name}-{quant}").lower()
-        entry = {"repo": spec.repo, "quant": quant}
-    model_id, n = base, 2
-    while model_id in registry.models or (model_id in new_models and new_models[model_id] != entry):
-        model_id, n = f"{base}-{n}", n + 1
-    new_models[model_id] = entry
-    return model_id
-
-
-def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
-             draft_max: int | None = None, note: str | None = None, default: bool = False,
-             force: bool = False, check: Callable[[Registry], None] | None = None) -> tuple[Path, Registry]:
-    """Write pair *name* (and any new model entries) to the user models.yaml.
-
-    *target* and *draft* are model ids, `REPO[:QUANT]` or local .gguf paths.
-    *check* sees the registry as it would read with the pair and may raise: then
-    nothing is written.  Returns the file written and the registry as it now reads.
-    """
-    if not _ID_RE.match(name):
-        raise SpecgenError(f"pair name {shorten(name)!r}: use letters, digits and . _ + - only")
-    path = user_path()
-    registry = load_registry(path)
-    if name in registry.pairs and not force:
-        where = "your models.yaml" if registry.pairs[name].user else "the built-in models.yaml"
-        raise SpecgenError(f"pair {shorten(name)!r} already exists in {where}; choose another name or pass --force")
-    if drafter is not None:
-        check_drafter(drafter)
-    new_models: dict[str, Any] = {}
-    ids = []
-    for spec_text in (target, draft):
-        spec = parse_model_spec(spec_text, registry)
-        if spec.path is not None and not spec.path.is_file():
-            raise SpecgenError(f"{spec.path}: no such file")
-        ids.append(_model_id_for(spec, registry, new_models))
-    raw = _load_user_raw(path)
-    models = raw.get("models") or {}
-    models.update(new_models)
-    raw["models"] = models
-    pairs = raw.get("pairs") or {}
-    entry: dict[str, Any] = {"target": ids[0], "draft": ids[1], "drafter": drafter or "auto",
-                             "draft_max": "auto" if draft_max is None else draft_max}
-    if note:
-        entry["note"] = note
-    if default:
-        entry["default"] = True
-        for other in pairs.values():
-            if isinstance(other, dict):
-                other.pop("default", None)
-    pairs[name] = entry
-    raw["pairs"] = pairs
-    if check is not None:
-        check(_render_user(path, {"version": 1, **{k: v for k, v in raw.items() if k != "version"}})[1])
-    written = _write_user_raw(path, raw)
-    return written, load_registry(path)

@@ -27,10 +27,15 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
                    download: bool = True) -> Resolved:
     if target is not None and pair is None:
         return Resolved(target, draft)
+    if pair is not None and not pair.strip():  # not the default pair: that may be a 5 GB download
+        raise SpecgenError("{pair} is empty; name a pair (`specgen list` shows them), or leave {pair} out "
+                           "for the default pair")
 
     from ..llama.vocab import check_pair_files
+    from ..fileio import unreadable
     from .cache import file_problem, local_files
-    from .download import Progress, pull_models
+    from .download import pull_models
+    from .progress import Progress
     from .registry import load_registry
 
     registry = load_registry()
@@ -39,8 +44,9 @@ def resolve_models(pair: str | None, target: Path | None, draft: Path | None,
     t_model, d_model = registry.pair_models(name)
     need = [m for m, given in ((t_model, target), (d_model, draft)) if given is None]
     for m in need:
-        if m.path is not None and not m.path.is_file():
-            raise SpecgenError(f"pair {name}: model {m.id} is the local file {m.path}, which does not exist; "
+        problem = unreadable(m.path) if m.path is not None else None  # gone, a folder, a pipe, a link loop
+        if problem:
+            raise SpecgenError(f"pair {name}: model {m.id} is the local file {m.path}: {problem}; "
                                f"fix its `path:` ({m.source}) or make the pair again with `specgen pair add --force`")
     local = {m.id: local_files(m) for m in need}
     for m in need:

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..engine import Engine, Piece, Step, Summary
+from ..fileio import parse_json
+from ..llama.rpc import on_abort
 from ..sampling import SamplingParams
 from .metrics import CONTENT_TYPE, Metrics
 from .schema import APIError, GenRequest, parse_chat, parse_completion
@@ -55,9 +58,11 @@ def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         server.worker.start()
+        unhook = on_abort(server.last_words)
         try:
             yield
         finally:
+            unhook()
             server.worker.stop()
 
     routes = [
@@ -134,6 +139,11 @@ class _Server:
         # Starlette logs the traceback on the server's stderr; the client gets one line.
         return error_response(APIError(500, f"internal error: {type(e).__name__}"))
 
+    def last_words(self, line: str) -> None:
+        """llama.cpp is about to end the process: answer the clients, then give the terminal back."""
+        self.worker.last_words(line)
+        self.view.stop()
+
     def _check_key(self, request: Request) -> None:
         key = self.config.api_key
         if not key:
@@ -165,6 +175,11 @@ class _Server:
             retry = max(1, math.ceil(self._mean_seconds * (self.worker.waiting + 1)))
             raise APIError(503, f"the server is busy ({e}); retry in {retry} s", code="queue_full",
                            headers={"Retry-After": str(retry)}) from None
+        response = await self._answer(request, req, job, t0)
+        response.background = BackgroundTask(job.answered.set)  # runs once the client has it all
+        return response
+
+    async def _answer(self, request: Request, req: GenRequest, job: Job, t0: float) -> Response:
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             first = await job.events.get()
@@ -237,14 +252,21 @@ class _Server:
             raise APIError(413, f"the request body is {int(size)} bytes; the most this server takes is {cap}",
                            code="request_too_large")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cap:
-                raise APIError(413, f"the request body is over {cap} bytes, the most this server takes",
-                               code="request_too_large")
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    raise APIError(413, f"the request body is over {cap} bytes, the most this server takes",
+                                   code="request_too_large")
+        except ClientDisconnect:  # nobody to answer: the status is for the log and /metrics
+            raise APIError(499, f"the client hung up after {len(body)} bytes of its request body",
+                           code="client_closed_request") from None
+        try:
+            return parse_json(bytes(body))
+        except UnicodeDecodeError as e:
+            raise APIError(400, f"the request body is not UTF-8 text (byte {e.start}); send JSON in UTF-8",
+                           code="invalid_json") from None
+        except ValueError as e:
             raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
 
     # -- bookkeeping ----------------------------------------------------------------------------

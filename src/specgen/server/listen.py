@@ -14,7 +14,8 @@ from typing import Callable
 import uvicorn
 
 from ..engine import Engine
-from ..errors import SpecgenError
+from ..errors import SpecgenError, warning_line
+from ..fileio import os_problem
 from .app import ServerConfig, create_app
 from .view import View
 
@@ -34,8 +35,8 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The one-line warning for a server others can reach without a key."""
     if api_key or is_loopback(host):
         return None
-    return (f"specgen serve: warning: listening on {host} without an API key; anyone who can reach this "
-            "machine can use the model (set --api-key or SPECGEN_API_KEY)")
+    return warning_line(f"listening on {host} without an API key; anyone who can reach this machine can use "
+                        "the model (set --api-key or SPECGEN_API_KEY)")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -51,7 +52,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)  # connections made as soon as the address is printed wait for uvicorn
     except OSError as e:
         sock.close()
-        raise SpecgenError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
+        raise SpecgenError(f"cannot listen on {host}:{port}: {os_problem(e)}; choose another --port "
                            "(0 picks a free one)") from None
     sock.set_inheritable(True)
     return sock

@@ -19,8 +19,8 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
-        self.tokens: Counter[str] = Counter()
-        self.drafter_steps: Counter[str] = Counter()
+        self.total = Summary()
+        """Every finished generation's figures, added up as a chat's turns are."""
         self.cancelled = 0
         self._buckets = [0] * len(LATENCY_BUCKETS)
         self._latency_sum = 0.0
@@ -40,11 +40,8 @@ class Metrics:
     def generation(self, s: Summary | None, cancelled: bool) -> None:
         with self._lock:
             self.cancelled += cancelled
-            if s is None:
-                return
-            self.tokens.update(prompt=s.prompt_tokens, cached=s.reused_tokens, generated=s.generated_tokens,
-                               drafted=s.drafted, accepted=s.accepted, steps=s.steps)
-            self.drafter_steps.update(s.drafter_steps)
+            if s is not None:
+                self.total.merge(s)
 
     def render(self, waiting: int, busy: bool) -> str:
         with self._lock:
@@ -58,15 +55,15 @@ class Metrics:
             metric("requests_total", "counter", "HTTP requests answered, by route and status.",
                    [(f'{{route="{r}",status="{s}"}}', n) for (r, s), n in sorted(self.requests.items())])
             for key, name, help in (
-                    ("prompt", "prompt_tokens_total", "Prompt tokens, reused ones included."),
-                    ("cached", "prompt_tokens_cached_total", "Prompt tokens reused from the KV cache."),
-                    ("generated", "generated_tokens_total", "Tokens generated."),
+                    ("prompt_tokens", "prompt_tokens_total", "Prompt tokens, reused ones included."),
+                    ("reused_tokens", "prompt_tokens_cached_total", "Prompt tokens reused from the KV cache."),
+                    ("generated_tokens", "generated_tokens_total", "Tokens generated."),
                     ("drafted", "draft_tokens_total", "Draft tokens proposed for verification."),
                     ("accepted", "draft_tokens_accepted_total", "Draft tokens the target accepted."),
                     ("steps", "verify_steps_total", "Target verify passes.")):
-                metric(name, "counter", help, [("", self.tokens[key])])
+                metric(name, "counter", help, [("", getattr(self.total, key))])
             metric("drafter_steps_total", "counter", "Verify passes by the drafter that proposed them.",
-                   [(f'{{drafter="{d}"}}', n) for d, n in sorted(self.drafter_steps.items())])
+                   [(f'{{drafter="{d}"}}', n) for d, n in sorted(self.total.drafter_steps.items())])
             metric("requests_cancelled_total", "counter", "Generations stopped because the client left.",
                    [("", self.cancelled)])
             metric("queue_waiting", "gauge", "Requests waiting for the engine.", [("", waiting)])

@@ -8,14 +8,13 @@ never silently dropped; fields it does not know are ignored, as OpenAI does.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import SpecgenError
+from ..errors import SpecgenError, is_finite_number, kind_of
 from ..llama.chat_template import Message
-from ..sampling import SamplingError, SamplingParams
-from ..settings import parse_draft_max
+from ..sampling import SamplingParams
+from ..settings import check_count, parse_draft_max
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
@@ -40,6 +39,13 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> APIE
 
 def unsupported(what: str, param: str) -> APIError:
     return bad(f"{what} is not supported by this server", param=param, code="unsupported_parameter")
+
+
+def refused(e: SpecgenError, names: dict[str, str] | None = None) -> APIError:
+    """A setting the library refused, as a 400 naming the request field: the setting's own name (the API
+    spells them alike) unless *names* gives the field it came from."""
+    names = names or {}
+    return bad(e.worded(names), param=names.get(e.setting, e.setting))
 
 
 @dataclass(frozen=True)
@@ -69,24 +75,21 @@ def _get(body: dict, name: str) -> Any:
     return body.get(name)
 
 
-def _int(body: dict, name: str, lo: int | None = None) -> int | None:
+def _int(body: dict, name: str) -> int | None:
     v = _get(body, name)
     if v is None:
         return None
     if isinstance(v, bool) or not (isinstance(v, int) or isinstance(v, float) and v.is_integer()):
-        raise bad(f"{name} must be an integer, not {_kind(v)}", param=name)
-    v = int(v)
-    if lo is not None and v < lo:
-        raise bad(f"{name} must be {lo} or more, not {v}", param=name)
-    return v
+        raise bad(f"{name} must be an integer, not {kind_of(v)}", param=name)
+    return int(v)
 
 
 def _num(body: dict, name: str) -> float | None:
     v = _get(body, name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise bad(f"{name} must be a number, not {_kind(v)}", param=name)
+    if not is_finite_number(v):  # JSON's NaN and Infinity are named (1e999 reads as Infinity)
+        raise bad(f"{name} must be a finite number, not {kind_of(v)}", param=name)
     return float(v)
 
 
@@ -95,7 +98,7 @@ def _bool(body: dict, name: str) -> bool | None:
     if v is None:
         return None
     if not isinstance(v, bool):
-        raise bad(f"{name} must be true or false, not {_kind(v)}", param=name)
+        raise bad(f"{name} must be true or false, not {kind_of(v)}", param=name)
     return v
 
 
@@ -104,13 +107,8 @@ def _str(body: dict, name: str) -> str | None:
     if v is None:
         return None
     if not isinstance(v, str):
-        raise bad(f"{name} must be a string, not {_kind(v)}", param=name)
+        raise bad(f"{name} must be a string, not {kind_of(v)}", param=name)
     return v
-
-
-def _kind(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
 
 # -- the parts both endpoints share -----------------------------------------------------------
@@ -119,8 +117,8 @@ def validate_sampling(p: SamplingParams) -> SamplingParams:
     """The sampling bounds every front end shares; the error names the request field (the same name)."""
     try:
         return p.check()
-    except SamplingError as e:
-        raise bad(e.worded(), param=e.field) from None
+    except SpecgenError as e:
+        raise refused(e) from None
 
 
 def sampling_from(body: dict, defaults: SamplingParams) -> SamplingParams:
@@ -186,8 +184,11 @@ def _common(body: dict, defaults: SamplingParams) -> dict:
     name = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, name = _int(body, "max_tokens"), "max_tokens"
-    if max_tokens is not None and max_tokens < 1:
-        raise bad(f"{name} must be 1 or more, not {max_tokens}", param=name)
+    if max_tokens is not None:
+        try:
+            check_count("max_tokens", max_tokens)
+        except SpecgenError as e:
+            raise refused(e, {"max_tokens": name}) from None
     stream = bool(_bool(body, "stream"))
     opts = body.get("stream_options")
     include_usage = False
@@ -195,15 +196,15 @@ def _common(body: dict, defaults: SamplingParams) -> dict:
         if not stream:
             raise bad("stream_options is only allowed when stream is true", param="stream_options")
         if not isinstance(opts, dict):
-            raise bad(f"stream_options must be an object, not {_kind(opts)}", param="stream_options")
+            raise bad(f"stream_options must be an object, not {kind_of(opts)}", param="stream_options")
         include_usage = bool(_bool(opts, "include_usage"))
     drafter = _str(body, "drafter")
     draft_max: int | None | str = "server"
     if body.get("draft_max") is not None:
         try:
             draft_max = parse_draft_max(body["draft_max"])
-        except SpecgenError as e:  # its message names the setting `draft_max`, the request field's name
-            raise bad(str(e), param="draft_max") from None
+        except SpecgenError as e:
+            raise refused(e) from None
     return dict(model=model, max_tokens=max_tokens, sampling=sampling_from(body, defaults), stop=_stop(body),
                 stream=stream, include_usage=include_usage, drafter=drafter, draft_max=draft_max,
                 ignore_eos=bool(_bool(body, "ignore_eos")),
@@ -222,7 +223,7 @@ def _content(m: dict, where: str) -> str:
     if c is None and m.get("role") == "assistant" and not m.get("tool_calls"):
         return ""
     if not isinstance(c, list):
-        raise bad(f"{where}.content must be a string or an array of text parts, not {_kind(c)}",
+        raise bad(f"{where}.content must be a string or an array of text parts, not {kind_of(c)}",
                   param=f"{where}.content")
     texts = []
     for j, part in enumerate(c):
@@ -241,19 +242,19 @@ def _content(m: dict, where: str) -> str:
 
 def parse_chat(body: Any, defaults: SamplingParams) -> GenRequest:
     if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, not {_kind(body)}")
+        raise bad(f"the request body must be a JSON object, not {kind_of(body)}")
     msgs = body.get("messages")
     if msgs is None:
         raise bad("messages is required: an array of {role, content} objects", param="messages")
     if not isinstance(msgs, list):
-        raise bad(f"messages must be an array, not {_kind(msgs)}", param="messages")
+        raise bad(f"messages must be an array, not {kind_of(msgs)}", param="messages")
     if not msgs:
         raise bad("messages must not be empty", param="messages")
     out: list[Message] = []
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise bad(f"{where} must be an object with role and content, not {_kind(m)}", param=where)
+            raise bad(f"{where} must be an object with role and content, not {kind_of(m)}", param=where)
         role = m.get("role")
         if role in ("tool", "function") or (role == "assistant" and m.get("tool_calls")):
             raise unsupported("tool messages (function calling)", f"{where}.role")
@@ -266,7 +267,7 @@ def parse_chat(body: Any, defaults: SamplingParams) -> GenRequest:
 
 def parse_completion(body: Any, defaults: SamplingParams) -> GenRequest:
     if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, not {_kind(body)}")
+        raise bad(f"the request body must be a JSON object, not {kind_of(body)}")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -275,7 +276,7 @@ def parse_completion(body: Any, defaults: SamplingParams) -> GenRequest:
     if isinstance(prompt, list) and len(prompt) > 1:
         raise unsupported("a batch of prompts", "prompt")
     if not isinstance(prompt, str):
-        raise bad(f"prompt must be a string, not {_kind(prompt)}", param="prompt")
+        raise bad(f"prompt must be a string, not {kind_of(prompt)}", param="prompt")
     if not prompt:
         raise bad("prompt must not be empty", param="prompt")
     if body.get("echo"):
@@ -288,5 +289,5 @@ def parse_completion(body: Any, defaults: SamplingParams) -> GenRequest:
     return GenRequest(kind="completion", prompt=prompt, **_common(body, defaults))
 
 
-__all__ = ["APIError", "GenRequest", "bad", "parse_chat", "parse_completion", "sampling_from",
+__all__ = ["APIError", "GenRequest", "bad", "parse_chat", "parse_completion", "refused", "sampling_from",
            "validate_sampling"]

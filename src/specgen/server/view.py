@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..engine import Engine, Summary
+from ..errors import printable
 from ..statsline import stats_line
 
 if TYPE_CHECKING:
@@ -39,10 +40,11 @@ class RequestRecord:
 
 
 def log_line(r: RequestRecord) -> str:
-    """One request: route, status, and for a generation its timings and what speculation did."""
-    head = f"{time.strftime('%H:%M:%S', time.localtime(r.at))} {r.method} {r.path} {r.status}"
+    """One request: route, status, and for a generation its timings and what speculation did.  The path and
+    the error quote what a client sent, so their control characters are spelled out."""
+    head = f"{time.strftime('%H:%M:%S', time.localtime(r.at))} {r.method} {printable(r.path)} {r.status}"
     if r.error:
-        return f"{head} | {r.error}"
+        return f"{head} | {printable(r.error)}"
     if r.cancelled:
         return f"{head} {r.seconds:.2f}s | cancelled: the client left"
     s = r.summary
@@ -67,7 +69,7 @@ class View:
         print(text, file=sys.stderr, flush=True)
 
     def started(self, url: str, about: str) -> None:
-        self.line(f"specgen serve: listening on {url} ({about}); Ctrl+C stops")
+        self.line(f"specgen serve: listening on {url} ({printable(about)}); Ctrl+C stops")  # about: file names
 
     def request(self, r: RequestRecord) -> None:
         self.line(log_line(r))
@@ -93,7 +95,7 @@ class LiveView(View):
     def started(self, url: str, about: str) -> None:
         self.header = Text("specgen serve ", style="bold")
         self.header.append(url, style="bold cyan")
-        self.header.append(f"  ·  {about}  ·  Ctrl+C stops", style="dim")
+        self.header.append(f"  ·  {printable(about)}  ·  Ctrl+C stops", style="dim")
         self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
 
@@ -125,7 +127,7 @@ class LiveView(View):
             t.append(f"  acceptance {s.acceptance_rate:.0%}")
         step = m.last_step
         if step is not None:
-            t.append(f"  drafter {step.drafter if step.drafted else 'none'}, draft length {step.drafted}")
+            t.append(f"  drafter {step.drafter_used}, draft length {step.drafted}")
         t.append(f"  prompt {m.summary.prompt_tokens} ({m.summary.reused_tokens} cached)", style="dim")
         t.append(waiting, style="dim")
         return t
@@ -134,11 +136,12 @@ class LiveView(View):
         if self.metrics is None:
             return Text()
         m = self.metrics
-        tok = m.tokens
+        tot = m.total
         n = sum(m.requests.values())
-        acc = f", accepted {tok['accepted']}/{tok['drafted']}" if tok["drafted"] else ""
-        return Text(f"since start: {n} requests, {tok['generated']} tokens generated{acc}, "
-                    f"{tok['cached']}/{tok['prompt']} prompt tokens reused, {m.cancelled} cancelled", style="dim")
+        acc = f", accepted {tot.accepted}/{tot.drafted}" if tot.drafted else ""
+        return Text(f"since start: {n} requests, {tot.generated_tokens} tokens generated{acc}, "
+                    f"{tot.reused_tokens}/{tot.prompt_tokens} prompt tokens reused, {m.cancelled} cancelled",
+                    style="dim")
 
     def _table(self) -> Table:
         t = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
@@ -147,9 +150,9 @@ class LiveView(View):
         for r in self.recent:
             s = r.summary
             note = r.error or ("cancelled" if r.cancelled else s.stop_reason if s else "")
-            t.add_row(time.strftime("%H:%M:%S", time.localtime(r.at)), r.path, str(r.status),
+            t.add_row(time.strftime("%H:%M:%S", time.localtime(r.at)), printable(r.path), str(r.status),
                       str(s.generated_tokens) if s else "", f"{s.decode_tps:.1f}" if s else "",
-                      f"{s.acceptance_rate:.0%}" if s and s.drafted else "", note[:60])
+                      f"{s.acceptance_rate:.0%}" if s and s.drafted else "", printable(note[:60]))
         return t
 
 

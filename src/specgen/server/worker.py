@@ -19,10 +19,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from ..chat.session import TurnMeter
 from ..engine import ContextOverflow, Engine, Event, Summary
-from ..errors import SpecgenError
+from ..errors import ModelFault, SpecgenError
 from ..llama.chat_template import chat_tokens
+from ..meter import TurnMeter
 from .schema import APIError, GenRequest
 
 
@@ -43,6 +43,7 @@ JobEvent = Union[Event, Done, Failed]
 
 _ids = itertools.count(1)
 POLL_SECONDS = 0.2  # how often an idle worker looks for a shutdown
+LAST_WORDS_SECONDS = 3.0  # how long a server that must die waits for its clients to get their error
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Job:
     drafter: str = ""
     meter: TurnMeter | None = None
     """Live figures while it runs (read by the screen)."""
+    answered: threading.Event = field(default_factory=threading.Event)
+    """Set once the client has its whole response (see `Worker.last_words`)."""
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -120,6 +123,26 @@ class Worker:
         """
         self._stopping.set()
 
+    def last_words(self, line: str) -> None:
+        """The process is about to end (llama.cpp lost an RPC worker and aborts): give the running and the
+        waiting requests *line* as a 502, and wait a little for their clients to have it.
+
+        Runs on the thread llama.cpp aborted on, the engine's, while the event loop sends the answers.
+        """
+        self._stopping.set()
+        jobs = [self.current] if self.current is not None else []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        error = APIError(502, f"the server stops: {line}", code="backend_lost")
+        for job in jobs:
+            job.push(Failed(error))
+        deadline = time.monotonic() + LAST_WORDS_SECONDS
+        for job in jobs:
+            job.answered.wait(max(0.0, deadline - time.monotonic()))
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -165,6 +188,8 @@ class Worker:
         except ContextOverflow as e:  # the engine's own check, with both numbers
             end = Failed(APIError(400, e.worded({"n_ctx": "the server's --ctx"}), code="context_length_exceeded",
                                   param="messages" if job.request.kind == "chat" else "prompt"))
+        except ModelFault as e:  # the model failed, not the request: whatever was asked, it fails again
+            end = Failed(APIError(500, str(e), code="model_failed"))
         except SpecgenError as e:  # e.g. a chat template that refuses the conversation
             end = Failed(APIError(400, str(e)))
         except Exception as e:  # the worker must outlive any one request
