@@ -14,8 +14,9 @@ so hf_xet is never used.
 
 Faults to simulate, per file: drop the connection after N bytes (then optionally answer an
 HTTP status for the next requests), serve corrupted bytes (same size, wrong sha256), advertise
-a wrong size, trickle slowly, or stall (a HEAD that gets no answer, a GET that stops sending at
-byte N) until the faults are cleared.  Every request is logged in `mirror.log`.
+a wrong size, ignore Range (send the whole file), send slowly or a byte at a time, or stall (a
+HEAD that gets no answer, a GET that stops sending at byte N) until the faults are cleared.
+Every request is logged in `mirror.log`.
 
 `RawServer` is what answers instead of a Hub: nothing at all (it accepts connections and never
 sends a byte), or the same raw bytes to every request.
@@ -110,6 +111,12 @@ class Fault:
     stalls: int = 0
     """How many GETs stop sending at byte `stall_at` (right after the headers when they start past it)."""
     stall_head: bool = False
+    ignore_range: bool = False
+    """Answer a Range request with the whole file (200), as some servers and proxies do."""
+    trickle: float | None = None
+    """Seconds between single bytes: a connection kept alive by a byte now and then."""
+    redirect_loop: bool = False
+    """Answer every request for the file with a redirect to itself."""
     released: threading.Event = field(default_factory=threading.Event)
     """Set by `HFMirror.clear`: a stalled answer then ends (its connection closed)."""
 
@@ -199,6 +206,18 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         fault.released.wait(120)
         self.close_connection = True
+
+    def _trickle(self, f: MirrorFile, start: int, end: int, fault: Fault) -> None:
+        """Send one byte every `fault.trickle` seconds until the faults are cleared, then hang up."""
+        self.close_connection = True
+        for pos in range(start, end):
+            try:
+                self.wfile.write(next(f.read(pos, pos + 1)))
+                self.wfile.flush()
+            except OSError:
+                return
+            if fault.released.wait(fault.trickle):
+                return
 
     def _error(self, status: int, code: str | None, message: str, extra: dict | None = None) -> None:
         headers = {"Content-Type": "application/json", **(extra or {})}
@@ -303,6 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.mirror.faults.get((repo_id, name)) or Fault()
         if self.command == "HEAD" and fault.stall_head:
             return self._stall(fault)
+        if fault.redirect_loop:
+            return self._send(302, {"Location": self.path})
         size = f.size + fault.size_delta
         etag = f'"{f.sha256}"' if f.lfs else f'"{f.git_oid}"'
         headers = {"X-Repo-Commit": repo.commit, "ETag": etag, "Accept-Ranges": "bytes",
@@ -314,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(fault.then_status, None, "Service unavailable")
         start, end = 0, f.size
         status = 200
-        rng = self.headers.get("Range")
+        rng = None if fault.ignore_range else self.headers.get("Range")
         if rng:
             mr = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if mr:
@@ -340,6 +361,8 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return self._stall(fault)
+        if fault.trickle:
+            return self._trickle(f, start, end, fault)
         pos = start
         t0 = time.monotonic()
         for block in f.read(start, end):

@@ -91,6 +91,18 @@ def warning_line(text: str) -> str:
     return f"specgen: warning: {printable(text)}"
 
 
+def unsendable(value: str, spaces: bool = True) -> str | None:
+    """What kind of character, first in *value*, an HTTP header cannot carry ("a line break", "a non-ASCII
+    character", "a control character"; "a space" too unless *spaces*), or None when every one is printable
+    ASCII (or a space)."""
+    bad = next((c for c in value if not (" " if spaces else "!") <= c <= "~"), None)
+    if bad is None:
+        return None
+    if bad == " ":
+        return "a space"
+    return "a line break" if bad in "\r\n" else "a non-ASCII character" if ord(bad) > 127 else "a control character"
+
+
 def printable(text: object, lines: bool = False) -> str:
     """Text from elsewhere (a file, a name, a note, model metadata, a client's request) fit to show on a
     terminal: every control character spelled out as Python writes it (`\\x1b`, `\\n`), so none can move the

@@ -21,9 +21,43 @@ log = logging.getLogger("specgen")
 warning)."""
 
 
+def xdg_dir(var: str, default: str) -> Path:
+    """The folder an XDG base-directory variable names (XDG_CACHE_HOME, XDG_CONFIG_HOME), else ~/*default*.
+
+    As the XDG spec says, a value that is not an absolute path is ignored: `relcache`, or a `~nosuchuser`
+    no shell expanded, would otherwise put files under whatever folder a command runs in.  An absolute
+    one that is a file (or lies below one) is refused naming the variable (see `check_env_folder`)."""
+    value = os.environ.get(var, "")
+    if not os.path.isabs(value):
+        return home_path("~") / default
+    check_env_folder(var, Path(value))
+    return Path(value)
+
+
+def check_env_folder(var: str, path: Path) -> None:
+    """Name the environment variable when it points at a file (or below one), or into a symbolic link loop,
+    not a folder.
+
+    Otherwise the failure surfaces later as "Not a directory" or "a symbolic link loop" on some file inside it.
+    """
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SpecgenError(f"{var}={shorten(str(path))} leads into a symbolic link loop (a link that leads "
+                               f"back to itself); point {var} at a folder, or unset it") from None
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is a file)"
+        raise SpecgenError(f"{var}={shorten(str(path))} is not a folder{where}; point {var} at a folder, "
+                           "or unset it")
+
+
 def cache_home() -> Path:
     """$XDG_CACHE_HOME, else ~/.cache: the base of specgen's own cache and of the Hugging Face one."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return xdg_dir("XDG_CACHE_HOME", ".cache")
 
 
 def cache_dir() -> Path:
@@ -76,9 +110,10 @@ def _writes_through(path: Path, mode: int) -> bool:
 
 def _replace(path: Path, raw: bytes) -> Path:
     try:
-        mode: int | None = os.stat(path).st_mode  # a link loop or a path through a file fails here
+        old: os.stat_result | None = os.stat(path)  # a link loop or a path through a file fails here
     except FileNotFoundError:
-        mode = None
+        old = None
+    mode = old.st_mode if old is not None else None
     if mode is not None and _writes_through(path, mode):
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
@@ -95,10 +130,7 @@ def _replace(path: Path, raw: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            # mkstemp makes the file private (0600); give it the mode a plain open() would.
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)
+            _keep_mode(f.fileno(), old)
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
@@ -110,6 +142,22 @@ def _replace(path: Path, raw: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _keep_mode(fd: int, old: os.stat_result | None) -> None:
+    """Give the new file *fd* the mode (and, where the system allows, the owner) of the file it replaces, so a
+    private file stays private; a file made anew gets the mode a plain open() would (mkstemp's is 0600)."""
+    if old is None:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+        return
+    if hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+        try:
+            os.fchown(fd, old.st_uid, old.st_gid)
+        except OSError:  # only root may give a file away: it then belongs to whoever wrote it
+            pass
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 STREAM_LIMIT = 64 << 20
@@ -130,13 +178,28 @@ _PROBLEMS = {
     errno.EFBIG: "larger than the system lets a file grow (the file system's or `ulimit -f`'s limit)",
     errno.EROFS: "a read-only file system; give a path on a writable one",
     errno.EIO: "input/output error (a failing disk or a lost network mount); check the device",
-    errno.ENXIO: "a named pipe that no program is reading; start the reader first",
 }
 
 
 def os_problem(e: OSError) -> str:
     """What an OSError means for the file it names, in words that say what to do (never "[Errno N]")."""
+    if e.errno == errno.ENXIO and e.filename is not None:
+        return _no_such_address(e.filename)
     return _PROBLEMS.get(e.errno) or (e.strerror or str(e)).lower()
+
+
+def _no_such_address(path: str | os.PathLike[str]) -> str:
+    # ENXIO, "no such device or address", is what opening three kinds of things fails with: a named pipe
+    # with no reader (opened to write without waiting), a socket, and a device with nothing behind it.
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFIFO  # gone since: most likely the pipe it was
+    if stat.S_ISFIFO(mode):
+        return "a named pipe that no program is reading; start the reader first"
+    if stat.S_ISSOCK(mode):
+        return _not_regular(mode, None)
+    return "a device with nothing behind it (no such device or address)"
 
 
 def _kind(mode: int) -> str:
@@ -161,6 +224,20 @@ def absent(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def not_a_folder(folder: str | os.PathLike[str]) -> str | None:
+    """Why a file cannot be made in *folder* because of what it is (missing, a file, a link loop), in
+    words, or None when it is a folder."""
+    try:
+        mode = os.stat(folder).st_mode
+    except FileNotFoundError:
+        return f"no folder {_shown(folder)}"
+    except OSError as e:
+        return f"{_shown(folder)}: {os_problem(e)}"
+    if stat.S_ISDIR(mode):
+        return None
+    return f"{_shown(folder)} is {'a file' if stat.S_ISREG(mode) else _kind(mode)}, not a folder"
+
+
 def _shown(path: str | os.PathLike[str]) -> str:
     return shorten(str(path), 200)  # a name too long for the system is not echoed whole
 
@@ -172,7 +249,8 @@ def _not_regular(mode: int, what: str | None) -> str | None:
 
 
 def _cannot_open(e: OSError, what: str | None) -> str:
-    return os_problem(e) + (f"; give {what}" if what and e.errno == errno.ENOENT else "")
+    # ENXIO here, opening to read, is a socket or a device: not a file, as ENOENT is none
+    return os_problem(e) + (f"; give {what}" if what and e.errno in (errno.ENOENT, errno.ENXIO) else "")
 
 
 def unreadable(path: str | os.PathLike[str], what: str | None = None) -> str | None:
@@ -269,9 +347,15 @@ def read_json_cache(path: Path, valid: Callable[[Any], bool]) -> Any | None:
     """A cache file's content, or None when there is none yet.
 
     A file that cannot be read, does not parse or that *valid* refuses (an older layout, a hand edit) is
-    ignored with a warning: the caller measures again and `write_json_cache` replaces it.
+    ignored with a warning: the caller measures again and `write_json_cache` replaces it.  Something that is
+    not a file (a named pipe, a device, a folder, a link loop) is never replaced or written through: the
+    warning says to remove it.
     """
     if absent(path):
+        return None
+    problem = unreadable(path)
+    if problem is not None:
+        log.warning(f"ignoring the cache file {path}: {problem}; remove it, or every run measures again")
         return None
     try:
         text = read_regular(path).decode("utf-8")  # a named pipe put there would otherwise hang every run
@@ -294,7 +378,9 @@ def read_json_cache(path: Path, valid: Callable[[Any], bool]) -> Any | None:
 
 def write_json_cache(path: Path, data: Any) -> None:
     """Replace the cache file at *path* with *data*; one that cannot be written (a read-only cache) only costs
-    measuring again next time."""
+    measuring again next time.  Only a file is replaced (see `read_json_cache`)."""
+    if not absent(path) and unreadable(path) is not None:
+        return
     try:
         write_atomic(path, json.dumps(data))
     except OSError:

@@ -28,11 +28,12 @@ def check_draft(drafter: str, draft: object) -> None:
         raise SpecgenError("{drafter} model needs a draft model: pass {draft} PATH (or choose another {drafter})")
 
 
-def check_given(name: str, value: Any) -> Any:
+def check_given(name: str, value: Any, required: bool = False) -> Any:
     """A setting's value as given, where None means "left out": an empty one (what `--drafter "$UNSET"`
-    passes) is refused, never taken for the default.  *name* is a `{setting}` or a front end's own word."""
+    passes) is refused, never taken for the default (a *required* one has none to take).  *name* is a
+    `{setting}` or a front end's own word."""
     if isinstance(value, str) and value == "":
-        raise SpecgenError(f"{name} is empty; give a value, or leave it out for the default")
+        raise SpecgenError(f"{name} is empty; give a value" + ("" if required else ", or leave it out for the default"))
     return value
 
 

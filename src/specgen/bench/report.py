@@ -290,21 +290,37 @@ def check_output_path(path: Path | None, flag: str) -> None:
                            "give a path you can write") from None
 
 
-def check_outputs(outputs: Iterable[tuple[Path | None, str]]) -> None:
-    """`check_output_path` for each (path, flag), and no file named twice: the second output would
-    silently replace the first."""
-    seen: dict[str, str] = {}
+def check_outputs(outputs: Iterable[tuple[Path | None, str]], inputs: Iterable[tuple[Path, str]] = ()) -> None:
+    """`check_output_path` for each (path, flag), no file named twice (the second output would silently
+    replace the first) and no output that is one of the *inputs* (path, flag): the result would replace the
+    file it was measured on."""
+    inputs = [(home_path(path), flag) for path, flag in inputs]
+    seen: list[tuple[Path, str]] = []
     for path, flag in outputs:
         check_output_path(path, flag)
         if path is None:
             continue
         p = home_path(path)
+        for source, source_flag in inputs:
+            if _same_file(p, source):
+                raise SpecgenError(f"{flag} names the {source_flag} file {path}: the result would replace it; "
+                                   "give the output its own name")
         if not replaces(p):  # /dev/stdout, /dev/null, a pipe: each output goes through in turn
             continue
-        key = os.path.realpath(p)
-        if key in seen:
-            raise SpecgenError(f"{seen[key]} and {flag} name the same file ({path}); give each its own")
-        seen[key] = flag
+        for other, other_flag in seen:
+            if _same_file(p, other):
+                raise SpecgenError(f"{other_flag} and {flag} name the same file ({path}); give each its own")
+        seen.append((p, flag))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether *a* and *b* lead to one file: by name through any links, or (a hard link) by identity."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is not there (yet): only its name could match
+        return False
 
 
 def save_outputs(result: dict, outputs: list[tuple[Path, Callable[[dict, Path], None]]]) -> dict[Path, str]:
@@ -439,18 +455,25 @@ _RESULT = "a `specgen bench --json` result"
 RESULT_FIELDS = {"machine": "an object", "summary": "an array"}
 """The parts of a result file `compare` reads, and the kind of value (as `kind_of` names it) each must be."""
 
+MACHINE_FIELDS = {"cpu": "a string", "threads": "a number", "backend": "a string", "backend_detail": "a string",
+                  "started": "a string"}
+"""What `compare` shows of the machine, when a result has it, and the kind of value each must be."""
+
 SUMMARY_FIELDS = {"pair": "a string", "config": "a string", "category": "a string", "temperature": "a number",
                   "speedup": "a number", "decode_tps": "a number", "mean_accepted": "a number"}
 """What `compare` reads of each summary row, and the kind of value each must be."""
 
 
-def _check_fields(obj: dict, fields: dict[str, str], where: str, what: str | None = None) -> None:
-    """Refuse *obj* when it lacks one of *fields* (then it is not *what*) or holds one as another kind of
-    value."""
+def _check_fields(obj: dict, fields: dict[str, str], where: str, what: str | None = None,
+                  optional: bool = False) -> None:
+    """Refuse *obj* when it lacks one of *fields* (then it is not *what*; *optional* ones may be left out) or
+    holds one as another kind of value."""
     missing = [key for key in fields if key not in obj]
-    if missing:
+    if missing and not optional:
         raise SpecgenError(f"{where} lacks {' and '.join(missing)}" + (f": not {what}" if what else ""))
     for key, kind in fields.items():
+        if key not in obj:
+            continue
         value = obj[key]
         if kind_of(value) != kind:
             raise SpecgenError(f"{where}: `{key}` must be {kind}, not {kind_of(value)}")
@@ -476,6 +499,7 @@ def load_result(path: Path) -> dict:
     if version > FORMAT:
         raise SpecgenError(f"{path}: written by a newer specgen (format {version}); upgrade to read it")
     _check_fields(data, RESULT_FIELDS, str(path), _RESULT)
+    _check_fields(data["machine"], MACHINE_FIELDS, f"{path}: machine", optional=True)
     for i, row in enumerate(data["summary"]):
         if not isinstance(row, dict):
             raise SpecgenError(f"{path}: summary row {i} must be an object, not {kind_of(row)}")

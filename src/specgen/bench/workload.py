@@ -44,6 +44,21 @@ def builtin_suites() -> dict[str, Path]:
 
 def load_questions(specs: str | Sequence[str]) -> list[Question]:
     """Questions from `builtin:NAME`, `builtin:all` or Spec-Bench question.jsonl files, in order."""
+    questions: list[Question] = []
+    seen: set[tuple[str, str]] = set()
+    for path in suite_paths(specs):
+        for lineno, q in read_jsonl(path):
+            key = (q.category, str(q.question_id))
+            if key in seen:
+                raise SuiteError(f"{path}:{lineno}: question_id {q.question_id!r} appears twice in "
+                                 f"category {q.category!r}")
+            seen.add(key)
+            questions.append(q)
+    return questions
+
+
+def suite_paths(specs: str | Sequence[str]) -> list[Path]:
+    """The files `load_questions` reads for *specs*, in order; an unknown built-in suite is a SuiteError."""
     paths: list[Path] = []
     for spec in [specs] if isinstance(specs, str) else specs:
         if spec.startswith("builtin:"):
@@ -57,17 +72,7 @@ def load_questions(specs: str | Sequence[str]) -> list[Question]:
                 raise SuiteError(f"unknown built-in suite {name!r}; choose one of {', '.join([*suites, 'all'])}")
         else:
             paths.append(home_path(spec))
-    questions: list[Question] = []
-    seen: set[tuple[str, str]] = set()
-    for path in paths:
-        for lineno, q in read_jsonl(path):
-            key = (q.category, str(q.question_id))
-            if key in seen:
-                raise SuiteError(f"{path}:{lineno}: question_id {q.question_id!r} appears twice in "
-                                 f"category {q.category!r}")
-            seen.add(key)
-            questions.append(q)
-    return questions
+    return paths
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Question]]:

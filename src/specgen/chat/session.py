@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, Union
 from .. import __version__
 from ..engine import ContextOverflow, Engine, Event, Piece, Prefill, Summary
 from ..errors import SpecgenError
-from ..fileio import home_path, os_problem, write_atomic
+from ..fileio import home_path, not_a_folder, os_problem, write_atomic
 from ..llama.chat_template import Message, chat_text, prompt_tokens
 from ..meter import TurnMeter
 from ..sampling import SamplingParams, allowed
@@ -216,8 +216,9 @@ class Chat:
             raise ChatError(f"/save writes .md or .json, not {kind or 'a file without an extension'!r}")
         data = self.transcript()
         body = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if kind == ".json" else markdown(data)
-        if not p.parent.is_dir():  # a mistyped folder is reported, not created
-            raise ChatError(f"cannot write {p}: no folder {p.parent}")
+        problem = not_a_folder(p.parent)  # a mistyped folder is reported, not created
+        if problem:
+            raise ChatError(f"cannot write {p}: {problem}")
         try:
             write_atomic(p, body)
         except OSError as e:

@@ -114,23 +114,35 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 """What an OSError naming no file means when it reaches main(): writing stdout failed."""
 
 
+_closed_stdout = False
+"""Whether the program started with stdout closed (see `_standard_streams`)."""
+
+
 def _os_error_exit(e: OSError) -> None:
     if e.errno == errno.EPIPE:
         _exit_broken_pipe()
-    what = f"{e.filename}: " if e.filename else "cannot write the output: " if e.errno in _WRITE_ERRORS else ""
-    print(failure(what + os_problem(e)), file=sys.stderr)
+    if e.errno == errno.EBADF and not e.filename and _closed_stdout:
+        problem = "cannot write the output: stdout is closed"
+    else:
+        what = f"{e.filename}: " if e.filename else "cannot write the output: " if e.errno in _WRITE_ERRORS else ""
+        problem = what + os_problem(e)
+    print(failure(problem), file=sys.stderr)
     _silence_stdout()
     sys.exit(1)
 
 
 def _standard_streams() -> None:
-    """A closed stdin, stdout or stderr (`<&-`) reads and writes as /dev/null: Python leaves it None,
-    and the next file opened would take its number.  Text the output encoding cannot show
-    (PYTHONIOENCODING=ascii, a POSIX locale) is written escaped (\\xe9) instead of failing."""
+    """A closed stdin (`<&-`) reads as /dev/null and a closed stderr takes what is written as /dev/null does:
+    Python leaves them None, and the next file opened would take their number.  A closed stdout (`>&-`) is
+    /dev/null opened only to read, so that, as with `cat >&-`, the first output written fails the command
+    (EBADF) instead of vanishing, while a command that prints nothing succeeds.  Text the output encoding
+    cannot show (PYTHONIOENCODING=ascii, a POSIX locale) is written escaped (\\xe9) instead of failing."""
+    global _closed_stdout
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         if getattr(sys, name) is not None:
             continue
-        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        _closed_stdout = _closed_stdout or fd == 1
+        null = os.open(os.devnull, os.O_WRONLY if fd == 2 else os.O_RDONLY)
         if null != fd:
             try:
                 os.fstat(fd)  # taken since by some file: leave that be

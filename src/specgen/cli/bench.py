@@ -21,7 +21,7 @@ from ..settings import DRAFTERS, check_count, check_draft, check_given, parse_dr
     uses_draft_model
 from . import app
 from .messages import warn
-from .options import EngineFlags, engine_command, warn_context
+from .options import EngineFlags, engine_command, path_flag, warn_context
 
 bench_app = typer.Typer(no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -58,13 +58,17 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the sampling runs (T > 0): the same seed repeats them.",
                                       rich_help_panel=W)] = 0,
     json_path: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write machine, runs and summary as JSON.", rich_help_panel=O)] = None,
+        "--json", help="Write machine, runs and summary as JSON.", parser=path_flag("--json"), metavar="<path>",
+        rich_help_panel=O)] = None,
     csv_path: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Write the summary rows as CSV.", rich_help_panel=O)] = None,
+        "--csv", help="Write the summary rows as CSV.", parser=path_flag("--csv"), metavar="<path>",
+        rich_help_panel=O)] = None,
     markdown_path: Annotated[Optional[Path], typer.Option(
-        "--markdown", help="Write the tables as Markdown.", rich_help_panel=O)] = None,
+        "--markdown", help="Write the tables as Markdown.", parser=path_flag("--markdown"), metavar="<path>",
+        rich_help_panel=O)] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        help="Draw speedups to a PNG (needs matplotlib, the `plot` extra).", rich_help_panel=O)] = None,
+        help="Draw speedups to a PNG (needs matplotlib, the `plot` extra).", parser=path_flag("--plot"),
+        metavar="<path>", rich_help_panel=O)] = None,
     save: Annotated[bool, typer.Option(
         "--save", help="Store the recommendation as the pair's default for run and chat.", rich_help_panel=O)] = False,
     *,
@@ -92,8 +96,10 @@ def bench(
     SamplingParams(seed=seed).check()
     flags.check_numbers()
     prompts = prompts or ["builtin:all"]
+    # Before the prompts are read: an output that is one of them would replace the user's suite.
+    report.check_outputs([(json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")],
+                         inputs=[(path, "--prompts") for path in workload.suite_paths(prompts)])
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
-    report.check_outputs([(json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")])
     if plot is not None:
         report.check_plot_available()
     pairs = workload.split_list(pair)

@@ -12,7 +12,7 @@ from ..build import describe_backend
 from ..chat.screen import Screen, run
 from ..settings import check_count, check_given
 from . import app
-from .messages import SETTING_FLAGS
+from .messages import SETTING_FLAGS, decoded
 from .options import EngineFlags, engine_command, load
 
 
@@ -29,6 +29,7 @@ def chat(
     check_count("max_tokens", max_tokens)
     check_given("--system", system)
     sampling = flags.sampling()
+    system = decoded(system, "--system") if system is not None else None
     if hasattr(sys.stdin, "reconfigure"):  # stray bytes reach the chat as surrogates, not an exception
         sys.stdin.reconfigure(errors="surrogateescape")
     opts = flags.engine_options()

@@ -8,6 +8,7 @@ import sys
 
 from .. import errors
 from ..errors import SETTINGS, SpecgenError, worded
+from ..textstream import user_text
 
 _FLAG_OF = {"n_ctx": "--ctx"}
 """The settings whose flag is not their field name in dashes."""
@@ -26,6 +27,15 @@ def warn(text: str) -> None:
     print(errors.warning_line(worded(text, SETTING_FLAGS)), file=sys.stderr, flush=True)
 
 
+def decoded(data: bytes | str, what: str) -> str:
+    """A user's text (stdin, the prompt, --system) as the engine takes it (`user_text`), with a warning that
+    says how many bytes were not UTF-8."""
+    text, bad = user_text(data, what)
+    if bad:
+        warn(f"{what} is not valid UTF-8: {bad} bytes were replaced with \ufffd")
+    return text
+
+
 class _LibraryWarnings(logging.Handler):
     """What the library logs as a warning (a cache file it had to set aside) is a warning line here too."""
 
@@ -36,4 +46,4 @@ class _LibraryWarnings(logging.Handler):
 logging.getLogger("specgen").addHandler(_LibraryWarnings(logging.WARNING))
 
 
-__all__ = ["SETTING_FLAGS", "failure", "warn"]
+__all__ = ["SETTING_FLAGS", "decoded", "failure", "warn"]

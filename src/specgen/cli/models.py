@@ -15,7 +15,7 @@ from ..errors import SpecgenError, printable, shorten
 from ..fileio import human_size
 from ..models.registry import ModelEntry, load_registry, parse_model_spec, user_path
 from ..models.userfile import add_pair
-from ..settings import DRAFTERS, parse_draft_max
+from ..settings import DRAFTERS, check_given, parse_draft_max
 from . import app
 
 pair_app = typer.Typer(help="Manage your own model pairs (written to your models.yaml).", no_args_is_help=True)
@@ -116,11 +116,13 @@ def rm(
     registry = load_registry()
     registry.pair(name)
     done = cache.remove_pair(registry, name)
-    if not done.removed and not done.kept and not done.unlinked:
+    if not done.removed and not done.kept and not done.unlinked and not done.shared:
         _err.print(f"pair {name}: nothing downloaded, nothing removed")
         return
     for f in done.removed:
         print(printable(f"removed {f}"))
+    for f in done.shared:
+        print(printable(f"removed {f}; its data stays on disk, another name (a hard link) still holds it"))
     for f, outside in done.unlinked:
         print(printable(f"removed the link {f}; {outside} is outside the cache and stays"))
     for f in done.kept:
@@ -140,6 +142,11 @@ def pair_add(
     force: Annotated[bool, typer.Option("--force", help="Replace a pair of the same name.")] = False,
 ) -> None:
     """Add a pair to your models.yaml; `specgen pull NAME` then downloads it."""
+    for flag, value in (("--target", target.strip()), ("--draft", draft.strip())):  # a model is named stripped
+        check_given(flag, value, required=True)
+    for flag, value in (("--drafter", drafter), ("--draft-max", draft_max), ("--note", note)):
+        check_given(flag, value)
+
     def check(preview) -> None:  # before anything is written: a pair that is refused is never saved
         local = cache.local_pair(preview, name)
         if local is not None:

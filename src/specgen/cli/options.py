@@ -25,20 +25,21 @@ from .messages import warn
 M, D, S = "Models", "Drafting", "Sampling"
 
 
-def _path_flag(field: str) -> Callable[[str], Path]:
-    """The parser of a file flag, which sees the text typed: typer itself reads an empty value (an unset shell
-    variable) as '.', the current folder, and the message would then be about a directory."""
+def path_flag(name: str) -> Callable[[str], Path]:
+    """The parser of a file flag *name* (a `{setting}` or the flag itself), which sees the text typed: typer
+    itself reads an empty value (an unset shell variable) as '.', the current folder, and the message would
+    then be about a directory."""
     def parse(value: str) -> Path:
-        return Path(check_given(f"{{{field}}}", value))
+        return Path(check_given(name, value))
     return parse
 
 
 @dataclass
 class EngineFlags:
     target: Annotated[Optional[Path], typer.Option(
-        help="Target GGUF.", parser=_path_flag("target"), metavar="<path>", rich_help_panel=M)] = None
+        help="Target GGUF.", parser=path_flag("{target}"), metavar="<path>", rich_help_panel=M)] = None
     draft: Annotated[Optional[Path], typer.Option(
-        help="Draft GGUF (same vocabulary).", parser=_path_flag("draft"), metavar="<path>", rich_help_panel=M)] = None
+        help="Draft GGUF (same vocabulary).", parser=path_flag("{draft}"), metavar="<path>", rich_help_panel=M)] = None
     pair: Annotated[Optional[str], typer.Option(
         help="A pair from models.yaml (see `specgen list`); default: the default pair.", rich_help_panel=M)] = None
     no_download: Annotated[bool, typer.Option(
@@ -175,4 +176,4 @@ def engine_command(fn: Callable | None = None, *, sampling: bool = True) -> Call
     return wrapper
 
 
-__all__ = ["EngineFlags", "engine_command", "load", "warn_context"]
+__all__ = ["EngineFlags", "engine_command", "load", "path_flag", "warn_context"]

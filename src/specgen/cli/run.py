@@ -13,31 +13,23 @@ from ..engine import Piece, Summary
 from ..errors import SpecgenError
 from ..fileio import read_stream
 from ..settings import check_count, check_given
-from ..textstream import user_text
 from ..build import topology
 from ..llama.chat_template import chat_tokens, messages_for
 from ..statsline import stats_line
 from . import app
-from .messages import warn
+from .messages import decoded
 from .options import EngineFlags, engine_command, load
-
-
-def _decoded(data: bytes | str, what: str) -> str:
-    text, bad = user_text(data, what)
-    if bad:
-        warn(f"{what} is not valid UTF-8: {bad} bytes were replaced with \ufffd")
-    return text
 
 
 def read_prompt(arg: str | None) -> str:
     """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
     parts = []
     if not sys.stdin.isatty():  # a closed stdin reads as /dev/null (see main)
-        piped = _decoded(read_stream(sys.stdin, "stdin"), "stdin")
+        piped = decoded(read_stream(sys.stdin, "stdin"), "stdin")
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if arg:
-        parts.append(_decoded(arg, "the prompt"))
+        parts.append(decoded(arg, "the prompt"))
     if not parts:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
     return "\n\n".join(parts)
@@ -65,6 +57,7 @@ def run(
         check_given(name, value)
     sampling = flags.sampling()
     text_in = read_prompt(prompt)
+    system = decoded(system, "--system") if system is not None else None
     opts = flags.engine_options()
     engine = load(opts)
     tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)

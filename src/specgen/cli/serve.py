@@ -28,7 +28,7 @@ def serve(
 ) -> None:
     """Serve the pair over OpenAI's API (/v1/chat/completions, /v1/completions) with speculation inside."""
     try:
-        from ..server.app import ServerConfig
+        from ..server.app import ServerConfig, check_api_key
         from ..server.listen import bind, exposure_warning, serve as serve_forever
         from ..server.view import LiveView, View
     except ImportError as e:
@@ -41,6 +41,8 @@ def serve(
     check_given("--host", host)
     check_given("--api-key", api_key)
     key = api_key if api_key is not None else os.environ.get("SPECGEN_API_KEY") or None
+    if key is not None:
+        check_api_key(key, "--api-key" if api_key is not None else "SPECGEN_API_KEY")
     sampling = flags.sampling()
     opts = flags.engine_options()
     bind(host, port).close()  # a port in use should fail before the models load, not after

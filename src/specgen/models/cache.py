@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError, shorten
-from ..fileio import cache_home, home_path, os_problem
+from ..fileio import cache_home, check_env_folder, home_path, os_problem
 from ..settings import shown_draft_max
-from .registry import DEFAULT_QUANT, ModelEntry, Registry, check_env_folder, safe_repo_path
+from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
 
 
 # ---------------------------------------------------------------- where the cache is
@@ -30,7 +30,7 @@ def cache_dir() -> Path:
     A variable that points at a file (or below one) is named in the error, rather than
     surfacing later as "Not a directory" on some file inside it.
     """
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):  # cache_home() checks XDG_CACHE_HOME
         value = os.environ.get(var)
         if value:
             check_env_folder(var, home_path(os.path.expandvars(value)))
@@ -300,8 +300,18 @@ def claim(path: Path, folder: Path) -> Path:
     return path
 
 
+def hard_linked(path: Path) -> bool:
+    """Whether the file *path* has another name (a hard link, made by the user or a tool that shares files):
+    removing the cache's name then frees nothing, the bytes stay under the other one."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
 def remove_entry(entry: Path, folder: Path, keep_shared: bool = False) -> int:
-    """Remove snapshot entry *entry* of repo folder *folder* and the blob it links to; the bytes freed.
+    """Remove snapshot entry *entry* of repo folder *folder* and the blob it links to; the bytes freed
+    (none while another hard link keeps them, see `hard_linked`).
 
     Only the cache's own files go (see `owns`): an entry that links out of the cache is removed
     as a link, and the file it names stays.  With *keep_shared*, a blob that another snapshot
@@ -311,7 +321,7 @@ def remove_entry(entry: Path, folder: Path, keep_shared: bool = False) -> int:
     blob = real_path(entry)
     mine = owns(entry, folder)
     linked = entry.is_symlink()
-    size = blob.stat().st_size if mine and blob.is_file() else 0
+    size = blob.stat().st_size if mine and blob.is_file() and not hard_linked(blob) else 0
     entry.unlink(missing_ok=True)
     if not mine:
         return 0
@@ -330,6 +340,8 @@ class Removal:
     kept: list[Path] = field(default_factory=list)
     unlinked: list[tuple[Path, Path]] = field(default_factory=list)
     """(cache entry, the file outside the cache it linked to): the link went, the file stays."""
+    shared: list[Path] = field(default_factory=list)
+    """Removed, but their bytes stay: another hard link to the same file still names them."""
     freed: int = 0
 
 
@@ -365,8 +377,9 @@ def remove_pair(registry: Registry, name: str) -> Removal:
             remove_entry(f, folder)
             out.unlinked.append((f, real))
         else:
+            shared = hard_linked(real)
             out.freed += remove_entry(f, folder, keep_shared=True)
-            out.removed.append(f)
+            (out.shared if shared else out.removed).append(f)
     for folder in touched:
         _prune(folder)
     return out

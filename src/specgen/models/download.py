@@ -6,7 +6,9 @@ How a file arrives:
 2. every missing file gets a HEAD (etag, size, where to GET it) before any byte moves, so a
    gated or missing file fails the whole pull up front;
 3. bytes go to `blobs/<etag>.incomplete`, resuming with a Range request from what is there
-   (after a dropped connection, or in a later run after Ctrl+C), hashed on the way;
+   (after a dropped connection, or in a later run after Ctrl+C; from a server that ignores Range,
+   what is there is passed over as it comes again), hashed on the way; a stream that stalls or
+   trickles is retried, and given up on after MAX_RETRIES tries in a row that bring nothing new;
 4. only when size, sha256 and the GGUF header check out is it renamed to `blobs/<etag>`,
    and linked into `snapshots/<commit>/` as huggingface_hub links it.  A `run` only ever looks in
    `snapshots/`, so an interrupted pull never leaves a file it could mistake for a model.
@@ -35,12 +37,18 @@ from ..errors import SpecgenError, printable, shorten
 from ..fileio import human_size, write_atomic
 from .cache import (_SHARD_RE, PairFiles, cache_dir, claim, file_problem, local_files, owns, real_path, remove_entry,
                     select_files, storage_folder)
-from .hub import endpoint, httpx_module, hub_errors, library, list_repo, not_a_hub, offline, wait
+from .hub import endpoint, httpx_module, hub_errors, library, list_repo, not_a_hub, offline, shown_address, wait
 from .hub import token as hub_token
 from .progress import Progress
 from .registry import ModelEntry, Registry
 
 MAX_RETRIES = 5
+"""Tries in a row that may bring no new data before a download gives up (it resumes on the next pull)."""
+MIN_PROGRESS = 16 << 10
+"""The fewest bytes a download stream must bring in each HF_HUB_DOWNLOAD_TIMEOUT window (fewer is a stall,
+however often a byte comes), and the fewest new bytes, past the most any earlier try had written, that make
+a try count as progress.  Without a floor a server that trickles a byte at a time, or that resends the start
+of the file and stalls, keeps a pull going for ever."""
 CHUNK = 1 << 20
 _ETAG_RE = re.compile(r"[0-9A-Za-z_-]{8,128}")
 _CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -151,6 +159,10 @@ class _Hasher:
         return None if got == self.expected else f"{self.kind} {got[:12]}..., expected {self.expected[:12]}..."
 
 
+class _Trickle(Exception):
+    """A stream that brought fewer than MIN_PROGRESS bytes in a whole timeout window."""
+
+
 def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
     """Bring plan.partial to plan.size bytes, resuming; returns bytes received."""
     httpx = httpx_module()
@@ -159,14 +171,15 @@ def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
     session = get_session()
     timeout = wait("HF_HUB_DOWNLOAD_TIMEOUT")  # for the connection, and for each read of the stream
     hasher = _Hasher(plan)
-    received, tries, attempts = 0, 0, 0
+    received, tries, ranged = 0, 0, True
     plan.partial.parent.mkdir(parents=True, exist_ok=True)
     claim(plan.partial, plan.folder).touch()  # a resumed file is appended to and truncated: it must be ours
+    reached = plan.partial.stat().st_size  # the most the file has held: only bytes past it are progress
     while True:
         have = plan.partial.stat().st_size
         if plan.size is not None and have > plan.size:
             os.truncate(plan.partial, 0)
-            have = 0
+            have = reached = 0
         if plan.size is not None and have == plan.size:
             hasher.catch_up(plan.partial, have)
             break
@@ -181,10 +194,9 @@ def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
                     raise SpecgenError(f"{plan.key}: size mismatch, the server has fewer than the {plan.size} "
                                        "bytes the Hub listing says; refusing it")
                 hf_raise_for_status(r)
-                if have and r.status_code != 206:
-                    os.truncate(plan.partial, 0)  # the server ignored Range: start over
-                    progress.advance(plan.key, -have)
-                    have = 0
+                skip = 0
+                if have and r.status_code != 206:  # the server ignored Range: what is here comes again
+                    skip, ranged = have, False
                 total = _response_total(r, have)
                 if plan.size is not None and total is not None and total != plan.size:
                     plan.partial.unlink(missing_ok=True)
@@ -192,26 +204,41 @@ def _transfer(plan: _Plan, headers: dict[str, str], progress: Progress) -> int:
                                        f"listing says {plan.size}; refusing it")
                 hasher.catch_up(plan.partial, have)
                 with open(plan.partial, "ab") as f:
+                    window, came = time.monotonic(), 0
                     for chunk in r.iter_bytes():
+                        came += len(chunk)
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
                         f.write(chunk)
                         hasher.update(chunk)
                         received += len(chunk)
                         progress.advance(plan.key, len(chunk))
-                        tries = 0  # progress resets the retry budget, like huggingface_hub
+                        if time.monotonic() - window >= timeout:
+                            if came < MIN_PROGRESS:
+                                raise _Trickle()
+                            window, came = time.monotonic(), 0
             if plan.size is None:
                 break
             if plan.partial.stat().st_size < plan.size:
                 raise httpx.RemoteProtocolError("the server closed the connection early")
-        except httpx.TransportError as e:
-            tries += 1
-            attempts += 1
-            stalled = isinstance(e, httpx.TimeoutException)
-            if tries > MAX_RETRIES or attempts > 20 * MAX_RETRIES:
-                why = (f"no data for {timeout} s, HF_HUB_DOWNLOAD_TIMEOUT sets the wait" if stalled
+        except (httpx.TransportError, _Trickle) as e:
+            now = plan.partial.stat().st_size
+            tries = 1 if now >= reached + MIN_PROGRESS else tries + 1  # resent bytes are no progress
+            reached = max(reached, now)
+            stalled = isinstance(e, (httpx.TimeoutException, _Trickle))
+            if tries > MAX_RETRIES:
+                why = (f"less than {MIN_PROGRESS >> 10} KiB in {timeout} s" if isinstance(e, _Trickle)
+                       else f"no data for {timeout} s" if stalled
                        else f"{type(e).__name__}: {printable(shorten(str(e), 120))}")
-                raise SpecgenError(f"download of {plan.key} from {urlparse(plan.url).netloc} failed after "
-                                   f"{MAX_RETRIES} retries ({why}); check your connection and run the command "
-                                   "again, it resumes where it stopped") from None
+                if stalled:
+                    why += ", HF_HUB_DOWNLOAD_TIMEOUT sets the wait"
+                if not ranged:
+                    why += "; the server ignores Range requests and resends the file from its start"
+                host = urlparse(shown_address(plan.url)).netloc
+                raise SpecgenError(f"download of {plan.key} from {host} failed after {MAX_RETRIES} retries without "
+                                   f"new data ({why}); check your connection and run the command again, it resumes "
+                                   "where it stopped") from None
             if not stalled:  # a timeout has already waited its turn
                 time.sleep(min(0.5 * 2 ** (tries - 1), 8))
     size = plan.partial.stat().st_size
@@ -399,6 +426,7 @@ def pull_models(models: list[ModelEntry], progress: Progress | None = None,
     token = hub_token() if pending else None  # only what is fetched needs it: a run from the cache never does
     for p in pending:  # every HEAD before any byte: a gated or missing file fails the whole pull
         _head(p, token)
+        claim(p.blob, p.folder)  # a blob that links out of the cache is not the Hub's file: fetched anew
     if pending:
         _disk_check(pending)
     headers_hub = build_hf_headers(token=token)

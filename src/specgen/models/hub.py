@@ -17,12 +17,13 @@ from types import ModuleType
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from ..errors import SpecgenError, printable, shorten
+from ..errors import SpecgenError, printable, shorten, unsendable
 from ..fileio import os_problem
 from .cache import cache_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
 
 
 WAITS = {"HF_HUB_ETAG_TIMEOUT": 10, "HF_HUB_DOWNLOAD_TIMEOUT": 10}
@@ -42,9 +43,15 @@ def endpoint() -> str:
     except ValueError:  # an unclosed "[", or a port that is not a number up to 65535 (.port raises)
         usable = False
     if not usable:
-        raise SpecgenError(f"HF_ENDPOINT='{printable(shorten(raw, 60))}' is not a web address: set it to a "
-                           f"mirror's http(s)://HOST[:PORT], or unset it to use {DEFAULT_ENDPOINT}")
+        raise SpecgenError(f"HF_ENDPOINT='{printable(shorten(shown_address(raw), 60))}' is not a web address: set "
+                           f"it to a mirror's http(s)://HOST[:PORT], or unset it to use {DEFAULT_ENDPOINT}")
     return raw.rstrip("/")
+
+
+def shown_address(url: str | None = None) -> str:
+    """*url* (by default the Hub's address, `endpoint()`) as a message shows it: a `user:password@` in it
+    is shown as `***@`, so an error line never hands the password to a log or a bug report."""
+    return _USERINFO_RE.sub(r"\1***@", endpoint() if url is None else url, count=1)
 
 
 def wait(variable: str) -> int:
@@ -87,14 +94,12 @@ def token() -> str | None:
     cache_dir()  # huggingface_hub reads $HF_HOME/token: a bad HF_HOME is named before it fails there
     given = (os.environ.get("HF_TOKEN") or "").strip()
     value = given or (get_token() or "").strip()
-    bad = next((c for c in value if not "!" <= c <= "~"), None)
-    if bad is not None:
-        kind = ("a line break" if bad in "\r\n" else "a non-ASCII character" if ord(bad) > 127
-                else "a space or control character")
+    kind = unsendable(value, spaces=False)
+    if kind is not None:
         where, again = ("HF_TOKEN", "set it again") if given else ("the token `hf auth login` saved",
                                                                    "run `hf auth login` again")
         raise SpecgenError(f"{where} holds {kind}, which no token has: copy your token from "
-                           f"{endpoint()}/settings/tokens and {again}")
+                           f"{shown_address()}/settings/tokens and {again}")
     return value or None
 
 
@@ -111,7 +116,7 @@ def httpx_module() -> ModuleType:
 
 def not_a_hub() -> str:
     """The end of a message about an answer no Hub gives."""
-    return f"is HF_ENDPOINT ({endpoint()}) a Hugging Face compatible server?"
+    return f"is HF_ENDPOINT ({shown_address()}) a Hugging Face compatible server?"
 
 
 _OFFLINE_HINT = "HF_ENDPOINT points specgen at a mirror, HF_HUB_OFFLINE=1 uses downloaded models only"
@@ -124,7 +129,7 @@ def hub_errors(repo: str, file: str | None = None, waited: str = "HF_HUB_DOWNLOA
     httpx = httpx_module()
     from huggingface_hub import errors as hf
 
-    ep = endpoint()
+    ep = shown_address()
     what = f"{repo}/{file}" if file else repo
     try:
         yield
@@ -162,6 +167,9 @@ def hub_errors(repo: str, file: str | None = None, waited: str = "HF_HUB_DOWNLOA
     except httpx.TimeoutException:
         raise SpecgenError(f"the Hub at {ep} did not answer within {wait(waited)} s ({what}); check HF_ENDPOINT "
                            f"and your connection, or set {waited} to wait longer") from None
+    except httpx.TooManyRedirects:
+        raise SpecgenError(f"the Hub at {ep} sends {what} round a redirect loop (it redirects again and again, "
+                           "never to the file); check HF_ENDPOINT, or try again later") from None
     except (httpx.ConnectError, httpx.NetworkError, httpx.RemoteProtocolError) as e:
         detail = printable(shorten(str(e) or "no answer", 120))  # may quote what the server sent
         raise SpecgenError(f"cannot reach {ep} ({type(e).__name__}: {detail}); check your "
@@ -170,7 +178,8 @@ def hub_errors(repo: str, file: str | None = None, waited: str = "HF_HUB_DOWNLOA
         if e.errno == errno.ENOSPC:
             raise SpecgenError(f"disk full while downloading {what} into {cache_dir()}; free some space or set "
                                "HF_HOME to a bigger disk, then run the command again (it resumes)") from None
-        raise SpecgenError(f"{what}: {os_problem(e)}") from None
+        where = f" ({shorten(str(e.filename), 200)})" if e.filename else ""  # which file, in which cache
+        raise SpecgenError(f"{what}: {os_problem(e)}{where}") from None
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,23 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import SpecgenError, is_finite_number, kind_of, shorten
-from ..fileio import absent, home_path
+from ..fileio import absent, home_path, xdg_dir
 from ..settings import check_drafter, parse_draft_max
 from .yamldoc import YamlDoc, read_doc
 
 DEFAULT_QUANT = "Q4_K_M"
 
 # Matched whole (`fullmatch`): with `match`, a `$` would let a trailing newline through.
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+ID_MAX = 100
+ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{ID_MAX - 1}}}")
+ID_RULE = (f"starts with an ASCII letter or digit and holds only ASCII letters, digits and . _ + -, "
+           f"at most {ID_MAX} characters")
+"""ID_RE in words, for the messages that refuse a model or pair name."""
 REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 QUANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+
+MAX_SIZE_GB = 1_000_000
+"""The largest `size_gb` a model may state: far past any model, and small enough that its size in bytes stays finite."""
 
 _MODEL_FIELDS = {"repo", "quant", "file", "path", "family", "params", "size_gb", "license", "gated", "verified"}
 _PAIR_FIELDS = {"target", "draft", "drafter", "draft_max", "note", "default", "verified"}
@@ -140,24 +147,7 @@ def builtin_path() -> Path:
 
 
 def user_path() -> Path:
-    if os.environ.get("XDG_CONFIG_HOME"):
-        check_env_folder("XDG_CONFIG_HOME", home_path(os.environ["XDG_CONFIG_HOME"]))
-    base = os.environ.get("XDG_CONFIG_HOME") or home_path("~") / ".config"
-    return Path(base) / "specgen" / "models.yaml"
-
-
-def check_env_folder(var: str, path: Path) -> None:
-    """Name the environment variable when it points at a file (or below one), not a folder.
-
-    Otherwise the failure surfaces later as "Not a directory" on some file inside it.
-    """
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        where = "" if probe == path else f" ({probe} is a file)"
-        raise SpecgenError(f"{var}={shorten(str(path))} is not a folder{where}; point {var} at a folder, "
-                           "or unset it")
+    return xdg_dir("XDG_CONFIG_HOME", ".config") / "specgen" / "models.yaml"
 
 
 # ---------------------------------------------------------------- schema
@@ -226,7 +216,7 @@ def _unknown_keys(doc: YamlDoc, at: tuple, got: dict, allowed: set[str]) -> None
 def _check_entry(doc: YamlDoc, at: tuple, raw: Any, allowed: set[str]) -> None:
     """An entry of `models:` or `pairs:`: a plain name, and a mapping of known fields."""
     if not ID_RE.fullmatch(at[-1]):
-        raise doc.error(at, f"{at[0][:-1]} names use letters, digits and . _ + - only")
+        raise doc.error(at, f"not a {at[0][:-1]} name: a name {ID_RULE}")
     if not isinstance(raw, dict):
         raise doc.error(at, f"expected a mapping of fields, got {_kind(raw)}")
     _unknown_keys(doc, at, raw, allowed)
@@ -238,8 +228,9 @@ def _model(doc: YamlDoc, model_id: str, raw: Any) -> ModelEntry:
     kw = _plain_fields(doc, at, raw, ("family", "params", "license"), ("gated", "verified"))
     if "size_gb" in raw:
         v = raw["size_gb"]
-        if not is_finite_number(v) or v < 0:
-            raise doc.error(at + ("size_gb",), f"expected a size in GB (a number, 0 or more), got {_kind(v)}")
+        if not is_finite_number(v) or not 0 <= v <= MAX_SIZE_GB:
+            raise doc.error(at + ("size_gb",), f"expected a size in GB (a number from 0 to {MAX_SIZE_GB:,}), "
+                                               f"got {_kind(v)}")
         kw["size_gb"] = float(v)
     if ("repo" in raw) == ("path" in raw):
         raise doc.error(at, "give either `repo` (a Hugging Face repo) or `path` (a local GGUF file)")

@@ -19,8 +19,8 @@ from ..errors import SpecgenError, shorten
 from ..fileio import absent, os_problem, unreadable, write_atomic
 from ..llama.gguf import WHAT_TO_GIVE
 from ..settings import check_drafter, parse_draft_max, shown_draft_max
-from .registry import (DEFAULT_QUANT, ID_RE, ModelSpec, Registry, builtin_path, merge_docs, parse_model_spec,
-                       user_path)
+from .registry import (DEFAULT_QUANT, ID_RE, ID_RULE, ModelSpec, Registry, builtin_path, merge_docs,
+                       parse_model_spec, user_path)
 from .yamldoc import YamlDoc, read_doc
 
 try:
@@ -63,7 +63,9 @@ def update_user_file(change: Callable[[dict[str, Any], Registry], None],
     the change and may raise: then, as when the result does not validate, nothing is written.
     """
     path = user_path()
-    with _locked(path.parent):
+    # The folder of the file that is really replaced (write_atomic follows a link): writers that reach it
+    # through different links to it must take the same lock.
+    with _locked(Path(os.path.realpath(path)).parent):
         builtin = read_doc(builtin_path())
         user = None if absent(path) else read_doc(path)
         registry = merge_docs([builtin] if user is None else [builtin, user])  # validates the user file
@@ -132,7 +134,7 @@ def add_pair(name: str, target: str, draft: str, *, drafter: str | None = None,
     nothing is written.  Returns the file written and the registry as it now reads.
     """
     if not ID_RE.fullmatch(name):
-        raise SpecgenError(f"pair name {shorten(name)!r}: use letters, digits and . _ + - only")
+        raise SpecgenError(f"{shorten(name)!r} is not a pair name: a name {ID_RULE}")
     if drafter is not None:
         check_drafter(drafter)
 

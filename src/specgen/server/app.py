@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..engine import Engine, Piece, Step, Summary
+from ..errors import SpecgenError, unsendable
 from ..fileio import parse_json
 from ..llama.rpc import on_abort
 from ..sampling import SamplingParams
@@ -50,6 +51,23 @@ class ServerConfig:
     sampling: SamplingParams = SamplingParams()
     """Defaults for fields a request leaves out (the command's --temperature etc.)."""
     max_body: int = MAX_BODY
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None:
+            check_api_key(self.api_key, "api_key")
+
+
+def check_api_key(key: str, where: str) -> str:
+    """*key*, when a client can send it as `Authorization: Bearer KEY`: printable ASCII with no space at
+    either end.  Any other would make every request fail with 401, so it is a SpecgenError naming *where*
+    (never the key)."""
+    kind = unsendable(key)
+    if kind:
+        raise SpecgenError(f"{where} holds {kind}, which no client can send in an HTTP header; "
+                           "give a key of printable ASCII characters")
+    if key != key.strip(" "):
+        raise SpecgenError(f"{where} starts or ends with a space, which an HTTP header drops; remove it")
+    return key
 
 
 def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -> Starlette:
