@@ -403,10 +403,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 class RawServer:
     """A server on 127.0.0.1 that accepts every connection and never sends a byte, or with *answer*
-    reads each request, sends *answer* (a whole HTTP response, or anything) and hangs up."""
+    reads each request, sends *answer* (a whole HTTP response, or anything) and hangs up; with *trickle*
+    seconds it sends the answer a byte at a time, that far apart."""
 
-    def __init__(self, answer: bytes | None = None):
-        self.answer = answer
+    def __init__(self, answer: bytes | None = None, trickle: float = 0.0):
+        self.answer, self.trickle = answer, trickle
+        self.closed = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.accepted: list[socket.socket] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -437,11 +439,17 @@ class RawServer:
                     if not got:
                         return
                     request += got
-                conn.sendall(self.answer)
+                if not self.trickle:
+                    conn.sendall(self.answer)
+                for i in range(len(self.answer) if self.trickle else 0):
+                    conn.sendall(self.answer[i:i + 1])
+                    if self.closed.wait(self.trickle):
+                        return
             except OSError:
                 pass
 
     def close(self) -> None:
+        self.closed.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would leave waiting
         except OSError:

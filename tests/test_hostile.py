@@ -1615,13 +1615,18 @@ def test_a_closed_stdout_is_no_error_for_a_command_that_prints_nothing_there(hom
     assert "mine:" in _user_yaml(home).read_text()
 
 
-@pytest.mark.parametrize("encoding, shown", [("ascii", "caf\\xe9 \\u2713"), ("latin-1", "café \\u2713")])
+@pytest.mark.parametrize("encoding, shown", [("ascii", "caf\\xe9 \\u2713"), ("latin-1", "café \\u2713"),
+                                             ("C", "caf\\xe9 \\u2713")])
 def test_output_the_encoding_cannot_show_is_escaped(encoding, shown, home, target_path, draft_path):
     r = sg("pair", "add", "mine", "--target", str(target_path), "--draft", str(draft_path), "--note", "café ✓",
            env=home, timeout=120)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([EXE, "list"], capture_output=True, env={**home, "PYTHONIOENCODING": encoding},
-                       timeout=120)
+    if encoding == "C":  # a POSIX locale without UTF-8 mode: stdout is ASCII with "surrogateescape"
+        env = {k: v for k, v in home.items() if k != "PYTHONIOENCODING"} | {"LC_ALL": "C", "PYTHONUTF8": "0"}
+        encoding = "ascii"
+    else:
+        env = {**home, "PYTHONIOENCODING": encoding}
+    r = subprocess.run([EXE, "list"], capture_output=True, env=env, timeout=120)
     assert r.returncode == 0 and b"Error" not in r.stderr, r.stderr
     assert shown.encode(encoding) in r.stdout
 
@@ -1661,6 +1666,18 @@ def test_an_output_that_is_an_input_is_refused_before_loading(flag, name, home, 
     assert "absent.gguf" not in line  # refused before the target was looked at
     assert _files(tmp_path) == before and sorted(p.name for p in here.iterdir()) == ["alias.jsonl", "hard.jsonl",
                                                                                      "q.jsonl"]
+
+
+@pytest.mark.parametrize("flag, model", [("--json", "--target"), ("--csv", "--draft")])
+def test_an_output_that_is_a_model_being_measured_is_refused(flag, model, home, tmp_path, monkeypatch, capsys):
+    # `--target T.gguf --json T.gguf` replaced the model with the result.
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    others = ["--target", str(tmp_path / "absent.gguf")] if model == "--draft" else []
+    before = _files(tmp_path)
+    fails(cli("bench", *others, model, str(gguf), flag, str(gguf), env=home, monkeypatch=monkeypatch,
+              capsys=capsys), f"{flag} names the {model} file", "give the output its own name")
+    assert _files(tmp_path) == before
 
 
 def test_devices_may_take_several_outputs(home, tmp_path, monkeypatch, capsys):
@@ -1905,6 +1922,11 @@ def test_an_empty_value_is_refused_not_taken_for_the_default(args, flag, home, t
     assert _files(tmp_path) == before
 
 
+def test_pull_of_an_empty_name_says_so(home, monkeypatch, capsys):
+    # It answered "unknown pair '' (did you mean ...)".
+    fails(cli("pull", "", env=home, monkeypatch=monkeypatch, capsys=capsys), "PAIR|REPO is empty; give a value")
+
+
 def test_the_library_takes_an_empty_drafter_for_no_drafter():
     from specgen.build import EngineOptions
     from specgen.errors import SpecgenError
@@ -1945,6 +1967,20 @@ def test_a_hub_that_never_answers_is_given_up_on(args, silent_hub, hub_env):
                        f"the Hub at {silent_hub.url} did not answer within 1 s", "check HF_ENDPOINT",
                        "set HF_HUB_DOWNLOAD_TIMEOUT to wait longer")
     assert silent_hub.accepted  # it was asked
+    assert _cache_files(hub_env) == []
+
+
+def test_a_hub_that_trickles_its_listing_is_given_up_on(hub_env):
+    # A byte every half second keeps each read inside its timeout: only a bound on the whole answer ends it.
+    listing = _http(json.dumps({"id": TARGET_REPO, "sha": "0" * 40, "siblings": []}).encode() + b" " * 4000)
+    server = RawServer(listing, trickle=0.5)
+    url = server.url
+    try:
+        r = sg("pull", f"{TARGET_REPO}:Q4_1", env=hub_env, timeout=60, HF_ENDPOINT=url, HF_HUB_DOWNLOAD_TIMEOUT="1")
+    finally:
+        server.close()
+    _fails_after_notes(r, f"the Hub at {url} sent the listing of {TARGET_REPO} too slowly",
+                       "set HF_HUB_DOWNLOAD_TIMEOUT to wait longer")
     assert _cache_files(hub_env) == []
 
 
@@ -2123,6 +2159,21 @@ def test_a_saved_token_no_header_can_carry_is_named(hub_env, mirror):
     fails(r, "the token `hf auth login` saved holds a non-ASCII character", "run `hf auth login` again")
     assert "SECRET" not in r.stderr + r.stdout
     assert token.read_text() == "hf_SECRET\u00e9\n" and mirror.log == []
+
+
+@pytest.mark.parametrize("kind", ["device", "named pipe", "directory", "large"])
+def test_a_token_file_that_is_not_a_small_file_is_refused_unread(kind, hub_env, mirror, tmp_path):
+    # huggingface_hub reads the token file whole: /dev/zero filled the memory, a named pipe waited forever.
+    path = {"device": Path("/dev/zero"), "named pipe": tmp_path / "fifo", "directory": tmp_path}.get(kind)
+    if kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "large":
+        path = tmp_path / "token"
+        with open(path, "wb") as f:
+            f.truncate(1 << 33)  # sparse: 8 GB said, nothing stored
+    r = sg("pull", "smol", env=hub_env, HF_TOKEN_PATH=str(path), timeout=60)
+    fails(r, "HF_TOKEN_PATH", str(path), "a file holding only your token" if kind != "large" else "")
+    assert mirror.log == [] and _cache_files(hub_env) == []
 
 
 def test_blanks_around_a_token_are_dropped_as_huggingface_hub_does(hub_env, mirror):

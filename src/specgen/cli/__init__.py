@@ -152,7 +152,8 @@ def _standard_streams() -> None:
                 null = fd
         setattr(sys, name, open(null, "r" if fd == 0 else "w", closefd=null != fd))
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        # A POSIX locale gives stdout "surrogateescape", which fails on any character past ASCII just the same.
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
 
 

@@ -96,9 +96,11 @@ def bench(
     SamplingParams(seed=seed).check()
     flags.check_numbers()
     prompts = prompts or ["builtin:all"]
-    # Before the prompts are read: an output that is one of them would replace the user's suite.
+    # Before anything is read: an output that is an input would replace the user's suite or model.
+    inputs = [(path, "--prompts") for path in workload.suite_paths(prompts)]
+    inputs += [(path, flag) for path, flag in ((flags.target, "--target"), (flags.draft, "--draft")) if path]
     report.check_outputs([(json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot, "--plot")],
-                         inputs=[(path, "--prompts") for path in workload.suite_paths(prompts)])
+                         inputs=inputs)
     questions = workload.select(workload.load_questions(prompts), workload.split_list(categories), limit)
     if plot is not None:
         report.check_plot_available()

@@ -34,6 +34,7 @@ def pull(
                                                        "fetch again what does not match.")] = False,
 ) -> None:
     """Download a pair (or one model) into the Hugging Face cache, check it, print the local paths."""
+    check_given("PAIR|REPO", name, required=True)
     registry = load_registry()
     if name in registry.pairs:
         got = download.pull_pair(registry, name, check=check)

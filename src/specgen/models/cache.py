@@ -37,8 +37,12 @@ def cache_dir() -> Path:
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return home_path(os.path.expandvars(explicit))
-    home = os.environ.get("HF_HOME") or str(cache_home() / "huggingface")
-    return home_path(os.path.expandvars(home)) / "hub"
+    return hf_home() / "hub"
+
+
+def hf_home() -> Path:
+    """huggingface_hub's own folder ($HF_HOME, else ~/.cache/huggingface): the Hub cache and the saved token."""
+    return home_path(os.path.expandvars(os.environ.get("HF_HOME") or str(cache_home() / "huggingface")))
 
 
 def storage_folder(repo: str, cache: Path | None = None) -> Path:

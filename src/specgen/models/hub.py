@@ -12,14 +12,17 @@ import errno
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import SpecgenError, printable, shorten, unsendable
-from ..fileio import os_problem
-from .cache import cache_dir
+from ..fileio import absent, home_path, os_problem, read_regular
+from .cache import cache_dir, hf_home
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
@@ -93,6 +96,8 @@ def token() -> str | None:
 
     cache_dir()  # huggingface_hub reads $HF_HOME/token: a bad HF_HOME is named before it fails there
     given = (os.environ.get("HF_TOKEN") or "").strip()
+    if not given:
+        _check_token_file()
     value = given or (get_token() or "").strip()
     kind = unsendable(value, spaces=False)
     if kind is not None:
@@ -101,6 +106,23 @@ def token() -> str | None:
         raise SpecgenError(f"{where} holds {kind}, which no token has: copy your token from "
                            f"{shown_address()}/settings/tokens and {again}")
     return value or None
+
+
+TOKEN_FILE_LIMIT = 1 << 16
+"""Far more than a token: huggingface_hub reads the saved token's file whole."""
+
+
+def _check_token_file() -> None:
+    """The file huggingface_hub will read the saved token from, refused when it is not a small regular file:
+    a named pipe there would wait forever, /dev/zero fill the memory."""
+    named = os.environ.get("HF_TOKEN_PATH")
+    path = home_path(named) if named else hf_home() / "token"
+    if absent(path):
+        return
+    try:
+        read_regular(path, "a file holding only your token", limit=TOKEN_FILE_LIMIT)
+    except SpecgenError as e:
+        raise SpecgenError(f"{'HF_TOKEN_PATH' if named else 'the saved token'}: {e}") from None
 
 
 def httpx_module() -> ModuleType:
@@ -197,15 +219,46 @@ class RepoListing:
     files: dict[str, RemoteFile]
 
 
+LISTING_WAITS = 6
+"""A listing is a few kilobytes: the HTTP client's wait bounds each read, this many of them the whole answer (a
+server that sends a byte now and then would otherwise keep a pull waiting for ever)."""
+
+
+def _within(seconds: float, late: str, call: Callable[[], T]) -> T:
+    """*call*'s result, or a SpecgenError saying *late* when it has not returned after *seconds*.  It runs in a
+    daemon thread, which the process leaves behind when it exits with that error."""
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(_outcome(call)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not done:
+        raise SpecgenError(late)
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _outcome(call: Callable[[], T]) -> tuple[bool, Any]:
+    try:
+        return True, call()
+    except BaseException as e:  # handed to the waiting thread, which raises it there
+        return False, e
+
+
 def list_repo(repo: str, revision: str = "main") -> RepoListing:
     """The repo's files at *revision* with sizes and LFS sha256 (one request)."""
     library()
     from huggingface_hub import HfApi
 
+    api, auth, waited = HfApi(endpoint=endpoint()), token(), wait("HF_HUB_DOWNLOAD_TIMEOUT")
     with hub_errors(repo):
         try:
-            info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True,
-                                                         token=token(), timeout=wait("HF_HUB_DOWNLOAD_TIMEOUT"))
+            info = _within(LISTING_WAITS * waited, f"the Hub at {shown_address()} sent the listing of {repo} too "
+                           f"slowly (not whole after {LISTING_WAITS * waited} s); check HF_ENDPOINT and your "
+                           "connection, or set HF_HUB_DOWNLOAD_TIMEOUT to wait longer",
+                           lambda: api.model_info(repo, revision=revision, files_metadata=True, token=auth,
+                                                  timeout=waited))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):  # not JSON, or not a Hub's
             raise SpecgenError(f"the listing of {repo} is not a Hub's model info; {not_a_hub()}") from None
     commit = info.sha if isinstance(info.sha, str) else ""
