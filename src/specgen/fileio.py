@@ -76,6 +76,12 @@ def home_path(path: str | os.PathLike[str]) -> Path:
                            f"{shorten(user)} names no home folder; give the full path") from None
 
 
+def real_path(path: str | os.PathLike[str]) -> Path:
+    """Where *path* really is, every link followed.  Unlike Path.resolve(), a link loop is not an error here
+    (the path ends at the loop): whoever reads the file then says what is wrong with it."""
+    return Path(os.path.realpath(path))
+
+
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Replace *path* with *data* in one step: a reader, or a crash, sees the old file or the new
     one, never half of either.  The temporary file is removed when anything fails.
@@ -125,7 +131,7 @@ def _replace(path: Path, raw: bytes) -> Path:
             f.write(raw)
         return path
     if path.is_symlink():
-        path = Path(os.path.realpath(path))
+        path = real_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -358,7 +364,7 @@ def read_json_cache(path: Path, valid: Callable[[Any], bool]) -> Any | None:
         log.warning(f"ignoring the cache file {path}: {problem}; remove it, or every run measures again")
         return None
     try:
-        text = read_regular(path).decode("utf-8")  # a named pipe put there would otherwise hang every run
+        text = read_regular(path).decode("utf-8")  # refused past the size limit, or a read that failed
     except SpecgenError as e:
         problem = f"unreadable ({e})"
     except UnicodeDecodeError:

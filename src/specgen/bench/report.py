@@ -22,7 +22,7 @@ from rich.text import Text
 
 from .runner import FORMAT, best_row, recommend
 from ..errors import SpecgenError, is_finite_number, kind_of, printable, shorten
-from ..fileio import home_path, os_problem, parse_json, read_regular, replaces, write_atomic
+from ..fileio import home_path, os_problem, parse_json, read_regular, real_path, replaces, write_atomic
 
 
 # ---------------------------------------------------------------- shared shape
@@ -315,7 +315,7 @@ def check_outputs(outputs: Iterable[tuple[Path | None, str]], inputs: Iterable[t
 
 def _same_file(a: Path, b: Path) -> bool:
     """Whether *a* and *b* lead to one file: by name through any links, or (a hard link) by identity."""
-    if os.path.realpath(a) == os.path.realpath(b):
+    if real_path(a) == real_path(b):
         return True
     try:
         return os.path.samefile(a, b)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import SpecgenError, shorten
-from ..fileio import cache_home, check_env_folder, home_path, os_problem
+from ..fileio import cache_home, check_env_folder, home_path, os_problem, real_path
 from ..settings import shown_draft_max
 from .registry import DEFAULT_QUANT, ModelEntry, Registry, safe_repo_path
 
@@ -268,11 +268,6 @@ def pair_statuses(registry: Registry) -> list[PairStatus]:
 
 
 # ---------------------------------------------------------------- what specgen may remove
-
-def real_path(path: Path) -> Path:
-    """Where *path* really is, every link followed (a link loop is not an error here: it ends somewhere)."""
-    return Path(os.path.realpath(path))
-
 
 def owns(path: Path, folder: Path) -> bool:
     """Whether the file *path* names, links followed, lies inside repo folder *folder*.

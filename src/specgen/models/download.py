@@ -34,8 +34,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import SpecgenError, printable, shorten
-from ..fileio import human_size, write_atomic
-from .cache import (_SHARD_RE, PairFiles, cache_dir, claim, file_problem, local_files, owns, real_path, remove_entry,
+from ..fileio import human_size, real_path, write_atomic
+from .cache import (_SHARD_RE, PairFiles, cache_dir, claim, file_problem, local_files, owns, remove_entry,
                     select_files, storage_folder)
 from .hub import endpoint, httpx_module, hub_errors, library, list_repo, not_a_hub, offline, shown_address, wait
 from .hub import token as hub_token

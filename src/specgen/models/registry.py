@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import SpecgenError, is_finite_number, kind_of, shorten
-from ..fileio import absent, home_path, xdg_dir
+from ..fileio import absent, home_path, real_path, xdg_dir
 from ..settings import check_drafter, parse_draft_max
 from .yamldoc import YamlDoc, read_doc
 
@@ -192,7 +191,7 @@ def _check_path(doc: YamlDoc, at: tuple, value: Any) -> Path:
         p = home_path(text)
     except SpecgenError as e:
         raise doc.error(at, str(e)) from None
-    p = p if p.is_absolute() else Path(os.path.realpath(doc.path.parent / p))  # a link loop is told when read
+    p = p if p.is_absolute() else real_path(doc.path.parent / p)
     try:
         p.stat()  # the file may well be missing (said when it is needed); a path no system takes is not
     except OSError as e:
@@ -366,7 +365,7 @@ def parse_model_spec(spec: str, registry: Registry | None = None) -> ModelSpec:
     spec = spec.strip()
     p = home_path(spec)
     if p.is_file() or spec.lower().endswith(".gguf") or spec.startswith((".", "/", "~")):
-        return ModelSpec(path=Path(os.path.realpath(p)))  # not resolve(): a link loop is told when read
+        return ModelSpec(path=real_path(p))
     if registry is not None and spec in registry.models:
         return ModelSpec(model_id=spec)
     repo, _, quant = spec.partition(":")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from ..errors import SpecgenError, shorten
-from ..fileio import absent, os_problem, unreadable, write_atomic
+from ..fileio import absent, os_problem, real_path, unreadable, write_atomic
 from ..llama.gguf import WHAT_TO_GIVE
 from ..settings import check_drafter, parse_draft_max, shown_draft_max
 from .registry import (DEFAULT_QUANT, ID_RE, ID_RULE, ModelSpec, Registry, builtin_path, merge_docs,
@@ -65,7 +65,7 @@ def update_user_file(change: Callable[[dict[str, Any], Registry], None],
     path = user_path()
     # The folder of the file that is really replaced (write_atomic follows a link): writers that reach it
     # through different links to it must take the same lock.
-    with _locked(Path(os.path.realpath(path)).parent):
+    with _locked(real_path(path).parent):
         builtin = read_doc(builtin_path())
         user = None if absent(path) else read_doc(path)
         registry = merge_docs([builtin] if user is None else [builtin, user])  # validates the user file
