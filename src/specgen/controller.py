@@ -61,6 +61,10 @@ class CostModel:
     _residual_at: dict[int, float] = field(default_factory=dict, repr=False)
     _cost_at: dict[int, float] = field(default_factory=dict, repr=False)
     """verify_cost(n) since the last observed step (a step prices dozens of sizes, the curve moves once a step)."""
+    catch_up: dict[str, EMA] = field(default_factory=dict)
+    """Per model drafter: seconds per token of its catch-up batches wider than the curve (a prompt read late)."""
+    _set_aside: float = field(default=0.0, repr=False)
+    """Seconds of the next observed draft time that another drafter spent (`set_aside`)."""
 
     @classmethod
     def from_curve(cls, verify: dict[int, float], draft: dict[str, float] | None = None) -> CostModel:
@@ -109,9 +113,26 @@ class CostModel:
         return got
 
     def observe_draft(self, drafter: str, n_tokens: int, seconds: float, caught_up: int = 0) -> None:
-        if n_tokens > 0:
+        seconds, self._set_aside = seconds - self._set_aside, 0.0
+        # A catch-up wider than the curve is priced by its own timing (`observe_catch_up`): split off by the
+        # curve's extrapolated shape, whatever that got wrong would land on the draft tokens' price.
+        if n_tokens > 0 and caught_up <= self._widest() and seconds > 0:
             # The first token came out of the catch-up batch; each further one is a one-token decode.
             self.draft.setdefault(drafter, EMA()).add(seconds / (self.batch_factor(caught_up) + n_tokens - 1))
+
+    def observe_catch_up(self, drafter: str, tokens: int, seconds: float) -> None:
+        """A model drafter decoded *tokens* in one batch to catch up, in *seconds* timed where it ran."""
+        if tokens > self._widest():
+            self.catch_up.setdefault(drafter, EMA()).add(seconds / tokens)
+
+    def set_aside(self, seconds: float) -> None:
+        """Leave *seconds* out of the next observed draft time: a drafter whose draft was not verified spent
+        them, and they are not the verified drafter's price."""
+        self._set_aside += seconds
+
+    def _widest(self) -> int:
+        """The widest batch measured: beyond it the curve's shape is a guess (a CPU's often ends flat)."""
+        return max((*self.shape, *self.verify), default=1)
 
     def batch_factor(self, n: int) -> float:
         """What decoding n tokens in one batch costs, in one-token decodes (the target's curve's shape)."""
@@ -120,8 +141,18 @@ class CostModel:
         return self.verify_cost(n) / self.verify_cost(1)
 
     def catch_up_cost(self, drafter: str, behind: int) -> float:
-        """Seconds a model drafter spends decoding *behind* tokens before its first guess, beyond one decode."""
-        return self.draft_cost(drafter) * (self.batch_factor(behind) - 1.0)
+        """Seconds a model drafter spends decoding *behind* tokens before its first guess, beyond one decode.
+
+        A few tokens cost what the target's curve says a batch that wide costs; a prompt-sized batch what
+        the drafter's wide catch-ups have cost per token, or until one is timed, the widest batch's per
+        token (the curve's extrapolation can run flat and price a prompt like a dozen tokens).
+        """
+        t_d, wide = self.draft_cost(drafter), self._widest()
+        if behind <= wide:
+            return t_d * (self.batch_factor(behind) - 1.0)
+        learned = self.catch_up.get(drafter)
+        per_token = learned.value if learned and learned.count else t_d * self.batch_factor(wide) / wide
+        return max(behind * per_token - t_d, t_d * (self.batch_factor(wide) - 1.0))
 
     def speed_factor(self) -> float:
         return self.speed.value if self.speed.count else 1.0

@@ -15,10 +15,12 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 
 from .llama.backend import Context, Model
+from .llama.grammar import Grammar
 from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import ModelFault, SpecgenError
-from .sampling import SamplingParams, accept_or_resample, argmax, distribution, sample
+from .sampling import (SamplingParams, accept_or_resample, best_allowed, distribution, log_softmax_top, only,
+                       penalized, sample)
 from .settings import check_count, parse_draft_max
 from .textstream import TextStream
 from .tokens import common_prefix
@@ -26,6 +28,21 @@ from .tokens import common_prefix
 
 class ContextOverflow(SpecgenError):
     pass
+
+
+MAX_LOGPROBS = 20
+"""The most alternatives a token's logprobs may list (OpenAI's bound)."""
+
+
+@dataclass
+class TokenLogprob:
+    """An emitted token's log-probability in the target's own distribution there (before any penalty or
+    grammar), and the likeliest tokens at that place."""
+    token: int
+    text: bytes
+    logprob: float
+    top: list[tuple[int, bytes, float]]
+    """Up to the number asked: (token, bytes, logprob), best first."""
 
 
 @dataclass
@@ -53,6 +70,8 @@ class Step:
     verify_seconds: float
     offered: int = 0
     """Tokens the drafter proposed; the controller verified `drafted` of them."""
+    logprobs: list[TokenLogprob] | None = None
+    """One per emitted token, when the generation asked for them."""
 
     @property
     def emitted(self) -> int:
@@ -169,7 +188,8 @@ Event = Union[Piece, Prefill, Step, Summary]
 
 
 def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: int, params: SamplingParams,
-                 rng: np.random.Generator, is_eog: Callable[[int], bool]) -> tuple[Draft, str]:
+                 rng: np.random.Generator, is_eog: Callable[[int], bool],
+                 grammar: Grammar | None = None) -> tuple[Draft, str]:
     """Ask *drafter* for a draft and cut it to the prefix worth verifying: (draft, drafter that made it).
 
     A function of its own so that an offline replay of recorded outputs sizes drafts exactly as the engine does.
@@ -182,6 +202,10 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
     name = draft.source or drafter.name
     # Leave end-of-generation to the target, so every step emits accepted + 1.
     n = next((i for i, t in enumerate(draft.tokens) if is_eog(t)), len(draft))
+    if grammar is not None:
+        # A token the grammar forbids is rejected for sure, and so is all after it: not worth verifying, and
+        # the controller should size what remains.
+        n = grammar.valid_prefix(draft.tokens[:n])
     n = min(n, ctl.best_length(name, draft.confidence[:n], calibrated=draft.calibrated).n)
     return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
                  calibrated=draft.calibrated, offered=len(draft), caught_up=draft.caught_up), name
@@ -244,14 +268,23 @@ class Engine:
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int = 256,
                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
-                 ignore_eos: bool = False) -> Iterator[Event]:
+                 ignore_eos: bool = False, grammar: str | None = None,
+                 logprobs: int | None = None) -> Iterator[Event]:
         """Generate up to *max_tokens* after *prompt*, as a stream of events.
 
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
-        for benchmarks that need a fixed length.
+        for benchmarks that need a fixed length.  *grammar* (GBNF, from its rule
+        `root`) constrains every emitted token; the reply ends when it is complete
+        (then even under *ignore_eos*: nothing else may follow).  *logprobs* puts
+        on each Step the emitted tokens' logprobs with that many alternatives.
         """
         check_count("max_tokens", max_tokens)
         sampling.check()
+        if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
+                                         and 0 <= logprobs <= MAX_LOGPROBS):
+            raise SpecgenError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {logprobs!r}")
+        # Freed with this generator (its only reference), however the caller stops reading.
+        rules = Grammar(self.target, grammar) if grammar is not None else None
         self._banned = self.target.eog_tokens if ignore_eos else None
         self._first_step = True
         tokens = list(prompt)
@@ -278,7 +311,7 @@ class Engine:
             if room < 0:
                 summary.stop_reason = "max_tokens" if summary.generated_tokens >= max_tokens else "context"
                 break
-            emitted, step = self._step(history, room, sampling, rng)
+            emitted, step = self._step(history, room, sampling, rng, rules, logprobs)
             history.extend(emitted)
             self._kv = history[:-1]
             summary.add(step)
@@ -312,11 +345,12 @@ class Engine:
         self._kv = tokens[:-1]
         return keep
 
-    def _step(self, history: list[int], room: int, params: SamplingParams,
-              rng: np.random.Generator) -> tuple[list[int], Step]:
+    def _step(self, history: list[int], room: int, params: SamplingParams, rng: np.random.Generator,
+              grammar: Grammar | None, logprobs: int | None) -> tuple[list[int], Step]:
         """Draft, verify in one batch, accept, roll back."""
         t0 = time.perf_counter()
-        draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog)
+        draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog,
+                                   grammar)
         t1 = time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
         if self._first_step:
@@ -326,39 +360,74 @@ class Engine:
                 raise ModelFault(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
                                    "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
-        accepted, token = self._verify(draft, history, params, rng)
+        accepted, token = self._verify(draft, history, params, rng, grammar)
         self.ctx.rollback_to(len(history) + accepted)
+        emitted = draft.tokens[:accepted] + [token]
+        if grammar is not None:
+            grammar.advance(emitted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
                                 draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
-        return draft.tokens[:accepted] + [token], step
+        if logprobs is not None:  # after the timing: a pass over the vocabulary per token, no cost of drafting
+            step.logprobs = [self._logprob(i, tok, logprobs) for i, tok in enumerate(emitted)]
+        return emitted, step
 
     def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
-                rng: np.random.Generator) -> tuple[int, int]:
+                rng: np.random.Generator, grammar: Grammar | None) -> tuple[int, int]:
         """Rows 0..n of the verify batch judge draft tokens 1..n, row n gives the bonus token.
 
         Greedy: keep a draft token while it is the target's argmax.  Sampling:
         speculative sampling, so the output is distributed exactly as the target's.
+        Under a grammar, each row is judged in the grammar's state after the draft
+        tokens before it, so the output is exactly plain constrained decoding's.
         """
-        # Only the repeat penalty looks at the past; skip copying it when it is off.
-        seen = history + draft.tokens if params.repeat_penalty != 1.0 else []
+        # Only the penalties look at the past; skip copying it when they are off.
+        seen = history + draft.tokens if params.looks_back else []
+        # Walked along the draft; the grammar itself moves by the emitted tokens only.
+        state = grammar.clone() if grammar is not None and draft.tokens else grammar
         for i, x in enumerate(draft.tokens):
-            row, past = self._row(i), seen[: len(history) + i]
+            row = self._judged(i, seen[: len(history) + i], params, state)
             if params.greedy:
-                best = argmax(row, past, params)
+                best = int(np.argmax(row))
                 if best != x:
                     return i, best
             else:
-                p = distribution(row, past, params)
                 q = draft.q[i] if draft.q is not None else None
-                ok, tok = accept_or_resample(p, q, x, rng)
+                ok, tok = accept_or_resample(distribution(row, (), params), q, x, rng)
                 if not ok:
                     return i, tok
+            if state is not None:
+                state.accept(x)
         n = len(draft)
-        row, past = self._row(n), seen[: len(history) + n]
-        if params.greedy:
-            return n, argmax(row, past, params)
-        return n, sample(distribution(row, past, params), rng)
+        row = self._judged(n, seen[: len(history) + n], params, state)
+        return n, int(np.argmax(row)) if params.greedy else sample(distribution(row, (), params), rng)
+
+    def _judged(self, i: int, past: Sequence[int], params: SamplingParams, grammar: Grammar | None) -> np.ndarray:
+        """Row i as sampling decides on it: penalized, and every token *grammar* forbids impossible.
+
+        Only the tokens sampling could pick are put to the grammar, best first (the
+        argmax, greedy; the top_k, sampling), which gives the same choice as masking
+        the whole row at a fraction of its cost; top_k 0 (off) needs the whole row.
+        """
+        row = penalized(self._row(i), past, params)
+        if grammar is None:
+            return row
+        k = 1 if params.greedy else params.top_k or row.shape[0]
+        if k == 1 and grammar.allows(int(np.argmax(row))):
+            return row
+        keep = best_allowed(row, grammar.allowed, k)
+        if not len(keep):
+            # Nothing allowed can come next: the grammar is complete and end-of-generation banned (ignore_eos),
+            # or it needs a character no token spells.  End the reply rather than write what it forbids.
+            row, keep = np.zeros_like(row), np.array([self.target.eos])
+        return only(row, keep)
+
+    def _logprob(self, i: int, token: int, n: int) -> TokenLogprob:
+        """*token*'s logprob in row i of the verify batch, and the row's *n* likeliest tokens."""
+        piece = self.target.piece
+        logprob, ids, logprobs = log_softmax_top(self._row(i), token, n)
+        return TokenLogprob(token, piece(token), logprob,
+                            [(int(t), piece(int(t)), float(lp)) for t, lp in zip(ids, logprobs)])
 
     def _row(self, i: int) -> np.ndarray:
         row = self.ctx.logits_row(i)

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..build import EngineOptions, load_engine
+from ..build import DEFAULT_CTX, EngineOptions, load_engine
 from ..engine import Engine
 from ..models.resolve import Resolved
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, allowed
 from ..settings import DRAFTERS, check_given, parse_draft_max
 from .messages import warn
 
@@ -54,7 +54,9 @@ class EngineFlags:
     draft_p_min: Annotated[float, typer.Option(
         help="Stop drafting when the draft model's top probability falls below this.",
         rich_help_panel=D)] = 0.0
-    ctx: Annotated[int, typer.Option(help="Context size in tokens.", rich_help_panel=M)] = 4096
+    ctx: Annotated[Optional[int], typer.Option(
+        help=f"Context size in tokens (default: {DEFAULT_CTX}; for serve, the target's trained context as far as "
+             "memory allows).", show_default=False, rich_help_panel=M)] = None
     threads: Annotated[Optional[int], typer.Option(help="CPU threads.", rich_help_panel=M)] = None
     gpu_layers: Annotated[int, typer.Option(
         help="Target layers to offload (-1: all, when the build supports a GPU).", rich_help_panel=M)] = -1
@@ -74,6 +76,12 @@ class EngineFlags:
     top_p: Annotated[float, typer.Option(rich_help_panel=S)] = 0.95
     min_p: Annotated[float, typer.Option(rich_help_panel=S)] = 0.05
     repeat_penalty: Annotated[float, typer.Option(rich_help_panel=S)] = 1.0
+    frequency_penalty: Annotated[float, typer.Option(
+        help=f"Lower a token's logit by this for each time it is among the last {SamplingParams.repeat_last_n} "
+             f"tokens; {allowed('frequency_penalty')}.", rich_help_panel=S)] = 0.0
+    presence_penalty: Annotated[float, typer.Option(
+        help=f"Lower a token's logit by this once if it is among the last {SamplingParams.repeat_last_n} tokens; "
+             f"{allowed('presence_penalty')}.", rich_help_panel=S)] = 0.0
     seed: Annotated[Optional[int], typer.Option(help="Makes sampling reproducible.", rich_help_panel=S)] = None
 
     def engine_options(self) -> EngineOptions:
@@ -116,13 +124,15 @@ class EngineFlags:
         rpc, draft_rpc = self.rpc_workers()
         return EngineOptions(
             target=target, draft=draft, drafter=drafter, draft_max=draft_max,
-            draft_p_min=self.draft_p_min, n_ctx=self.ctx, threads=self.threads,
+            draft_p_min=self.draft_p_min, n_ctx=DEFAULT_CTX if self.ctx is None else self.ctx, threads=self.threads,
             gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
             rpc=rpc, draft_rpc=draft_rpc)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              min_p=self.min_p, repeat_penalty=self.repeat_penalty, seed=self.seed).check()
+                              min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                              frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                              seed=self.seed).check()
 
 
 def load(opts: EngineOptions) -> Engine:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..build import describe_backend
+from ..build import describe_backend, serve_context
 from ..errors import SpecgenError
 from ..settings import check_given
 from . import app
@@ -45,6 +45,9 @@ def serve(
         check_api_key(key, "--api-key" if api_key is not None else "SPECGEN_API_KEY")
     sampling = flags.sampling()
     opts = flags.engine_options()
+    sized = serve_context(opts) if flags.ctx is None else None
+    if sized is not None:
+        opts.n_ctx = sized.n_ctx
     bind(host, port).close()  # a port in use should fail before the models load, not after
     warning = exposure_warning(host, key)
     view = LiveView() if LiveView.wanted() else View()
@@ -56,7 +59,8 @@ def serve(
                               draft=Path(opts.draft) if engine.draft_model is not None else None,
                               api_key=key, queue=queue, sampling=sampling)
         names = " + ".join([Path(opts.target).stem] + ([Path(opts.draft).stem] if config.draft else []))
-        about = f"{names}, drafter {engine.drafter.name}, ctx {engine.n_ctx}, {describe_backend(engine)}"
+        ctx = f"ctx {engine.n_ctx}" + (f" ({sized.why})" if sized is not None else "")
+        about = f"{names}, drafter {engine.drafter.name}, {ctx}, {describe_backend(engine)}"
         serve_forever(engine, config, host, port, view, about)
     finally:
         engine.close()

@@ -38,6 +38,8 @@ class Draft:
     caught_up: int = 0
     """Tokens a model drafter decoded in one batch to catch up with the history before drafting
     (the text copied or decoded since it last drafted); part of the draft time."""
+    catch_up_seconds: float = 0.0
+    """What that catch-up batch took, timed where it ran."""
 
     def __len__(self) -> int:
         return len(self.tokens)

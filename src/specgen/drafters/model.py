@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -27,26 +28,37 @@ class ModelDrafter:
         """About how many tokens the next draft must first decode to catch up with *history*."""
         return max(1, len(history) - len(self.cached) + 1)
 
-    def _sync(self, history: Sequence[int]) -> int:
-        """Bring the draft KV cache to *history*, decoding only what it lacks.
+    def _keep(self, history: Sequence[int]) -> int:
+        """Roll the draft KV cache back to what it shares with *history* (all but its last token at most)."""
+        keep = min(common_prefix(self.cached, history), max(len(history) - 1, 0), self.ctx.n_past)
+        self.ctx.rollback_to(keep)
+        self.cached = self.cached[:keep]
+        return keep
+
+    def _sync(self, history: Sequence[int]) -> tuple[int, float]:
+        """Bring the draft KV cache to *history*, decoding only what it lacks: (tokens decoded, seconds).
 
         After a verify step the cache holds the accepted prefix of the last
         draft; everything past the common prefix is rolled back.  The last
         history token is decoded with logits so drafting can start.
         """
-        keep = min(common_prefix(self.cached, history), len(history) - 1, self.ctx.n_past)
-        self.ctx.rollback_to(keep)
-        self.cached = self.cached[:keep]
+        keep = self._keep(history)
+        t0 = time.perf_counter()
         self.ctx.decode(history[keep:], logits="last")
         self.cached = list(history)
-        return len(history) - keep
+        return len(history) - keep, time.perf_counter() - t0
 
     def prefill(self, history: Sequence[int]) -> None:
+        """Read a new prompt now: drafting with this model alone needs it for the first step anyway."""
         if not history:  # the engine's reset_cache: drop everything
-            self.ctx.rollback_to(0)
-            self.cached = []
+            self.defer([])
             return
         self._sync(history)
+
+    def defer(self, history: Sequence[int]) -> None:
+        """Take *history* as the new text without reading it: only what no longer matches is dropped, so
+        `behind` counts what a draft would first have to decode (auto decides whether that pays)."""
+        self._keep(history)
 
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
@@ -55,7 +67,7 @@ class ModelDrafter:
             return out
         if keep_going and not keep_going([]):
             return out
-        out.caught_up = self._sync(history)
+        out.caught_up, out.catch_up_seconds = self._sync(history)
         while True:
             logits = self.ctx.logits_row(-1)[: self.n_vocab]
             if params.greedy:

@@ -8,14 +8,14 @@ response carries `usage`, llama-server's `timings` and a `specgen` block.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
-import json
-import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -24,20 +24,41 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..engine import Engine, Piece, Step, Summary
-from ..errors import SpecgenError, unsendable
+from ..engine import Engine, Summary
+from ..errors import SpecgenError, shorten, unsendable
 from ..fileio import parse_json
+from ..formats.tools import ToolFormat, tool_format
 from ..llama.rpc import on_abort
 from ..sampling import SamplingParams
 from .metrics import CONTENT_TYPE, Metrics
+from .anthropic import PATH as ANTHROPIC
+from .anthropic import AnthropicReply, parse_anthropic, parse_count_tokens
+from .anthropic import error_body as anthropic_error
+from .openai_api import OpenAIReply
+from .responses import ResponsesReply, parse_responses
+from .reply import Assembler, End, ReplyEvent
 from .schema import APIError, GenRequest, parse_chat, parse_completion
 from .view import RequestRecord, View
-from .worker import Done, Failed, Job, QueueFull, Worker
+from .worker import Done, Failed, Job, QueueFull, Worker, retry_after
 
 MAX_BODY = 8 << 20
 """Bytes; far above any prompt a context can hold, far below what would hurt the server."""
 
-FINISH = {"eos": "stop", "stop": "stop", "max_tokens": "length", "context": "length"}
+
+
+class Dialect(Protocol):
+    """How one API words a reply: built per request, it formats the reply events (see reply.py)."""
+
+    def start(self) -> list[bytes]: ...
+    def event(self, ev: ReplyEvent) -> list[bytes]: ...
+    def failed(self, e: APIError) -> bytes: ...
+    def whole(self, reply: Assembler, end: End) -> dict: ...
+    @staticmethod
+    def error_body(e: APIError) -> dict: ...
+
+
+Parse = Callable[[Any, SamplingParams], GenRequest]
+MakeDialect = Callable[[GenRequest, str, Job], Dialect]
 
 
 @dataclass
@@ -88,10 +109,16 @@ def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -
         Route("/metrics", server.metrics_text, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model, methods=["GET"]),
+        Route("/models/{model:path}", server.model, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/completions", server.completions, methods=["POST"]),
+        Route("/v1/responses", server.responses, methods=["POST"]),
+        Route("/responses", server.responses, methods=["POST"]),
+        Route(ANTHROPIC, server.messages, methods=["POST"]),
+        Route(f"{ANTHROPIC}/count_tokens", server.count_tokens, methods=["POST"]),
     ]
     handlers = {HTTPException: server.http_error, APIError: server.api_error, Exception: server.internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
@@ -99,8 +126,10 @@ def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -
     return app
 
 
-def error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+def error_response(e: APIError, request: Request | None = None) -> JSONResponse:
+    """*e* in the shape of the API *request* was made to."""
+    anthropic = request is not None and request.url.path.startswith(ANTHROPIC)
+    return JSONResponse(anthropic_error(e) if anthropic else e.body(), status_code=e.status, headers=e.headers)
 
 
 class _Server:
@@ -109,7 +138,7 @@ class _Server:
         self.metrics = Metrics()
         self.worker = Worker(engine, config.queue, on_done=lambda job, s, c: self.metrics.generation(s, c))
         self.created = int(time.time())
-        self._mean_seconds = 0.0  # recent request latency, for Retry-After
+        self.tools: ToolFormat | None = tool_format(engine.target.chat_template())
         view.attach(self.worker, self.metrics, engine)
 
     # -- plain routes -------------------------------------------------------------------------
@@ -126,11 +155,22 @@ class _Server:
 
     async def models(self, request: Request) -> Response:
         self._check_key(request)
+        return JSONResponse({"object": "list", "data": [self._model()]})
+
+    async def model(self, request: Request) -> Response:
+        """The served model by its id (the SDKs' `models.retrieve`); any other id is OpenAI's 404."""
+        self._check_key(request)
+        name = request.path_params["model"]
+        if name != self.config.model_id:
+            raise APIError(404, f"The model '{shorten(name)}' does not exist or you do not have access to it; "
+                                f"this server serves '{self.config.model_id}'", code="model_not_found")
+        return JSONResponse(self._model())
+
+    def _model(self) -> dict:
         c, eng = self.config, self.engine
         meta = {"target": str(c.target), "draft": str(c.draft) if c.draft else None,
                 "drafter": self.worker.default_drafter, "drafters": sorted(eng.drafters), "n_ctx": eng.n_ctx}
-        return JSONResponse({"object": "list", "data": [
-            {"id": c.model_id, "object": "model", "created": self.created, "owned_by": "specgen", "meta": meta}]})
+        return {"id": c.model_id, "object": "model", "created": self.created, "owned_by": "specgen", "meta": meta}
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -138,13 +178,14 @@ class _Server:
         assert isinstance(e, APIError)
         self.metrics.request(_route(request), e.status)
         self.view.request(RequestRecord(request.method, request.url.path, e.status, 0.0, None, error=e.message))
-        return error_response(e)
+        return error_response(e, request)
 
     async def http_error(self, request: Request, e: Exception) -> Response:
         assert isinstance(e, HTTPException)
         if e.status_code == 404:
             err = APIError(404, f"no such route: {request.method} {request.url.path}; this server offers "
-                                "/v1/chat/completions, /v1/completions, /v1/models, /health and /metrics",
+                                "/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages, "
+                                "/v1/models, /health and /metrics",
                            code="unknown_url")
         elif e.status_code == 405:
             err = APIError(405, f"{request.method} is not allowed on {request.url.path}",
@@ -155,7 +196,7 @@ class _Server:
 
     async def internal_error(self, request: Request, e: Exception) -> Response:
         # Starlette logs the traceback on the server's stderr; the client gets one line.
-        return error_response(APIError(500, f"internal error: {type(e).__name__}"))
+        return error_response(APIError(500, f"internal error: {type(e).__name__}"), request)
 
     def last_words(self, line: str) -> None:
         """llama.cpp is about to end the process: answer the clients, then give the terminal back."""
@@ -168,36 +209,73 @@ class _Server:
             return
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-            raise APIError(401, "missing API key: send 'Authorization: Bearer KEY'" if not auth else
-                           "incorrect API key", code="invalid_api_key")
+        if scheme.lower() != "bearer":  # Anthropic's clients send the key alone, in a header of their own
+            given = request.headers.get("x-api-key", "")
+            auth = auth or given
+        if not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise APIError(401, "missing API key: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')"
+                           if not auth else "incorrect API key", code="invalid_api_key")
 
     # -- generation routes ----------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        return await self._generate(request, parse_chat)
+        return await self._generate(request, parse_chat, OpenAIReply)
 
     async def completions(self, request: Request) -> Response:
-        return await self._generate(request, parse_completion)
+        return await self._generate(request, parse_completion, OpenAIReply)
 
-    async def _generate(self, request: Request, parse: Callable[..., GenRequest]) -> Response:
+    async def responses(self, request: Request) -> Response:
+        return await self._generate(request, parse_responses, ResponsesReply)
+
+    async def messages(self, request: Request) -> Response:
+        return await self._generate(request, parse_anthropic, partial(AnthropicReply, pieces=self.engine.target.piece))
+
+    async def count_tokens(self, request: Request) -> Response:
+        self._check_key(request)
+        req = self._with_tools(parse_count_tokens(await self._read_json(request), self.config.sampling))
+        # The worker's own rendering, so the count is what the request would take; off the event loop, as a long
+        # conversation takes tens of milliseconds that the streams being sent would wait for.
+        try:
+            n = len(await asyncio.to_thread(self.worker.tokens_for, req))
+        except SpecgenError as e:  # a chat template that refuses the conversation
+            raise APIError(400, str(e)) from None
+        self.metrics.request(_route(request), 200)
+        return JSONResponse({"input_tokens": n})
+
+    async def _generate(self, request: Request, parse: Parse, dialect: MakeDialect) -> Response:
         t0 = time.perf_counter()
         self._check_key(request)
-        req = parse(await self._read_json(request), self.config.sampling)
+        req = self._with_tools(parse(await self._read_json(request), self.config.sampling))
         if req.drafter is not None and req.drafter not in self.engine.drafters:
             raise APIError(400, f"drafter {req.drafter!r} is not available; choose one of "
                                 f"{', '.join(sorted(self.engine.drafters))}", param="drafter")
         try:
             job = self.worker.submit(req, asyncio.get_running_loop())
         except QueueFull as e:
-            retry = max(1, math.ceil(self._mean_seconds * (self.worker.waiting + 1)))
+            m = self.metrics
+            retry = retry_after(self.worker.current, self.engine.n_ctx, m.total, m.finished)
             raise APIError(503, f"the server is busy ({e}); retry in {retry} s", code="queue_full",
                            headers={"Retry-After": str(retry)}) from None
-        response = await self._answer(request, req, job, t0)
+        out = dialect(req, self.config.model_id, job)
+        response = await self._answer(request, req, job, out, t0)
         response.background = BackgroundTask(job.answered.set)  # runs once the client has it all
         return response
 
-    async def _answer(self, request: Request, req: GenRequest, job: Job, t0: float) -> Response:
+    def _with_tools(self, req: GenRequest) -> GenRequest:
+        """*req* checked against the model's tool support, with the grammar its tool_choice forces."""
+        has_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in req.messages)
+        if (req.tools or has_turns) and self.tools is None:
+            raise APIError(400, f"{self.config.model_id}'s chat template has no tool support, so this server "
+                                "cannot offer it tools; serve a model whose template takes tools",
+                           param="tools" if req.tools else "messages", code="tools_unsupported")
+        choice = req.tool_choice
+        if not req.uses_tools or choice == "auto":
+            return req
+        assert self.tools is not None
+        only = choice["name"] if isinstance(choice, dict) else None
+        return dataclasses.replace(req, grammar=self.tools.grammar(list(req.tools), only))
+
+    async def _answer(self, request: Request, req: GenRequest, job: Job, out: Dialect, t0: float) -> Response:
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             first = await job.events.get()
@@ -205,60 +283,56 @@ class _Server:
             watcher.cancel()
         if isinstance(first, Failed):
             self._finish(request, first.error.status, t0, job, None, error=first.error.message)
-            return error_response(first.error)
+            return self._error(out, first.error)
         if isinstance(first, Done):  # the client left while it waited
             self._finish(request, 499, t0, job, None, cancelled=True)
             return Response(status_code=499)
-        out = _Reply(req, self.config.model_id, job)
+        reply = Assembler(self.tools if req.uses_tools else None)
         if req.stream:
-            return StreamingResponse(self._stream(request, job, out, t0), media_type="text/event-stream",
+            return StreamingResponse(self._stream(request, job, out, reply, t0), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+        end: End | None = None
         try:
             while True:
                 ev = await job.events.get()
-                if isinstance(ev, Piece):
-                    out.text.append(ev.text)
-                elif isinstance(ev, Failed):
+                if isinstance(ev, Failed):
                     self._finish(request, ev.error.status, t0, job, None, error=ev.error.message)
-                    return error_response(ev.error)
-                elif isinstance(ev, Done):
+                    return self._error(out, ev.error)
+                if isinstance(ev, Done):
                     break
+                end = next((e for e in reply.feed(ev) if isinstance(e, End)), end)
         finally:
             watcher.cancel()
-        if ev.summary is None:
+        if ev.summary is None or end is None:
             self._finish(request, 499, t0, job, None, cancelled=True)
             return Response(status_code=499)
         self._finish(request, 200, t0, job, ev.summary)
-        return JSONResponse(out.whole(ev.summary))
+        return JSONResponse(out.whole(reply, end))
 
-    async def _stream(self, request: Request, job: Job, out: "_Reply", t0: float) -> AsyncIterator[bytes]:
+    @staticmethod
+    def _error(out: Dialect, e: APIError) -> JSONResponse:
+        return JSONResponse(out.error_body(e), status_code=e.status, headers=e.headers)
+
+    async def _stream(self, request: Request, job: Job, out: Dialect, reply: Assembler,
+                      t0: float) -> AsyncIterator[bytes]:
         status, summary, error, cancelled = 200, None, None, True
         try:
-            yield sse(out.chunk(out.first_delta()))
-            pending: list[str] = []
+            for data in out.start():
+                yield data
             while True:
                 ev = await job.events.get()
-                if isinstance(ev, Piece):
-                    pending.append(ev.text)
-                    continue
-                if pending and isinstance(ev, (Step, Summary, Done, Failed)):
-                    yield sse(out.chunk(out.delta("".join(pending))))
-                    out.text.extend(pending)
-                    pending = []
                 if isinstance(ev, Failed):
                     status, error = ev.error.status, ev.error.message
-                    yield sse(ev.error.body())
+                    yield out.failed(ev.error)
                     cancelled = False
                     break
                 if isinstance(ev, Done):
                     summary, cancelled = ev.summary, ev.cancelled
-                    if summary is not None:
-                        yield sse(out.chunk(out.end_delta(), finish=FINISH[summary.stop_reason], summary=summary))
-                        if out.req.include_usage:
-                            yield sse(out.usage_chunk(summary))
-                        yield b"data: [DONE]\n\n"
                     break
+                for part in reply.feed(ev):
+                    for data in out.event(part):
+                        yield data
         finally:
             job.cancel()  # a client that hung up stops the generation at its next step
             self._finish(request, status, t0, job, summary, error=error, cancelled=cancelled and summary is None)
@@ -292,21 +366,22 @@ class _Server:
     def _finish(self, request: Request, status: int, t0: float, job: Job | None, summary: Summary | None,
                 error: str | None = None, cancelled: bool = False) -> None:
         seconds = time.perf_counter() - t0
-        if summary is not None:
-            self._mean_seconds = seconds if not self._mean_seconds else 0.8 * self._mean_seconds + 0.2 * seconds
         self.metrics.request(_route(request), status, seconds)
         self.view.request(RequestRecord(request.method, request.url.path, status, seconds, summary,
                                         job.drafter if job else "", job.prompt_tokens if job else 0,
                                         error=error, cancelled=cancelled))
 
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/models", "/v1/chat/completions", "/chat/completions",
-          "/v1/completions", "/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/models", "/v1/models/{model:path}", "/models/{model:path}",
+          "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses",
+          "/responses", ANTHROPIC, f"{ANTHROPIC}/count_tokens")
 
 
 def _route(request: Request) -> str:
-    """The metrics label: the route's path, or "other" so that scanners cannot grow the label set."""
-    return request.url.path if request.url.path in ROUTES else "other"
+    """The metrics label: the matched route's path (a model id stays out of it), or "other" so that scanners
+    cannot grow the label set."""
+    path = getattr(request.scope.get("route"), "path", request.url.path)
+    return path if path in ROUTES else "other"
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:
@@ -318,88 +393,4 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
             return
 
 
-def sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-class _Reply:
-    """Builds one request's response objects, whole or as stream chunks, for either endpoint."""
-
-    def __init__(self, req: GenRequest, model: str, job: Job):
-        self.req, self.model, self.job = req, model, job
-        self.chat = req.kind == "chat"
-        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-specgen-{job.id}-{int(time.time())}"
-        self.created = int(time.time())
-        self.text: list[str] = []
-
-    def _head(self, obj: str) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": "specgen"}
-
-    def first_delta(self) -> dict:
-        return {"role": "assistant", "content": ""} if self.chat else {"text": ""}
-
-    def delta(self, text: str) -> dict:
-        return {"content": text} if self.chat else {"text": text}
-
-    def end_delta(self) -> dict:
-        return {} if self.chat else {"text": ""}
-
-    def chunk(self, delta: dict, finish: str | None = None, summary: Summary | None = None) -> dict:
-        if self.chat:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            out = {**self._head("chat.completion.chunk"), "choices": [choice]}
-        else:
-            out = {**self._head("text_completion"), "choices": [{"index": 0, **delta, "logprobs": None,
-                                                                  "finish_reason": finish}]}
-        if self.req.include_usage:
-            out["usage"] = None
-        if summary is not None:
-            out.update(self._stats(summary))
-        return out
-
-    def usage_chunk(self, s: Summary) -> dict:
-        head = self._head("chat.completion.chunk" if self.chat else "text_completion")
-        return {**head, "choices": [], "usage": usage(s), **self._stats(s)}
-
-    def whole(self, s: Summary) -> dict:
-        text, finish = "".join(self.text), FINISH[s.stop_reason]
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage(s), **self._stats(s)}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage(s), **self._stats(s)}
-
-    def _stats(self, s: Summary) -> dict:
-        return {"timings": timings(s), "specgen": specgen_stats(s, self.job.drafter)}
-
-
-def usage(s: Summary) -> dict:
-    return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
-            "total_tokens": s.prompt_tokens + s.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": s.reused_tokens}}
-
-
-def timings(s: Summary) -> dict:
-    """llama-server's `timings` object, so tools written for it read ours unchanged."""
-    prompt_n = s.prompt_tokens - s.reused_tokens
-    return {"prompt_n": prompt_n, "prompt_ms": round(s.prompt_seconds * 1e3, 3),
-            "prompt_per_token_ms": round(s.prompt_seconds * 1e3 / prompt_n, 3) if prompt_n else 0.0,
-            "prompt_per_second": round(prompt_n / s.prompt_seconds, 3) if s.prompt_seconds > 0 else 0.0,
-            "cache_n": s.reused_tokens,
-            "predicted_n": s.generated_tokens, "predicted_ms": round(s.decode_seconds * 1e3, 3),
-            "predicted_per_token_ms": round(s.decode_seconds * 1e3 / s.generated_tokens, 3)
-            if s.generated_tokens else 0.0,
-            "predicted_per_second": round(s.decode_tps, 3),
-            "draft_n": s.drafted, "draft_n_accepted": s.accepted}
-
-
-def specgen_stats(s: Summary, drafter: str) -> dict:
-    return {"drafter": drafter, "acceptance_rate": round(s.acceptance_rate, 4),
-            "mean_accepted": round(s.mean_accepted, 4), "steps": s.steps, "drafter_steps": dict(s.drafter_steps),
-            "draft_lengths": {str(k): v for k, v in sorted(s.draft_lengths.items())},
-            "stop_reason": s.stop_reason}
-
-
-__all__ = ["MAX_BODY", "ServerConfig", "create_app", "specgen_stats", "timings", "usage"]
+__all__ = ["MAX_BODY", "ServerConfig", "create_app"]

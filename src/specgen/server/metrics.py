@@ -21,6 +21,8 @@ class Metrics:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.total = Summary()
         """Every finished generation's figures, added up as a chat's turns are."""
+        self.finished = 0
+        """Generations in `total`."""
         self.cancelled = 0
         self._buckets = [0] * len(LATENCY_BUCKETS)
         self._latency_sum = 0.0
@@ -42,6 +44,7 @@ class Metrics:
             self.cancelled += cancelled
             if s is not None:
                 self.total.merge(s)
+                self.finished += 1
 
     def render(self, waiting: int, busy: bool) -> str:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import queue
 import sys
 import threading
@@ -81,6 +82,53 @@ class QueueFull(Exception):
     pass
 
 
+def context_exceeded(kind: str, prompt_tokens: int, n_ctx: int) -> APIError:
+    """A prompt with no room left for a reply, in OpenAI's words and code: client libraries and agents
+    recognise an overflow by "maximum context length" or `context_length_exceeded` and then trim the
+    conversation.  A reply that merely outgrows the context (max_tokens beyond what is left) is not refused:
+    it ends with finish_reason "length", as llama-server's does."""
+    what = "prompt" if kind == "completion" else "messages"
+    return APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your {what} resulted "
+                         f"in {prompt_tokens} tokens. Please reduce the length of the {what}, or serve with a "
+                         "larger --ctx.", param=what, code="context_length_exceeded", overflow=(prompt_tokens, n_ctx))
+
+
+TYPICAL_REPLY = 256
+"""Tokens a reply is expected to run to while none has finished."""
+
+
+def retry_after(job: Job | None, n_ctx: int, done: Summary, finished: int) -> int:
+    """Seconds until a refused request is likely to find a place: when *job*, the reply being generated, ends
+    (the first waiting request then starts, so those waiting do not count, however long they will take).
+
+    Its tokens to come: a typical reply's length (the mean of the *finished* replies totalled in *done*, else
+    TYPICAL_REPLY) less those out so far, or half that length once past it; all of its max_tokens when it
+    cannot end early (ignore_eos); never more than max_tokens or the context leave.  Each at the seconds per
+    token it has decoded at so far, else at the finished replies' rate; plus what is left of reading its
+    prompt, at the finished requests' prompt rate.  1 while nothing runs or no rate is known yet."""
+    if job is None:
+        return 1
+    r, m = job.request, job.meter
+    out = m.summary.generated_tokens if m is not None else 0
+    if m is not None and out and m.summary.decode_seconds > 0:
+        per_token = m.summary.decode_seconds / out
+    elif done.generated_tokens and done.decode_seconds > 0:
+        per_token = done.decode_seconds / done.generated_tokens
+    else:
+        return 1
+    typical = done.generated_tokens / finished if finished else TYPICAL_REPLY
+    if r.ignore_eos and r.max_tokens is not None:
+        to_come = r.max_tokens - out
+    else:
+        to_come = typical - out if out < typical else typical / 2
+    room = min(n_ctx - job.prompt_tokens, r.max_tokens if r.max_tokens is not None else n_ctx) - out
+    seconds = max(0, min(to_come, room)) * per_token
+    read = done.prompt_tokens - done.reused_tokens
+    if (m is None or m.prefill is None) and job.started is not None and read > 0:
+        seconds += max(0.0, job.prompt_tokens * done.prompt_seconds / read - (time.perf_counter() - job.started))
+    return max(1, math.ceil(seconds))
+
+
 class Worker:
     def __init__(self, engine: Engine, queue_size: int = 16,
                  on_done: Callable[[Job, Summary | None, bool], None] | None = None):
@@ -105,12 +153,13 @@ class Worker:
         self._thread.start()
 
     def submit(self, request: GenRequest, loop: asyncio.AbstractEventLoop) -> Job:
-        """Queue *request*; QueueFull when `queue_size` requests are already waiting."""
+        """Queue *request*; QueueFull when `queue_size` requests already wait beside the one being served (so
+        with 0, one is served and none waits)."""
         with self._lock:
             if self._stopping.is_set():
                 raise QueueFull("the server is shutting down")
-            if self._waiting >= self.queue_size:
-                raise QueueFull(f"{self._waiting} requests are already waiting")
+            if self._waiting + (self.current is not None) > self.queue_size:
+                raise QueueFull(f"one request is being served and {self._waiting} are waiting")
             self._waiting += 1
             job = Job(request, loop)
             self._queue.put(job)
@@ -157,17 +206,16 @@ class Worker:
                 if self._stopping.is_set():
                     break
                 continue
-            with self._lock:
+            with self._lock:  # both at once: `submit` always counts a job, as waiting or as served
                 self._waiting -= 1
-            if self._stopping.is_set():
-                job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
-                continue
-            if job.cancelled:  # the client left while waiting
-                job.push(Done(None, cancelled=True))
-                continue
-            self.current = job
+                self.current = job
             try:
-                self._serve(job)
+                if self._stopping.is_set():
+                    job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                elif job.cancelled:  # the client left while waiting
+                    job.push(Done(None, cancelled=True))
+                else:
+                    self._serve(job)
             finally:
                 self.current = None
 
@@ -177,7 +225,7 @@ class Worker:
         end: Done | Failed
         try:
             job.started = time.perf_counter()
-            tokens = self._tokens(job.request)
+            tokens = self.tokens_for(job.request)
             job.prompt_tokens = len(tokens)
             summary, cancelled = self._generate(job, tokens)
             if summary is None and not cancelled:  # stopped by a shutdown mid-generation
@@ -185,9 +233,8 @@ class Worker:
             end = Done(summary, cancelled)
         except APIError as e:
             end = Failed(e)
-        except ContextOverflow as e:  # the engine's own check, with both numbers
-            end = Failed(APIError(400, e.worded({"n_ctx": "the server's --ctx"}), code="context_length_exceeded",
-                                  param="messages" if job.request.kind == "chat" else "prompt"))
+        except ContextOverflow:  # the engine's own check: the prompt leaves no room for a reply
+            end = Failed(context_exceeded(job.request.kind, job.prompt_tokens, self.engine.n_ctx))
         except ModelFault as e:  # the model failed, not the request: whatever was asked, it fails again
             end = Failed(APIError(500, str(e), code="model_failed"))
         except SpecgenError as e:  # e.g. a chat template that refuses the conversation
@@ -200,9 +247,10 @@ class Worker:
             self.on_done(job, summary, cancelled)
         job.push(end)
 
-    def _tokens(self, r: GenRequest) -> list[int]:
+    def tokens_for(self, r: GenRequest) -> list[int]:
+        """The prompt tokens *r* is generated from (the chat template's rendering, tools included)."""
         if r.kind == "chat":
-            return chat_tokens(self.engine.target, list(r.messages))
+            return chat_tokens(self.engine.target, list(r.messages), tools=list(r.tools) if r.uses_tools else None)
         return chat_tokens(self.engine.target, [{"role": "user", "content": r.prompt}], raw=True)
 
     def _generate(self, job: Job, tokens: list[int]) -> tuple[Summary | None, bool]:
@@ -217,7 +265,7 @@ class Worker:
         job.meter = meter = TurnMeter(eng.n_ctx, len(tokens))
         max_tokens = r.max_tokens if r.max_tokens is not None else eng.n_ctx
         events = eng.generate(tokens, max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
-                              ignore_eos=r.ignore_eos)
+                              ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs)
         try:
             for ev in events:
                 meter.on(ev)
@@ -235,4 +283,4 @@ class Worker:
             eng.set_draft_max(self._draft_max)
 
 
-__all__ = ["Done", "Failed", "Job", "JobEvent", "QueueFull", "Worker"]
+__all__ = ["Done", "Failed", "Job", "JobEvent", "QueueFull", "Worker", "context_exceeded", "retry_after"]
