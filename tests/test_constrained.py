@@ -247,6 +247,21 @@ def test_logprobs_are_only_computed_when_asked(engines):
             next(e.generate(prompt, max_tokens=4, logprobs=bad))
 
 
+def test_best_allowed_is_the_masked_rows_best_ties_and_all():
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        n = int(rng.integers(1, 300))
+        # Whole and quarter logits spread over 80: many ties, and candidates past every look-ahead floor.
+        row = (rng.integers(-40, 40, size=n) * rng.choice([0.25, 1.0])).astype(np.float32)
+        row[rng.integers(0, n, n // 10)] = -np.inf
+        every = int(rng.integers(1, 7))
+        k = int(rng.integers(1, n + 3))
+        masked = np.where(np.arange(n) % every == 0, row, -np.inf)
+        order = np.lexsort((np.arange(n), -masked))  # best first, equal logits lower id first
+        want = order[np.isfinite(masked[order])][:k]
+        assert list(best_allowed(row, lambda ids: ids % every == 0, k)) == list(want)
+
+
 def test_log_softmax_top_is_sorted_and_cut():
     row = np.array([1.0, 3.0, 3.0, -np.inf, 2.0], dtype=np.float32)
     lp, ids, lps = log_softmax_top(row, 4, 3)

@@ -121,8 +121,9 @@ class CostModel:
             self.draft.setdefault(drafter, EMA()).add(seconds / (self.batch_factor(caught_up) + n_tokens - 1))
 
     def observe_catch_up(self, drafter: str, tokens: int, seconds: float) -> None:
-        """A model drafter decoded *tokens* in one batch to catch up, in *seconds* timed where it ran."""
-        if tokens > self._widest():
+        """A model drafter decoded *tokens* in one batch to catch up, in *seconds* timed where it ran
+        (0: not timed, no measurement)."""
+        if tokens > self._widest() and seconds > 0:
             self.catch_up.setdefault(drafter, EMA()).add(seconds / tokens)
 
     def set_aside(self, seconds: float) -> None:

@@ -363,8 +363,6 @@ class Engine:
         accepted, token = self._verify(draft, history, params, rng, grammar)
         self.ctx.rollback_to(len(history) + accepted)
         emitted = draft.tokens[:accepted] + [token]
-        if grammar is not None:
-            grammar.advance(emitted)
         step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
                                 draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
@@ -378,29 +376,30 @@ class Engine:
 
         Greedy: keep a draft token while it is the target's argmax.  Sampling:
         speculative sampling, so the output is distributed exactly as the target's.
-        Under a grammar, each row is judged in the grammar's state after the draft
-        tokens before it, so the output is exactly plain constrained decoding's.
+        Under a grammar, each row is judged in the grammar's state after the tokens
+        before it, so the output is exactly plain constrained decoding's; the grammar
+        moves past each token as it is emitted, and no further.
         """
         # Only the penalties look at the past; skip copying it when they are off.
         seen = history + draft.tokens if params.looks_back else []
-        # Walked along the draft; the grammar itself moves by the emitted tokens only.
-        state = grammar.clone() if grammar is not None and draft.tokens else grammar
         for i, x in enumerate(draft.tokens):
-            row = self._judged(i, seen[: len(history) + i], params, state)
+            row = self._judged(i, seen[: len(history) + i], params, grammar)
             if params.greedy:
-                best = int(np.argmax(row))
-                if best != x:
-                    return i, best
+                tok = int(np.argmax(row))
+                ok = tok == x
             else:
                 q = draft.q[i] if draft.q is not None else None
                 ok, tok = accept_or_resample(distribution(row, (), params), q, x, rng)
-                if not ok:
-                    return i, tok
-            if state is not None:
-                state.accept(x)
+            if grammar is not None:
+                grammar.advance([tok])
+            if not ok:
+                return i, tok
         n = len(draft)
-        row = self._judged(n, seen[: len(history) + n], params, state)
-        return n, int(np.argmax(row)) if params.greedy else sample(distribution(row, (), params), rng)
+        row = self._judged(n, seen[: len(history) + n], params, grammar)
+        tok = int(np.argmax(row)) if params.greedy else sample(distribution(row, (), params), rng)
+        if grammar is not None:
+            grammar.advance([tok])
+        return n, tok
 
     def _judged(self, i: int, past: Sequence[int], params: SamplingParams, grammar: Grammar | None) -> np.ndarray:
         """Row i as sampling decides on it: penalized, and every token *grammar* forbids impossible.

@@ -8,7 +8,7 @@ sampling lossless: the output follows p exactly (Leviathan et al. 2023).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -108,49 +108,51 @@ def penalized(logits: np.ndarray, history: Sequence[int], params: SamplingParams
 Allowed = Callable[[np.ndarray], np.ndarray]
 """A constraint's verdict on candidate token ids: a bool per id, True where the token may come next."""
 
-_FIRST_LOOK = 64
-"""Candidates looked at first for the best allowed tokens, then sixteen times more each round: a grammar
-usually allows one of a row's best few tokens, and checking the whole vocabulary costs milliseconds."""
+_GAPS = (2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
+"""Widening distances below a row's best logit within which candidates are looked for: the few that matter
+usually lie within a few logits of the top, found by one cheap comparison each, where sorting or asking a
+grammar about a 150k-token row costs milliseconds."""
+
+
+def _by_gap(logits: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
+    """(floor, ids of every finite logit at or above it), for floors ever further below the best logit."""
+    top = float(logits.max())
+    for gap in _GAPS:
+        floor = top - gap
+        yield floor, np.flatnonzero(logits >= floor) if np.isfinite(floor) else np.flatnonzero(np.isfinite(logits))
 
 
 def best_allowed(logits: np.ndarray, allowed: Allowed, k: int) -> np.ndarray:
     """The ids of the *k* highest finite logits that *allowed* passes, best first (equal logits: lower id
     first, as argmax breaks ties); fewer when fewer are allowed.
 
-    Exactly the k best of the row with every forbidden token masked, without asking about the whole
-    vocabulary unless the best allowed ones lie deep in it.
+    Exactly the k best of the row with every forbidden token masked, asking only about the tokens above a
+    floor that k allowed ones clear: whatever lies below it cannot be among the best.
     """
-    n = logits.shape[0]
-    look = min(max(k, _FIRST_LOOK), n)
-    while True:
-        ids = top_ids(logits, look)
-        ok = ids[allowed(ids)] if len(ids) else ids
-        if len(ok) >= k or look == n:
-            return ok[:k]
-        look = min(look * 16, n)
-
-
-_GAPS = (2.0, 8.0, 32.0)
-"""Logit distances below the best where `top_ids` looks for its candidates before it sorts the whole row."""
+    found: list[np.ndarray] = []
+    asked_down_to = np.inf
+    for floor, ids in _by_gap(logits):
+        new = ids[logits[ids] < asked_down_to]
+        if len(new):
+            found.append(new[allowed(new)])
+        asked_down_to = floor
+        if sum(map(len, found)) >= k:
+            break
+    ok = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    return ok[np.lexsort((ok, -logits[ok]))][:k]
 
 
 def top_ids(logits: np.ndarray, m: int) -> np.ndarray:
-    """The ids of the *m* highest finite logits, best first, equal logits lower id first; with every id
-    tied with the last one too, so that what follows from the order does not hang on a tie cut arbitrarily.
-
-    A partition of a 150k row costs milliseconds; the best few usually lie within a few logits of the top,
-    found in one cheap comparison.
-    """
+    """The ids of the *m* highest finite logits, best first (equal logits: lower id first)."""
     if m <= 0:
         return np.zeros(0, dtype=np.int64)
-    top = logits.max()
-    ids = next((c for c in (np.flatnonzero(logits >= top - gap) for gap in _GAPS) if len(c) >= m), None)
-    if ids is None:
-        ids = np.flatnonzero(np.isfinite(logits))
+    for _, ids in _by_gap(logits):
+        if len(ids) >= m:
+            break
     if len(ids) > m:
         vals = logits[ids]
         ids = ids[vals >= np.partition(vals, len(vals) - m)[len(vals) - m]]
-    return ids[np.lexsort((ids, -logits[ids]))]
+    return ids[np.lexsort((ids, -logits[ids]))][:m]
 
 
 def only(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -165,7 +167,7 @@ def log_softmax_top(logits: np.ndarray, token: int, n: int) -> tuple[float, np.n
     best first: (logprob, ids, logprobs)."""
     top = float(logits.max())
     lse = top + float(np.log(np.exp(logits - top).sum(dtype=np.float64)))
-    ids = top_ids(logits, n)[:n]
+    ids = top_ids(logits, n)
     return float(logits[token]) - lse, ids, logits[ids].astype(np.float64) - lse
 
 

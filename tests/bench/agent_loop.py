@@ -14,9 +14,10 @@ module, and writes the whole changed file back as write_file's arguments (forced
    harness (none, auto, none).  Per arm: decode tok/s over the loop (the sum of `timings.predicted_n`
    over the sum of `timings.predicted_ms`), end-to-end seconds per task (client clock, both requests,
    prompt reading included: each task's first request starts from an empty prompt cache), the ratios.
-2. schema: the write step (the same conversation after read_file) asked as response_format
-   json_schema {path, content} against the same step unconstrained (tool_choice auto, no grammar),
-   both with drafter auto and an empty prompt cache, interleaved: decode tok/s ratio.
+2. schema: the write step (the same conversation after read_file, then "reply with a JSON object
+   {path, content}", tool_choice none) with response_format json_schema against the same request
+   without it (no grammar), both with drafter auto and an empty prompt cache, interleaved: decode
+   tok/s ratio.
 """
 
 from __future__ import annotations
@@ -39,9 +40,19 @@ from .server_ab import Server
 
 MODELS = Path.home() / ".cache" / "specgen-models"
 SECTIONS = ("loop", "schema")
-SYSTEM = ("You are a coding agent working in a repository. Read a file with read_file before changing it. "
-          "To change a file, call write_file with the file's complete new content: every line of it, the "
-          "unchanged ones too, as one JSON string.")
+SYSTEM = "You are a coding agent. Use the tools to read and write files."
+# An edit earlier in the session: without one to go by, the 1.5B model writes "..." or a summary as the content.
+_INIT = ('# The app package: one module per kind of record.\n\n__all__ = ["billing", "inventory", "library"]\n'
+         'VERSION = "1.2.0"\n')
+EARLIER = [{"role": "user", "content": "In `app/__init__.py`: set `VERSION` to 1.3.0."},
+           {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+               "name": "read_file", "arguments": json.dumps({"path": "app/__init__.py"})}}]},
+           {"role": "tool", "tool_call_id": "call_1", "content": _INIT},
+           {"role": "assistant", "content": None, "tool_calls": [{"id": "call_2", "type": "function", "function": {
+               "name": "write_file", "arguments": json.dumps({"path": "app/__init__.py",
+                                                              "content": _INIT.replace("1.2.0", "1.3.0")})}}]},
+           {"role": "tool", "tool_call_id": "call_2", "content": "ok"},
+           {"role": "assistant", "content": "Done: `VERSION` is 1.3.0 now."}]
 WRITE_SCHEMA = {"type": "object", "properties": {
                     "path": {"type": "string", "description": "The file's path, as given."},
                     "content": {"type": "string", "description": "The whole new content of the file."}},
@@ -93,13 +104,14 @@ CHANGES = [
 ]
 MODULE = string.Template((HERE / "agent_module.tmpl").read_text())
 """The tasks' files: a record class, its JSON store and a command line, filled in from DOMAINS."""
-CHECK = {"str": '        if not self.{f}.strip():\n            problems.append("{f} is empty")',
-         "int": '        if self.{f} < 0:\n            problems.append(f"{f} is negative: {{self.{f}}}")',
-         "float": '        if self.{f} < 0:\n            problems.append(f"{f} is negative: {{self.{f}:.2f}}")',
-         "bool": '        if not isinstance(self.{f}, bool):\n            problems.append("{f} must be true or false")'}
-PARSE = {"str": "{v}.strip()", "int": "int({v})", "float": "float({v})", "bool": '{v}.strip().lower() == "yes"'}
-ROW = {"str": "{{item.{f}:<20}}", "int": "{{item.{f}:>8}}", "float": "{{item.{f}:>10.2f}}",
-       "bool": "{{'yes' if item.{f} else 'no':>4}}"}
+# The files' code quotes strings with ' and starts with comments, not a docstring: the 1.5B model escapes " in
+# a JSON string unreliably, and the first " it leaves bare ends write_file's content there.
+CHECK = {"str": "        if not self.{f}.strip():\n            problems.append('{f} is empty')",
+         "int": "        if self.{f} < 0:\n            problems.append(f'{f} is negative: {{self.{f}}}')",
+         "float": "        if self.{f} < 0:\n            problems.append(f'{f} is negative: {{self.{f}:.2f}}')",
+         "bool": "        if not isinstance(self.{f}, bool):\n            problems.append('{f} must be True or False')"}
+PARSE = {"str": "{v}.strip()", "int": "int({v})", "float": "float({v})", "bool": "{v}.strip().lower() == 'yes'"}
+ROW = {"str": "{{item.{f}:<20}}", "int": "{{item.{f}:>8}}", "float": "{{item.{f}:>10.2f}}", "bool": "{{item.{f}!s:>5}}"}
 
 
 def task(i: int) -> tuple[str, str, str]:
@@ -113,16 +125,15 @@ def task(i: int) -> tuple[str, str, str]:
         checks="\n".join(CHECK[t].format(f=f) for f, t in fields),
         parse=", ".join(PARSE[t].format(v=f"parts[{k}]") for k, (f, t) in enumerate(fields)),
         row=" ".join(ROW[t].format(f=f) for f, t in fields),
-        sums="\n".join(f'    out["total_{f}"] = sum(item.{f} for item in items)' if t in ("int", "float") else
-                       f'    out["{f}"] = sum(1 for item in items if item.{f})' for f, t in fields if t != "str"),
-        quoted=", ".join(f'"{f}"' for f, _ in fields), attrs=", ".join(f"item.{f}" for f, _ in fields))
+        sums="\n".join(f"    out['total_{f}'] = sum(item.{f} for item in items)" if t in ("int", "float") else
+                       f"    out['{f}'] = sum(1 for item in items if item.{f})" for f, t in fields if t != "str"),
+        quoted=", ".join(f"'{f}'" for f, _ in fields), attrs=", ".join(f"item.{f}" for f, _ in fields))
     change = CHANGES[i % len(CHANGES)].format(E=cls, double=2 * limit)
     return f"app/{mod}.py", text, change
 
 
 def read_turn(path: str, change: str) -> list[dict]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"In `{path}`: {change} Read the file first, then write the whole "
-                                                          "changed file back."}]
+    return [{"role": "system", "content": SYSTEM}, *EARLIER, {"role": "user", "content": f"In `{path}`: {change}"}]
 
 
 def named(fn: str) -> dict:
@@ -172,7 +183,8 @@ def agent_task(client: OpenAI, i: int, drafter: str, max_tokens: int) -> dict:
             "prompt_ms": t1["prompt_ms"] + t2["prompt_ms"], "drafted": t1["draft_n"] + t2["draft_n"],
             "accepted": t1["draft_n_accepted"] + t2["draft_n_accepted"],
             "read_path_ok": len(calls) == 1 and json.loads(call.function.arguments).get("path") == path,
-            "written": out, "edited": out is not None and out.get("content") not in (None, text)}
+            "written": out, "edited": out is not None and out.get("content") not in (None, text),
+            "lines_written": len(str((out or {}).get("content", "")).splitlines())}
 
 
 def tps(samples: list) -> float:
@@ -194,10 +206,12 @@ def loop(client: OpenAI, tasks: int, max_tokens: int) -> tuple[list[str], dict]:
         a, b = ab.last("auto"), ab.last("none")
         got = {"file": path, "lines": len(text.splitlines()), "change": change, "speedup": ab.ratio("auto"),
                "e2e_plain_over_auto": ab.ratio("auto", lambda s: 1 / s.info["wall"]),
-               "same_output": a["written"] == b["written"], "edited": a["edited"], "read_path_ok": a["read_path_ok"]}
+               "same_output": a["written"] == b["written"], "edited": a["edited"], "read_path_ok": a["read_path_ok"],
+               "lines_written": a["lines_written"]}
         out.append(got)
         rows.append([i + 1, f"{path} ({got['lines']})", change[:48], f"{a['n']}/{b['n']}",
-                     "yes" if got["same_output"] else "no", "yes" if a["edited"] else "no",
+                     "yes" if got["same_output"] else "no",
+                     "not JSON" if a["written"] is None else f"{a['lines_written']}{'' if a['edited'] else ' (same)'}",
                      f"{ab.value('none'):.1f}", f"{ab.value('auto'):.1f}", f"{got['speedup']:.2f}x",
                      f"{a['accepted']}/{a['drafted']}", f"{b['wall']:.1f} / {a['wall']:.1f}"])
     arms = {}
@@ -211,13 +225,16 @@ def loop(client: OpenAI, tasks: int, max_tokens: int) -> tuple[list[str], dict]:
              "median_task_e2e_plain_over_auto": statistics.median(t["e2e_plain_over_auto"] for t in out)}
     summary = [[f"{'plain (drafter none)' if n == 'none' else 'auto'}", f"{a['decode_tps']:.1f}",
                 f"{a['e2e_s_per_task']:.2f}", f"{a['prompt_s_per_task']:.2f}"] for n, a in arms.items()]
-    text = [markdown(["#", "file (lines)", "change", "tokens auto/plain", "same", "edited", "plain tok/s",
+    text = [markdown(["#", "file (lines)", "change", "tokens auto/plain", "same", "lines written", "plain tok/s",
                       "auto tok/s", "speedup", "accepted/drafted", "e2e plain / auto (s)"], rows), "",
             markdown(["arm", "decode tok/s over the loop", "end-to-end s/task", "prompt s/task"], summary),
             f"\ndecode tok/s auto / plain: {ratio['decode_tps_auto_over_plain']:.2f}x; end-to-end per task "
             f"plain / auto: {ratio['e2e_plain_over_auto']:.2f}x (per-task medians {ratio['median_task_speedup']:.2f}x"
             f", {ratio['median_task_e2e_plain_over_auto']:.2f}x)"]
     return text, {"tasks": out, "arms": arms, "ratio": ratio}
+
+
+JSON_ASK = "Reply with only a JSON object with the keys path and content, content being the whole changed file."
 
 
 def schema(client: OpenAI, tasks: int, max_tokens: int) -> tuple[list[str], dict]:
@@ -229,14 +246,14 @@ def schema(client: OpenAI, tasks: int, max_tokens: int) -> tuple[list[str], dict
         call = {"id": "call_read", "type": "function",
                 "function": {"name": "read_file", "arguments": json.dumps({"path": path})}}
         msgs = read_turn(path, change) + [{"role": "assistant", "content": None, "tool_calls": [call]},
-                                          {"role": "tool", "tool_call_id": "call_read", "content": text}]
+                                          {"role": "tool", "tool_call_id": "call_read", "content": text},
+                                          {"role": "user", "content": JSON_ASK}]
 
         def measure(name: str) -> tuple[float, dict]:
-            extra = {"response_format": response_format, "tool_choice": "none"} if name == "json_schema" else {
-                "tool_choice": "auto"}
+            extra = {"response_format": response_format} if name == "json_schema" else {}
             # Both arms send the same conversation: each reads it afresh, or the second would find it cached.
-            r = client.chat.completions.create(model="x", messages=msgs, tools=TOOLS, temperature=0,
-                                               max_tokens=max_tokens, **extra,
+            r = client.chat.completions.create(model="x", messages=msgs, tools=TOOLS, tool_choice="none",
+                                               temperature=0, max_tokens=max_tokens, **extra,
                                                extra_body={"drafter": "auto", "cache_prompt": False})
             t = stats(r)
             return t["predicted_per_second"], {"n": t["predicted_n"], "ms": t["predicted_ms"], "written": written(r)}

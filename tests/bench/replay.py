@@ -206,6 +206,7 @@ class ReplayModelDrafter:
         self.prob: list[float] = []
         self.start = 0  # history length at output position 0
         self.cached = 0  # history length the draft model's KV cache has caught up to
+        self.read: list[int] = []  # those tokens
         self.decodes = 0.0  # draft-model decodes (one-token equivalents) since the last take_decodes()
 
     def segment(self, seg: dict) -> None:
@@ -214,6 +215,12 @@ class ReplayModelDrafter:
 
     def prefill(self, history: Sequence[int]) -> None:
         self.cached = len(history)
+        self.read = list(history)
+
+    def defer(self, history: Sequence[int]) -> None:
+        # As the real drafter: the new text is noted, not read; only the part that still matches stays read.
+        self.cached = min(self.cached, common_prefix(self.read, history))
+        self.read = list(history[: self.cached])
 
     def behind(self, history: Sequence[int]) -> int:
         return max(1, len(history) - self.cached + 1)
@@ -235,6 +242,7 @@ class ReplayModelDrafter:
                 break
             self.decodes += 1.0
         self.cached = len(history) + len(out.tokens) - 1
+        self.read = [*history, *out.tokens][: self.cached]
         return out
 
     def take_decodes(self) -> float:

@@ -523,25 +523,25 @@ class ToolFormat:
     def stream(self) -> ToolStream:
         return ToolStream(self._machine)
 
-    def grammar(self, tools: Sequence[dict], only: str | None = None) -> str:
-        """GBNF (root rule "root") for one or more calls in this family's markup, of the function
-        named *only* when given, each call's arguments as its tool's `parameters` schema says (any
-        object when it has none).  ToolsError for a schema that cannot be converted."""
+    def grammar(self, tools: Sequence[dict], only: str | None = None, many: bool = True) -> str:
+        """GBNF (root rule "root") for one or more calls (exactly one unless *many*) in this family's
+        markup, of the function named *only* when given, each call's arguments as its tool's `parameters`
+        schema says (any object when it has none).  ToolsError for a schema that cannot be converted."""
         calls = []
         rules = []
         for i, (name, params) in enumerate(_functions(tools, only)):
             args = f"t{i}-root"
             rules.append(_prefixed(_args_grammar(params, i, name), f"t{i}-"))
             calls.append(self._call_rule(name, args))
-        head = [f"root ::= {self._root_rule('tool-call')}", f"tool-call ::= {' | '.join(calls)}"]
+        head = [f"root ::= {self._root_rule('tool-call', many)}", f"tool-call ::= {' | '.join(calls)}"]
         return "\n".join(head + rules)
 
     def _call_rule(self, name: str, args: str) -> str:
         head = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "' + self._args_key + '": '
         return f'{_gbnf(head)} {args} "}}"'
 
-    def _root_rule(self, call: str) -> str:
-        return f"{call} ({_gbnf(self.separator)} {call})*"
+    def _root_rule(self, call: str, many: bool) -> str:
+        return f"{call} ({_gbnf(self.separator)} {call})*" if many else call
 
     def _machine(self, s: ToolStream) -> Machine:
         raise NotImplementedError
@@ -660,10 +660,10 @@ class MistralFormat(ToolFormat):
             return f"{_gbnf(self.TOOL_CALLS + name + self.ARGS)} {args}"
         return super()._call_rule(name, args)
 
-    def _root_rule(self, call: str) -> str:
+    def _root_rule(self, call: str, many: bool) -> str:
         if self.args_tag:
-            return f"{call}+"
-        return f'{_gbnf(self.TOOL_CALLS + "[")} {super()._root_rule(call)} "]"'
+            return f"{call}+" if many else call
+        return f'{_gbnf(self.TOOL_CALLS + "[")} {super()._root_rule(call, many)} "]"'
 
     def _machine(self, s: ToolStream) -> Machine:
         return self._marked(s, (self.TOOL_CALLS,), self._block)
@@ -694,8 +694,8 @@ class GenericFormat(ToolFormat):
     separator = ", "
     OPEN, CLOSE = '{"tool_calls": [', "]}"
 
-    def _root_rule(self, call: str) -> str:
-        return f"{_gbnf(self.OPEN)} {super()._root_rule(call)} {_gbnf(self.CLOSE)}"
+    def _root_rule(self, call: str, many: bool) -> str:
+        return f"{_gbnf(self.OPEN)} {super()._root_rule(call, many)} {_gbnf(self.CLOSE)}"
 
     def _machine(self, s: ToolStream) -> Machine:
         lead = ""

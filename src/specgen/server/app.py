@@ -27,7 +27,7 @@ from starlette.routing import Route
 from ..engine import Engine, Summary
 from ..errors import SpecgenError, shorten, unsendable
 from ..fileio import parse_json
-from ..formats.tools import ToolFormat, tool_format
+from ..formats.tools import ToolFormat, ToolsError, tool_format
 from ..llama.rpc import on_abort
 from ..sampling import SamplingParams
 from .metrics import CONTENT_TYPE, Metrics
@@ -273,7 +273,11 @@ class _Server:
             return req
         assert self.tools is not None
         only = choice["name"] if isinstance(choice, dict) else None
-        return dataclasses.replace(req, grammar=self.tools.grammar(list(req.tools), only))
+        try:
+            grammar = self.tools.grammar(list(req.tools), only, req.parallel_tool_calls)
+        except ToolsError as e:  # a tool's parameters the schema converter cannot take
+            raise APIError(400, f"{e.where}: {e}" if e.where else str(e), param=e.where or "tools") from None
+        return dataclasses.replace(req, grammar=grammar)
 
     async def _answer(self, request: Request, req: GenRequest, job: Job, out: Dialect, t0: float) -> Response:
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))

@@ -83,6 +83,8 @@ class GenRequest:
     """OpenAI chat tools ({"type": "function", "function": {name, description?, parameters?}})."""
     tool_choice: str | dict = "auto"
     """"auto", "none", "required", or {"name": fn}: that function and no other."""
+    parallel_tool_calls: bool = False
+    """Whether a forced tool_choice may make several calls; one, unless asked (llama-server's default)."""
     grammar: str | None = None
     """GBNF that every generated token obeys (response_format, or the tool calls tool_choice forces)."""
     logprobs: int | None = None
@@ -429,7 +431,8 @@ def parse_tools(body: dict) -> dict:
         clean = {"name": name, **({"description": desc} if desc is not None else {}),
                  "parameters": params if params is not None else {"type": "object", "properties": {}}}
         out.append({"type": "function", "function": clean})
-    return {"tools": tuple(out), "tool_choice": _tool_choice(choice, names)}
+    return {"tools": tuple(out), "tool_choice": _tool_choice(choice, names),
+            "parallel_tool_calls": bool(_bool(body, "parallel_tool_calls"))}
 
 
 def _tool_choice(choice: object, names: set[str]) -> str | dict:
