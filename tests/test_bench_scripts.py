@@ -197,6 +197,16 @@ def test_server_ab_edit_session_conversation_and_overhead(env, target_path, draf
     check_ab(result["overhead"], ["server"], 1)
 
 
+def test_agent_loop_reads_and_writes_through_tools_in_both_arms(env, coder_path, tmp_path):
+    out = tmp_path / "agent.json"
+    script(env, "tests.bench.agent_loop", "--target", coder_path, "--draft", coder_path, "--tasks", 1,
+           "--max-tokens", 8, "--threads", 1, "--json", out, timeout=900)
+    result = json.loads(out.read_text())
+    assert result["loop"]["ratio"] and all(ratio_ok(v) for v in result["loop"]["ratio"].values())
+    assert result["schema"]["ratio"] and ratio_ok(result["schema"]["ratio"])
+    assert result["loop"]["tasks"][0]["same_output"]  # greedy: auto writes what none writes
+
+
 def test_startup_times_every_phase_and_process(env, target_path, draft_path, tmp_path):
     out = tmp_path / "startup.json"
     script(env, "tests.bench.startup", "--target", target_path, "--draft", draft_path, "--rounds", 1,
@@ -243,7 +253,7 @@ def test_bad_arguments_fail_before_any_work(env, name, args, says):
 
 
 def test_every_script_documents_its_arguments(env):
-    for name in ("auto_ab", "cold_ab", "engine_ab", "replay", "rpc_ab", "server_ab", "startup"):
+    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "replay", "rpc_ab", "server_ab", "startup"):
         r = script(env, f"tests.bench.{name}", "--help", timeout=60)
         assert r.stdout.startswith("usage:"), name
         assert f"python -m tests.bench.{name}" in (ROOT / "tests" / "bench" / "README.md").read_text(), name
