@@ -97,6 +97,8 @@ class Grammar(_Owned):
 
     def allows(self, token: int) -> bool:
         """Whether *token* may come next; end-of-generation only once the grammar is complete."""
+        if not 0 <= token < self.model.n_vocab:  # a draft model's padding id: llama.cpp would abort on it
+            return False
         self._one[0] = (token, 0.0, 0.0)
         self._lib.llama_sampler_apply(self.ptr, ctypes.byref(self._one_array))
         return bool(np.isfinite(self._one[0]["logit"]))
