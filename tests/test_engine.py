@@ -15,6 +15,7 @@ from specgen.build import EngineOptions, load_engine
 from specgen.llama.chat_template import chat_tokens, messages_for
 from specgen.sampling import SamplingParams
 
+from engine_helpers import run
 from near_tie import assert_same_or_near_tie
 
 PROMPTS = [
@@ -42,26 +43,6 @@ PROMPTS = [
     "Copy this list exactly: apple, banana, cherry, date, elderberry, fig, grape.",
 ]
 N_TOKENS = 48
-
-
-@pytest.fixture(scope="module")
-def engines(target_path, draft_path):
-    made = {
-        "none": load_engine(EngineOptions(target_path, drafter="none", n_ctx=2048)),
-        "model": load_engine(EngineOptions(target_path, draft_path, drafter="model", draft_max=6, n_ctx=2048)),
-        "ngram": load_engine(EngineOptions(target_path, drafter="ngram", draft_max=8, n_ctx=2048)),
-        # The default: n-gram copies, the draft model when the measured costs say it pays.
-        "auto": load_engine(EngineOptions(target_path, draft_path, drafter="auto", n_ctx=2048)),
-    }
-    yield made
-    for e in made.values():
-        e.close()
-
-
-def run(engine, prompt_tokens, **kw) -> tuple[Summary, list]:
-    events = list(engine.generate(prompt_tokens, **kw))
-    assert isinstance(events[-1], Summary)
-    return events[-1], events
 
 
 @pytest.fixture(scope="module")

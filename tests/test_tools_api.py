@@ -11,7 +11,7 @@ import openai
 import pydantic
 import pytest
 
-from server_helpers import KEY, Server, start_server, stop_server
+from server_helpers import Server, start_server, stop_server
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city.",
@@ -22,17 +22,6 @@ READ = {"type": "function", "function": {
 ASK = [{"role": "system", "content": "You are a helpful assistant. Call a tool when you need data; once you have "
                                     "the tool's result, answer the user in one sentence."},
        {"role": "user", "content": "What is the weather in Paris right now?"}]
-
-
-@pytest.fixture(scope="module")
-def coder(coder_path, tmp_path_factory) -> Server:
-    log = tmp_path_factory.mktemp("serve-coder") / "server.log"
-    s = start_server(log, "--target", str(coder_path), "--ctx", "2048", "--drafter", "auto",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
-        yield s
-    finally:
-        stop_server(s.proc)
 
 
 def chat(server: Server, messages: list, **kw):
