@@ -207,6 +207,35 @@ def test_agent_loop_reads_and_writes_through_tools_in_both_arms(env, coder_path,
     assert result["loop"]["tasks"][0]["same_output"]  # greedy: auto writes what none writes
 
 
+PROBLEM = {"task_id": "T/0", "entry_point": "total", "canonical_solution": "    s = 0\n    for x in items:\n"
+           "        s += x\n    return s\n", "prompt": "def total(items):\n    \"\"\"The sum of items.\"\"\"\n"}
+
+
+def test_infill_ab_measures_each_kind_on_every_arm(env, coder_path, tmp_path):
+    problems, out = tmp_path / "problems.jsonl", tmp_path / "infill.json"
+    problems.write_text(json.dumps(PROBLEM) + "\n")
+    script(env, "tests.bench.infill_ab", "--target", coder_path, "--draft", coder_path, "--tasks", 1,
+           "--n-predict", 6, "--threads", 1, "--problems", problems, "--json", out, timeout=900)
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"line", "multi", "span", "edit"}
+    for kind in summary.values():
+        assert set(kind) == {"none", "ngram", "auto"}
+        assert all(arm["p50_s"] > 0 and ratio_ok(arm["vs_plain_specgen"]) for arm in kind.values())
+
+
+def test_host_time_splits_each_step_into_its_parts(env, target_path, draft_path, tmp_path):
+    out = tmp_path / "host.json"
+    script(env, "tests.bench.host_time", "--target", target_path, "--draft", draft_path, "--lengths", "2",
+           "--drafters", "none,ngram,model", "--temperatures", "0,0.7", "--tokens", 8, "--threads", 1,
+           "--json", out)
+    results = json.loads(out.read_text())["results"]
+    assert [(r["drafter"], r["length"], r["temperature"]) for r in results] == [
+        (d, n, t) for t in (0.0, 0.7) for d, n in (("none", 0), ("ngram", 2), ("model", 2))]
+    for r in results:
+        assert set(r["parts_ms"]) == {"draft", "batch", "verify", "controller", "text"}
+        assert r["host_ms"] > 0 and r["llama_ms"] > 0 and r["steps"] > 0
+
+
 def test_startup_times_every_phase_and_process(env, target_path, draft_path, tmp_path):
     out = tmp_path / "startup.json"
     script(env, "tests.bench.startup", "--target", target_path, "--draft", draft_path, "--rounds", 1,
@@ -235,6 +264,11 @@ def test_gpu_check_on_models_at_hand(env, target_path, draft_path, traces, tmp_p
     assert ratio_ok(report["plain_tok_s"]["ratio_median"])
     assert set(report["replay"]) == {"auto/auto", "ngram/auto", "model/auto", "model/4", "model/8", "ngram/8"}
     assert all(ratio_ok(row["overall"]) for row in report["replay"].values())
+    assert [(r["drafter"], r["length"]) for r in report["host_ms_per_step"]] == [
+        ("none", 0), ("model", 1), ("model", 4), ("model", 8), ("model", 16)] * 2
+    assert all(r["host_ms"] > 0 for r in report["host_ms_per_step"])
+    assert len(report["predicted_speedup"]) == 8
+    assert all(ratio_ok(v["vs_plain"]) for v in report["predicted_speedup"].values())
 
 
 # ---------------------------------------------------------------- arguments
@@ -253,7 +287,8 @@ def test_bad_arguments_fail_before_any_work(env, name, args, says):
 
 
 def test_every_script_documents_its_arguments(env):
-    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "replay", "rpc_ab", "server_ab", "startup"):
+    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "host_time", "infill_ab", "replay", "rpc_ab",
+                 "server_ab", "startup"):
         r = script(env, f"tests.bench.{name}", "--help", timeout=60)
         assert r.stdout.startswith("usage:"), name
         assert f"python -m tests.bench.{name}" in (ROOT / "tests" / "bench" / "README.md").read_text(), name

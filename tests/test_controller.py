@@ -163,7 +163,7 @@ class Scripted:
     def behind(self, history):
         return 1
 
-    def prefill(self, history):
+    def prefill(self, history, sources=()):
         pass
 
     def close(self):

@@ -1307,7 +1307,7 @@ def test_the_sampling_bounds_keep_the_arithmetic_finite():
     for penalty in REPEAT_PENALTY_RANGE:
         params = SamplingParams(temperature=MIN_TEMPERATURE, top_k=0, top_p=1.0, min_p=0.0,
                                 repeat_penalty=penalty, repeat_last_n=4096)
-        p = distribution(logits, history, params)
+        p = distribution(logits, history, params).dense()
         assert np.isfinite(p).all() and abs(p.sum() - 1.0) < 1e-9
         assert int(np.argmax(p)) == int(np.argmax(penalized(logits, history, params)))  # near-greedy, not noise
 

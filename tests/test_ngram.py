@@ -202,3 +202,17 @@ def test_token_texts_are_sorted_into_words_stops_quotes_and_numbers():
     assert [text_kind(p) for p in (b",", b" .", b"\n", b"  \n", b'."', b"):")] == [_STOP] * 6
     assert [text_kind(p) for p in (b'"', b' "', b"(", b" ``")] == [_QUOTE] * 4
     assert [text_kind(p) for p in (b" the", b"", b"    ", b"3.5", b"'s")] == [_WORD] * 5
+
+
+def test_sources_are_copied_like_the_prompt_and_never_run_into_each_other():
+    d = NgramDrafter()
+    prompt = [1, 2, 3]
+    escaped, other = list(range(100, 120)), list(range(200, 220))
+    d.prefill(prompt, sources=[escaped, other])
+    got = draft(d, prompt + escaped[:4])
+    assert got.tokens == escaped[4:20]
+    # A copy stops where its source ends: the next source is not the continuation.
+    assert draft(d, prompt + escaped[:18]).tokens == escaped[18:]
+    # A new prompt without sources forgets them.
+    d.prefill(prompt)
+    assert draft(d, prompt + escaped[:4]).tokens == []

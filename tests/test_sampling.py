@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from specgen.sampling import SamplingParams, accept_or_resample, distribution, sample
+from specgen.sampling import Dist, SamplingParams, accept_or_resample, distribution, sample
 
 # Upper 0.1% points of chi-square: a correct sampler fails this 1 time in 1000.
 CHI2_999 = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 9: 27.88}
@@ -21,6 +21,7 @@ def speculative_draws(p, q, n, rng):
     """One speculative position: x ~ q, then accept or resample."""
     out = np.zeros(len(p), dtype=np.int64)
     accepted = 0
+    p, q = Dist.of(p), Dist.of(q) if q is not None else None
     for _ in range(n):
         x = sample(q, rng) if q is not None else DETERMINISTIC_X
         ok, tok = accept_or_resample(p, q, x, rng)
@@ -61,25 +62,52 @@ def test_draft_vocab_shorter_than_target():
     q = np.array([0.5, 0.25, 0.25])  # draft knows only ids 0..2
     counts = np.zeros(5, dtype=np.int64)
     for _ in range(30000):
-        x = sample(q, rng)
-        _, tok = accept_or_resample(p, q, x, rng)
+        x = sample(Dist.of(q), rng)
+        _, tok = accept_or_resample(Dist.of(p), Dist.of(q), x, rng)
         counts[tok] += 1
     assert chi2(counts, p) < CHI2_999[4]
 
 
+def full(logits, history=(), **params) -> np.ndarray:
+    """The distribution as a full row of probabilities."""
+    return distribution(logits, list(history), SamplingParams(**params)).dense()
+
+
 def test_distribution_transforms():
     logits = np.array([2.0, 1.0, 0.0, -1.0, -8.0], dtype=np.float32)
-    greedy = distribution(logits, [], SamplingParams(temperature=0))
+    greedy = full(logits, temperature=0)
     assert greedy.tolist() == [1, 0, 0, 0, 0]
-    p = distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))
+    p = full(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert np.allclose(p, soft)
-    assert (distribution(logits, [], SamplingParams(temperature=1.0, top_k=2, top_p=1, min_p=0)) > 0).sum() == 2
+    assert (full(logits, temperature=1.0, top_k=2, top_p=1, min_p=0) > 0).sum() == 2
     # min-p 0.2 keeps tokens with at least 20% of the top probability: e^-1 and e^-2 relative -> 2 kept
-    assert (distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=1, min_p=0.2)) > 0).sum() == 2
+    assert (full(logits, temperature=1.0, top_k=0, top_p=1, min_p=0.2) > 0).sum() == 2
     # top-p keeps the smallest prefix reaching the mass
-    tp = distribution(logits, [], SamplingParams(temperature=1.0, top_k=0, top_p=0.7, min_p=0))
+    tp = full(logits, temperature=1.0, top_k=0, top_p=0.7, min_p=0)
     assert (tp > 0).sum() == 2 and abs(tp.sum() - 1) < 1e-9
     # repeat penalty lowers a positive logit of a recent token
-    pen = distribution(logits, [0], SamplingParams(temperature=1.0, top_k=0, top_p=1, min_p=0, repeat_penalty=2.0))
+    pen = full(logits, [0], temperature=1.0, top_k=0, top_p=1, min_p=0, repeat_penalty=2.0)
     assert pen[0] < p[0]
+
+
+def test_top_k_by_support_equals_the_full_sort():
+    """The support is found by a pass over the row, not a sort of it: the same tokens, the same numbers, and
+    the same draws as the full row gives."""
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal(50_000) * 3).astype(np.float32)
+    for k, top_p, min_p in ((40, 0.95, 0.05), (1, 1.0, 0.0), (200, 1.0, 0.0), (40, 0.5, 0.0)):
+        params = SamplingParams(temperature=0.7, top_k=k, top_p=top_p, min_p=min_p)
+        got = distribution(logits, [], params)
+        order = np.argsort(-logits, kind="stable")[:k]
+        z = logits[order].astype(np.float64) / 0.7
+        ref = np.exp(z - z[0]) / np.exp(z - z[0]).sum()
+        keep = min(len(ref), int(np.searchsorted(-ref, -min_p * ref[0], side="right")) if min_p else len(ref),
+                   int(np.searchsorted(np.cumsum(ref), top_p)) + 1 if top_p < 1 else len(ref))
+        assert set(got.ids.tolist()) == set(order[:keep].tolist())
+        assert np.allclose(got.probs, (ref[:keep] / ref[:keep].sum())[np.argsort(order[:keep])])
+        draws = np.random.default_rng(9), np.random.default_rng(9)
+        dense = got.dense()
+        for _ in range(200):  # one uniform each: the sparse and the full row draw the same token
+            c = np.cumsum(dense)
+            assert sample(got, draws[0]) == int(np.searchsorted(c, draws[1].random() * c[-1], side="right"))

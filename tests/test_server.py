@@ -314,6 +314,9 @@ BAD = [
     ("a bad draft_max", CHAT, {"messages": OK_MSGS, "draft_max": -2}, 400, "draft_max"),
     ("a prompt of token ids", "/v1/completions", {"prompt": [1, 2, 3]}, 400, "prompt"),
     ("an empty prompt", "/v1/completions", {"prompt": ""}, 400, "prompt"),
+    # The tiny model has no fill-in-the-middle tokens.
+    ("an infill on a model without FIM tokens", "/infill", {"input_prefix": "a", "input_suffix": "b"}, 400, None),
+    ("a suffix on a model without FIM tokens", "/v1/completions", {"prompt": "a", "suffix": "b"}, 400, None),
     ("an unknown route", "/v1/embeddings", {"input": "hi"}, 404, None),
 ]
 

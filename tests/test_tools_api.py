@@ -134,6 +134,42 @@ def test_greedy_constrained_output_with_auto_equals_none(coder, fmt):
         assert isinstance(json.loads(texts["none"]), dict)
 
 
+COLORS = ("red", "#ff0000"), ("green", "#00ff00"), ("blue", "#0000ff"), ("white", "#ffffff"), ("black", "#000000"), \
+    ("orange", "#ffa500"), ("purple", "#800080"), ("silver", "#c0c0c0"), ("maroon", "#800000"), ("olive", "#808000")
+FILE = "COLORS = {\n" + "".join(f'    "{name}": "{code}",\n' for name, code in COLORS) + "}\n"
+
+
+def test_a_file_written_back_as_call_arguments_is_copied_from_its_escaped_form(coder):
+    """The arguments are JSON: every line break of the file reads `\\n` there, every quote `\\"`.  The n-gram
+    drafter copies them from the tool result as it reads escaped, not only between line ends."""
+    def call(i: int, name: str, **args) -> dict:
+        return {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+    small = 'NAME = "rows"\nVERSION = 2\n'
+    # An earlier turn shows the 0.5B model what writing a file back means; alone, it writes one line.
+    msgs = [{"role": "user", "content": "Read init.py, then write it back unchanged with write_file."},
+            {"role": "assistant", "content": None, "tool_calls": [call(1, "read_file", path="init.py")]},
+            {"role": "tool", "tool_call_id": "call_1", "content": small},
+            {"role": "assistant", "content": None,
+             "tool_calls": [call(2, "write_file", path="init.py", content=small)]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "ok"},
+            {"role": "user", "content": "Now the same for rows.py."},
+            {"role": "assistant", "content": None, "tool_calls": [call(3, "read_file", path="rows.py")]},
+            {"role": "tool", "tool_call_id": "call_3", "content": FILE}]
+    write = {"type": "function", "function": {
+        "name": "write_file", "description": "Replace a file.", "parameters": {
+            "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"]}}}
+    got = {d: chat(coder, msgs, tools=[READ, write], max_tokens=400, extra_body={"drafter": d},
+                   tool_choice={"type": "function", "function": {"name": "write_file"}}) for d in ("ngram", "none")}
+    calls = {d: r.choices[0].message.tool_calls for d, r in got.items()}
+    assert calls["ngram"][0].function.arguments == calls["none"][0].function.arguments
+    written = json.loads(calls["ngram"][0].function.arguments)["content"]
+    assert written.count("\n") > 8  # the model did write the file back
+    t = got["ngram"].model_extra["timings"]
+    assert t["draft_n_accepted"] > 0.6 * t["predicted_n"], t
+
+
 def test_logprobs_follow_the_reply_whole_and_streamed(coder):
     msgs = [{"role": "user", "content": "Count from 1 to 5."}]
     r = chat(coder, msgs, max_tokens=12, logprobs=True, top_logprobs=3)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .llama.backend import Context, Model
+from .llama.backend import Context, Model, decode_clock
 from .llama.grammar import Grammar
 from .controller import Controller
 from .drafters.base import Draft, Drafter
@@ -22,7 +22,7 @@ from .errors import ModelFault, SpecgenError
 from .sampling import (SamplingParams, accept_or_resample, best_allowed, distribution, log_softmax_top, only,
                        penalized, sample)
 from .settings import check_count, parse_draft_max
-from .textstream import TextStream
+from .textstream import Lines, TextStream
 from .tokens import common_prefix
 
 
@@ -60,6 +60,12 @@ class Prefill:
     seconds: float
 
 
+HOST_PARTS = ("draft", "batch", "verify", "controller", "text")
+"""A step's host work: the drafter (lookup, sampling its model's rows, sizing the draft), filling the verify
+batch, reading the target's rows and the accept rule, the controller's bookkeeping and the KV roll-back, and
+turning tokens into text.  On a GPU the decode calls are short and this is what is left."""
+
+
 @dataclass
 class Step:
     """One target verify pass."""
@@ -72,6 +78,8 @@ class Step:
     """Tokens the drafter proposed; the controller verified `drafted` of them."""
     logprobs: list[TokenLogprob] | None = None
     """One per emitted token, when the generation asked for them."""
+    host: dict[str, float] = field(default_factory=dict)
+    """Seconds of the step's own work outside llama.cpp's decode calls, by part (HOST_PARTS)."""
 
     @property
     def emitted(self) -> int:
@@ -97,6 +105,8 @@ class Summary:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     stop_reason: str = "max_tokens"
+    stop_string: str = ""
+    """The stop string that ended the text, when one did (stop reason "stop")."""
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     drafter_steps: dict[str, int] = field(default_factory=dict)
@@ -105,6 +115,16 @@ class Summary:
     """Per drafter: steps it offered a draft, tokens offered, verified (after the controller's cut), accepted."""
     costs: dict = field(default_factory=dict)
     """The controller's cost model at the end (Controller.explain): why drafts were as long as they were."""
+    host_seconds: dict[str, float] = field(default_factory=dict)
+    """Host work over the steps, by part (HOST_PARTS)."""
+
+    @property
+    def host_ms_per_step(self) -> dict[str, float]:
+        """Milliseconds of host work per step: the total and each part."""
+        if not self.steps:
+            return {}
+        parts = {k: self.host_seconds.get(k, 0.0) * 1e3 / self.steps for k in HOST_PARTS}
+        return {"total": sum(parts.values()), **parts}
 
     @property
     def decode_tps(self) -> float:
@@ -128,6 +148,7 @@ class Summary:
         """Count one verify step."""
         self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
                            draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
+                           host_seconds=step.host,
                            drafter_steps={step.drafter_used: 1}, draft_lengths={step.drafted: 1},
                            by_drafter={step.drafter: {"steps": 1, "offered": step.offered, "verified": step.drafted,
                                                       "accepted": step.accepted}} if step.offered else {}))
@@ -139,7 +160,8 @@ class Summary:
         """
         for name in _TOTALS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths)):
+        for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths),
+                             (self.host_seconds, other.host_seconds)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
         for name, counts in other.by_drafter.items():
@@ -176,6 +198,8 @@ class Summary:
             "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
             "by_drafter": {k: dict(v) for k, v in sorted(self.by_drafter.items())},
         }
+        if self.steps:
+            out["host_ms_per_step"] = {k: round(v, 4) for k, v in self.host_ms_per_step.items()}
         if self.costs:
             out["costs"] = self.costs
         return out
@@ -269,7 +293,8 @@ class Engine:
     def generate(self, prompt: Sequence[int], *, max_tokens: int = 256,
                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                  ignore_eos: bool = False, grammar: str | None = None,
-                 logprobs: int | None = None) -> Iterator[Event]:
+                 logprobs: int | None = None, lines: Lines | None = None,
+                 sources: Sequence[Sequence[int]] = ()) -> Iterator[Event]:
         """Generate up to *max_tokens* after *prompt*, as a stream of events.
 
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
@@ -277,9 +302,14 @@ class Engine:
         `root`) constrains every emitted token; the reply ends when it is complete
         (then even under *ignore_eos*: nothing else may follow).  *logprobs* puts
         on each Step the emitted tokens' logprobs with that many alternatives.
+        *lines* ends the reply at a line an editor does not want (outside the block, past a
+        line count or a time budget): stop reason "block" or "limit".  *sources* are token
+        sequences besides the prompt that the reply may copy (see Drafter.prefill).
         """
         check_count("max_tokens", max_tokens)
         sampling.check()
+        if lines is not None:
+            lines.check()
         if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
                                          and 0 <= logprobs <= MAX_LOGPROBS):
             raise SpecgenError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {logprobs!r}")
@@ -298,12 +328,12 @@ class Engine:
 
         t0 = time.perf_counter()
         summary.reused_tokens = self._prefill(tokens)
-        self.drafter.prefill(tokens)
+        self.drafter.prefill(tokens, sources)
         summary.prompt_seconds = time.perf_counter() - t0
         yield Prefill(len(tokens) - summary.reused_tokens, summary.reused_tokens, summary.prompt_seconds)
 
         history = tokens
-        text = TextStream(stop)
+        text = TextStream(stop, lines)
         t0 = time.perf_counter()
         while True:
             # Never draft past max_tokens or the context: every step emits accepted + 1.
@@ -312,20 +342,24 @@ class Engine:
                 summary.stop_reason = "max_tokens" if summary.generated_tokens >= max_tokens else "context"
                 break
             emitted, step = self._step(history, room, sampling, rng, rules, logprobs)
+            t_text = time.perf_counter()
             history.extend(emitted)
             self._kv = history[:-1]
-            summary.add(step)
+            pieces = []
             for i, tok in enumerate(emitted):
                 if self.target.is_eog(tok):
                     summary.stop_reason = "eos"
                     break
-                for piece, from_draft in text.push(self.target.piece(tok), i < step.accepted):
-                    yield Piece(piece, from_draft)
+                pieces += [Piece(piece, from_draft) for piece, from_draft in text.push(self.target.piece(tok),
+                                                                                        i < step.accepted)]
                 if text.stopped:
-                    summary.stop_reason = "stop"
+                    summary.stop_reason, summary.stop_string = text.reason, text.matched
                     break
+            step.host["text"] = time.perf_counter() - t_text
+            summary.add(step)
+            yield from pieces
             yield step
-            if summary.stop_reason in ("eos", "stop"):
+            if summary.stop_reason == "eos" or text.stopped:
                 break
         for piece, from_draft in text.flush():
             yield Piece(piece, from_draft)
@@ -348,11 +382,12 @@ class Engine:
     def _step(self, history: list[int], room: int, params: SamplingParams, rng: np.random.Generator,
               grammar: Grammar | None, logprobs: int | None) -> tuple[list[int], Step]:
         """Draft, verify in one batch, accept, roll back."""
-        t0 = time.perf_counter()
+        c0, t0 = decode_clock.seconds, time.perf_counter()
         draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog,
                                    grammar)
-        t1 = time.perf_counter()
+        c1, t1 = decode_clock.seconds, time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
+        c2, t2 = decode_clock.seconds, time.perf_counter()
         if self._first_step:
             # A file whose tensor bytes are garbage still loads; its logits are what give it away.
             self._first_step = False
@@ -361,11 +396,14 @@ class Engine:
                                    "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
         accepted, token = self._verify(draft, history, params, rng, grammar)
+        t3 = time.perf_counter()
         self.ctx.rollback_to(len(history) + accepted)
         emitted = draft.tokens[:accepted] + [token]
-        step.accepted, step.verify_seconds = accepted, time.perf_counter() - t1
+        step.accepted, step.verify_seconds = accepted, t3 - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
                                 draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
+        step.host = {"draft": (t1 - t0) - (c1 - c0), "batch": (t2 - t1) - (c2 - c1), "verify": t3 - t2,
+                     "controller": time.perf_counter() - t3}
         if logprobs is not None:  # after the timing: a pass over the vocabulary per token, no cost of drafting
             step.logprobs = [self._logprob(i, tok, logprobs) for i, tok in enumerate(emitted)]
         return emitted, step

@@ -171,9 +171,48 @@ def log_softmax_top(logits: np.ndarray, token: int, n: int) -> tuple[float, np.n
     return float(logits[token]) - lse, ids, logits[ids].astype(np.float64) - lse
 
 
+@dataclass(frozen=True)
+class Dist:
+    """A token distribution by its support: the ids with a probability (ascending) and those probabilities.
+
+    Top-k leaves tens of tokens of a 150k-token vocabulary, and a full row per draft token and per verified
+    row costs a millisecond or more: on a GPU, whose steps take about ten, that is not hidden.  Sums run in
+    id order, so sampling from it draws exactly the token a full row would.
+    """
+    ids: np.ndarray
+    probs: np.ndarray
+    n: int
+    """The vocabulary's size."""
+
+    @classmethod
+    def of(cls, p: np.ndarray) -> "Dist":
+        """The distribution a full row of probabilities gives."""
+        p = np.asarray(p, dtype=np.float64)
+        ids = np.flatnonzero(p > 0)
+        return cls(ids, p[ids], len(p))
+
+    def __getitem__(self, x: int) -> float:
+        i = int(np.searchsorted(self.ids, x))
+        return float(self.probs[i]) if i < len(self.ids) and self.ids[i] == x else 0.0
+
+    def at(self, ids: np.ndarray) -> np.ndarray:
+        """The probabilities of *ids* (0 outside the support)."""
+        i = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        return np.where(self.ids[i] == ids, self.probs[i], 0.0) if len(self.ids) else np.zeros(len(ids))
+
+    def max(self) -> float:
+        return float(self.probs.max())
+
+    def dense(self) -> np.ndarray:
+        """The full row: a probability for every id of the vocabulary."""
+        p = np.zeros(self.n)
+        p[self.ids] = self.probs
+        return p
+
+
 def distribution(logits: np.ndarray, history: Sequence[int], params: SamplingParams,
-                 n_vocab: int | None = None) -> np.ndarray:
-    """The full-vocabulary probabilities after penalty, temperature, top-k, min-p, top-p.
+                 n_vocab: int | None = None) -> Dist:
+    """The probabilities after penalty, temperature, top-k, min-p, top-p.
 
     `n_vocab` truncates the row so that a draft and a target whose vocabularies
     differ by padding compare over the same ids.
@@ -183,12 +222,11 @@ def distribution(logits: np.ndarray, history: Sequence[int], params: SamplingPar
         row = row[:n_vocab]
     n = row.shape[0]
     if params.greedy:
-        p = np.zeros(n)
-        p[int(np.argmax(row))] = 1.0
-        return p
-    k = params.top_k if 0 < params.top_k < n else n
-    idx = np.argpartition(-row, k - 1)[:k] if k < n else np.arange(n)
-    idx = idx[np.argsort(-row[idx], kind="stable")]
+        return Dist(np.array([int(np.argmax(row))]), np.ones(1), n)
+    if 0 < params.top_k < n:
+        idx = top_ids(row, params.top_k)  # a pass or two over the row, where sorting all of it takes a millisecond
+    else:
+        idx = np.argsort(-row, kind="stable")
     z = row[idx].astype(np.float64) / params.temperature
     probs = np.exp(z - z[0])
     probs /= probs.sum()
@@ -198,25 +236,24 @@ def distribution(logits: np.ndarray, history: Sequence[int], params: SamplingPar
     if params.top_p < 1.0:
         keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
     keep = max(keep, 1)
-    p = np.zeros(n)
-    p[idx[:keep]] = probs[:keep] / probs[:keep].sum()
-    return p
+    ids, probs = idx[:keep], probs[:keep] / probs[:keep].sum()
+    order = np.argsort(ids)
+    return Dist(ids[order].astype(np.int64), probs[order], n)
 
 
-def sample(p: np.ndarray, rng: np.random.Generator) -> int:
+def sample(p: Dist, rng: np.random.Generator) -> int:
     # Inverse-CDF sampling: one uniform per token, so a seed reproduces a run.
-    c = np.cumsum(p)
-    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+    c = np.cumsum(p.probs)
+    return int(p.ids[min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(c) - 1)])
 
 
-def accept_probability(p: np.ndarray, q: np.ndarray | None, x: int) -> float:
+def accept_probability(p: Dist, q: Dist | None, x: int) -> float:
     """min(1, p(x)/q(x)): the chance speculative sampling keeps draft token x (q=None: a point mass)."""
-    qx = 1.0 if q is None else float(q[x]) if x < len(q) else 0.0
-    return min(1.0, float(p[x]) / qx) if qx > 0 else 0.0
+    qx = 1.0 if q is None else q[x]
+    return min(1.0, p[x] / qx) if qx > 0 else 0.0
 
 
-def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
-                       rng: np.random.Generator) -> tuple[bool, int]:
+def accept_or_resample(p: Dist, q: Dist | None, x: int, rng: np.random.Generator) -> tuple[bool, int]:
     """Speculative sampling for one draft token x drawn from q.
 
     Accept x with probability min(1, p(x)/q(x)); otherwise return a token drawn
@@ -233,9 +270,9 @@ def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
         return tok == x, tok
     if rng.random() < accept_probability(p, q, x):
         return True, x
-    if len(q) < len(p):  # the draft's vocabulary is shorter: it gives the rest zero
-        q = np.pad(q, (0, len(p) - len(q)))
-    residual = np.maximum(p - q[: len(p)], 0.0)
+    # Ids the target's vocabulary lacks (a draft's padding) have p = 0, so no residual either.
+    ids = np.union1d(p.ids, q.ids[q.ids < p.n])
+    residual = np.maximum(p.at(ids) - q.at(ids), 0.0)
     if residual.sum() <= 0:  # p == q: rejection has probability zero, numerically possible only
-        residual = p
-    return False, sample(residual, rng)
+        return False, sample(p, rng)
+    return False, sample(Dist(ids, residual, p.n), rng)

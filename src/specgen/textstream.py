@@ -1,5 +1,5 @@
 """Text in and out: a user's bytes decided once (`user_text`), and token bytes turned into text
-pieces (`TextStream`): whole UTF-8 characters, stop strings held back.
+pieces (`TextStream`): whole UTF-8 characters, stop strings held back, an editor's line rules kept.
 
 A token may end in the middle of a multi-byte character, and a stop string may
 straddle tokens; both mean some bytes must wait before they can be shown.  Each
@@ -10,9 +10,12 @@ can colour it.
 from __future__ import annotations
 
 import codecs
+import time
+from dataclasses import dataclass
 from typing import Sequence
 
 from .errors import SpecgenError
+from .settings import check_count
 
 
 def user_text(data: bytes | str, what: str) -> tuple[str, int]:
@@ -30,13 +33,46 @@ def user_text(data: bytes | str, what: str) -> tuple[str, int]:
     return text, bad
 
 
+@dataclass(frozen=True)
+class Lines:
+    """Where an editor wants a completion to end, besides its stop strings (llama-server's `n_indent` and
+    `t_max_predict_ms`, and a line count).  Each rule ends the reply at the end of a line, never inside one."""
+    n_indent: int = 0
+    """A line after the first that begins with less indentation than this (spaces and tabs) has left the
+    block being completed: the reply ends before it.  0: no rule."""
+    max_lines: int = 0
+    """The most lines the reply may have.  0: no limit."""
+    seconds: float = 0.0
+    """Once the reply has run this long, it ends at its next line break.  0: no limit."""
+
+    def check(self) -> Lines:
+        for name in ("n_indent", "max_lines"):
+            value = getattr(self, name)
+            if value:
+                check_count(name, value)
+        if not (isinstance(self.seconds, (int, float)) and 0 <= self.seconds < float("inf")):
+            raise SpecgenError(f"the time limit must be 0 or more seconds, not {self.seconds!r}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.n_indent or self.max_lines or self.seconds)
+
+
 class TextStream:
-    def __init__(self, stop: Sequence[str] = ()):
+    def __init__(self, stop: Sequence[str] = (), lines: Lines | None = None):
         self.stop = [s for s in stop if s]
+        self.lines = lines if lines is not None and lines.active else None
+        self._started = time.perf_counter()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending: list[tuple[str, bool]] = []  # (text, from_draft), not yet released
         self.text = ""  # everything released so far
+        self._breaks = 0  # line breaks in it
         self.stopped = False
+        self.reason = ""
+        """Why it stopped: "stop" (a stop string), "block" (a line left the block), "limit" (lines, time)."""
+        self.matched = ""
+        """The stop string that ended the text (the earliest, where several appeared at once)."""
 
     def _pending_text(self) -> str:
         return "".join(t for t, _ in self._pending)
@@ -65,7 +101,13 @@ class TextStream:
             i = pending.find(s)
             if i >= 0 and i < cut:
                 cut = i
-                self.stopped = True
+                self.stopped, self.reason, self.matched = True, "stop", s
+        if self.lines is not None:
+            at, why, hold = self._line_rules(pending, final)
+            if at is not None and at < cut:
+                cut, self.stopped, self.reason = at, True, why
+            elif not self.stopped:
+                cut = min(cut, hold)
         if not self.stopped and not final:
             # Hold back the longest tail that could still grow into a stop string.
             for s in self.stop:
@@ -86,5 +128,34 @@ class TextStream:
                 rest.append((text[cut - taken:], src))
             taken += len(text)
         self._pending = [] if self.stopped else rest
-        self.text += "".join(t for t, _ in out)
+        shown = "".join(t for t, _ in out)
+        self.text += shown
+        self._breaks += shown.count("\n")
         return out
+
+    def _line_rules(self, pending: str, final: bool) -> tuple[int | None, str, int]:
+        """Where in *pending* a line rule ends the reply (None: nowhere yet), why, and how much of it may be
+        shown meanwhile.  Blank lines stay back under `n_indent` until a line inside the block follows them:
+        a reply that leaves the block ends at its last line of code, not after the blank lines before the next."""
+        rules = self.lines
+        assert rules is not None
+        done = self._breaks
+        late = bool(rules.seconds) and time.perf_counter() - self._started >= rules.seconds
+        blank_from = None  # the line break before a run of blank lines still open
+        at = pending.find("\n")
+        while at >= 0:
+            done += 1
+            if rules.max_lines and done >= rules.max_lines or late:
+                return at, "limit", len(pending)
+            end = pending.find("\n", at + 1)
+            if rules.n_indent:
+                line = pending[at + 1:end if end >= 0 else len(pending)]
+                code = line.lstrip(" \t")
+                if code and len(line) - len(code) < rules.n_indent:
+                    return (at if blank_from is None else blank_from), "block", len(pending)
+                if code:
+                    blank_from = None
+                elif blank_from is None:
+                    blank_from = at
+            at = end
+        return None, "", len(pending) if blank_from is None or final else blank_from

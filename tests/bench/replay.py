@@ -213,7 +213,7 @@ class ReplayModelDrafter:
         self.top, self.prob = seg["draft_top"], seg["draft_p"]
         self.start = len(seg["prompt"])
 
-    def prefill(self, history: Sequence[int]) -> None:
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
         self.cached = len(history)
         self.read = list(history)
 

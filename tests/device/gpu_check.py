@@ -13,6 +13,9 @@ check); then, through specgen's llama.cpp layer:
   * the target's verify cost c(n), n = 1..32 (--max-verify; calibrate.measure_verify), and the draft's
     per-token cost;
   * plain decoding tok/s through specgen's engine against llama-cpp-python's `Llama`, interleaved;
+  * specgen's host work per step (tests/bench/host_time.py) beside these decode calls, plain and with the
+    draft model at 1, 4, 8 and 16 tokens, greedy and at T = 0.7, and the draft model's predicted speedup
+    over plain decoding from the measured costs, with that host time and without it;
   * what the controller chooses given those costs, and, with --traces (recorded by
     `python -m tests.bench.replay record` on a CPU), the replayed speedups per category under the
     measured curve.
@@ -147,6 +150,28 @@ def write_model(path: Path, shape: str, tokenizer: dict, seed: int) -> None:
     w.close()
 
 
+def predicted_speedup(verify: dict[int, float], per_token: float, host: list[dict]) -> dict:
+    """What the draft model would gain over plain decoding at these costs, for acceptance rates a 7B/0.5B
+    pair shows on code and prose: the best fixed draft length, with this machine's host time per step and
+    without it (the difference is what the host work costs).  Greedy host times; n beyond the measured
+    lengths takes the nearest measured one."""
+    greedy = {r["length"]: r["host_ms"] / 1e3 for r in host if r["temperature"] == 0.0}
+
+    def host_at(n: int) -> float:
+        return greedy[min(greedy, key=lambda m: abs(m - n))]
+
+    out = {}
+    for alpha in (0.6, 0.7, 0.8, 0.9):
+        for with_host in (True, False):
+            plain = 1.0 / (verify[1] + (host_at(0) if with_host else 0.0))
+            best = max(((1 - alpha ** (n + 1)) / (1 - alpha)
+                        / (verify[n + 1] + n * per_token + (host_at(n) if with_host else 0.0)), n)
+                       for n in range(1, max(verify)))
+            out[f"acceptance {alpha}" + ("" if with_host else ", no host time")] = {
+                "draft_length": best[1], "vs_plain": round(best[0] / plain, 3)}
+    return out
+
+
 def say(t0: float, what: str) -> None:
     print(f"gpu_check: {time.perf_counter() - t0:6.1f} s  {what}", file=sys.stderr, flush=True)
 
@@ -242,6 +267,21 @@ def main() -> None:
     report["plain_tok_s"]["ratio_median"] = round(ab.ratio("specgen"), 3)
     engine.close()
     llm.close()  # its GPU memory now, not when this function returns
+
+    # Host work per step, as tests/bench/host_time.py measures it, with this machine's decode calls: the draft
+    # model drafts every step at a fixed length (random weights agree with nothing, so it drafts, never copies).
+    from specgen.drafters import ModelDrafter
+
+    from ..bench.host_time import measure as host_measure
+
+    engine = Engine(target, NoDrafter(), n_ctx=4096, drafters={"model": ModelDrafter(draft, 4096)},
+                    controller=Controller(CostModel.from_curve(verify, {"model": per_token})))
+    host = [host_measure(engine, prompt, d, n, t, args.tokens // 2)
+            for t in (0.0, 0.7) for d, n in (("none", 0), *(("model", n) for n in (1, 4, 8, 16)))]
+    engine.close()
+    say(t0, "host work measured")
+    report["host_ms_per_step"] = host
+    report["predicted_speedup"] = predicted_speedup(verify, per_token, host)
 
     # What the controller chooses at these costs.
     ctl = Controller(CostModel.from_curve(verify, {"model": per_token}), cap=32)

@@ -37,6 +37,7 @@ from ..engine import Engine, Summary
 from ..errors import SpecgenError
 from ..fileio import cache_dir, file_sha256, read_json_cache, write_json_cache
 from ..build import EngineOptions, describe_backend, load_engine, topology
+from ..formats.infill import Infill, infill_tokens
 from ..llama.chat_template import chat_tokens
 from ..sampling import MAX_SEED, SamplingParams
 from ..settings import parse_draft_max
@@ -137,7 +138,7 @@ def run_pair(engine: Engine, pair: str, plan: Plan, seq_start: int = 0) -> Itera
         for i, turn in enumerate(q.turns[:turns]):
             yield Generating(pair, q, config, temperature, repeat, i)
             messages.append({"role": "user", "content": turn})
-            s = _generate(engine, messages, max_tokens, sampling)
+            s = _generate(engine, _prompt(engine, q, messages), max_tokens, sampling)
             messages.append({"role": "assistant", "content": s.text})
             done.append(s)
             yield Generated(s.generated_tokens)
@@ -180,7 +181,7 @@ def run_pair(engine: Engine, pair: str, plan: Plan, seq_start: int = 0) -> Itera
 def check_context(engine: Engine, plan: Plan) -> None:
     """Fail now, not half an hour in, when a conversation cannot fit the context."""
     for q in plan.questions:
-        need = len(chat_tokens(engine.target, [{"role": "user", "content": q.turns[0]}]))
+        need = len(_prompt(engine, q, [{"role": "user", "content": q.turns[0]}]))
         # Later turns: the user's text, the reply, and a little template framing each.
         need += sum(len(engine.tokenize(t, add_special=False)) + 16 for t in q.turns[1:])
         need += plan.max_tokens * len(q.turns)
@@ -189,8 +190,14 @@ def check_context(engine: Engine, plan: Plan) -> None:
                                f"but the context holds {engine.n_ctx}; raise --ctx or lower --max-tokens")
 
 
-def _generate(engine: Engine, messages: list[dict], max_tokens: int, sampling: SamplingParams) -> Summary:
-    tokens = chat_tokens(engine.target, messages)
+def _prompt(engine: Engine, q: Question, messages: list[dict]) -> list[int]:
+    """The conversation so far through the chat template, or an infill's code around the cursor."""
+    if q.suffix is not None:
+        return infill_tokens(engine.target, Infill(q.turns[0], q.suffix))
+    return chat_tokens(engine.target, messages)
+
+
+def _generate(engine: Engine, tokens: list[int], max_tokens: int, sampling: SamplingParams) -> Summary:
     summary = None
     for ev in engine.generate(tokens, max_tokens=max_tokens, sampling=sampling):
         if isinstance(ev, Summary):
@@ -213,6 +220,7 @@ def _row(seq: int, pair: str, q: Question, config: Config, temperature: float, r
         "steps": s.steps, "drafted": s.drafted, "accepted": s.accepted,
         "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted": round(s.mean_accepted, 4),
         "draft_seconds": round(s.draft_seconds, 5), "verify_seconds": round(s.verify_seconds, 5),
+        "host_ms_per_step": {k: round(v, 4) for k, v in s.host_ms_per_step.items()},
         "prefill_tokens": p_tokens, "prefill_seconds": round(p_seconds, 5),
         "prompt_tps": round(p_tokens / p_seconds, 3) if p_seconds > 0 else None,
         "same_as_baseline": None, "diverged_at": None,

@@ -20,6 +20,9 @@ from ..settings import check_count, check_drafter, parse_draft_max, shown_draft_
 from ..sampling import SamplingParams
 
 BUILTIN_ORDER = ("code-writing", "code-editing", "chat", "summarization")
+FILL_IN = ("infill",)
+"""Built-in suites of fill-in-the-middle tasks: a model without FIM tokens cannot run them, so `builtin:all`
+(the chat suites, which every model runs) leaves them out; ask for them by name."""
 
 
 class SuiteError(SpecgenError):
@@ -33,6 +36,8 @@ class Question:
     question_id: int | str
     category: str
     turns: tuple[str, ...]
+    suffix: str | None = None
+    """An infill task: the one turn is the code before the cursor, this the code after it."""
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -65,7 +70,7 @@ def suite_paths(specs: str | Sequence[str]) -> list[Path]:
             name = spec.split(":", 1)[1]
             suites = builtin_suites()
             if name == "all":
-                paths += suites.values()
+                paths += [path for name, path in suites.items() if name not in FILL_IN]
             elif name in suites:
                 paths.append(suites[name])
             else:
@@ -110,6 +115,14 @@ def _question(obj: Any, where: str) -> Question:
     turns = obj.get("turns")
     if not isinstance(turns, list) or not turns:
         raise SuiteError(f"{where}: `turns` must be a non-empty list of prompts")
+    suffix = obj.get("suffix")
+    if suffix is not None:
+        if not isinstance(suffix, str):
+            raise SuiteError(f"{where}: `suffix` (the code after the cursor, for an infill) must be a string")
+        if len(turns) != 1 or not isinstance(turns[0], str):
+            raise SuiteError(f"{where}: an infill (a question with a `suffix`) has one turn: the code before the "
+                             "cursor")
+        return Question(qid, cat.strip(), tuple(turns), suffix)
     if not all(isinstance(t, str) and t.strip() for t in turns):
         raise SuiteError(f"{where}: every entry of `turns` must be a non-empty string")
     return Question(qid, cat.strip(), tuple(turns))

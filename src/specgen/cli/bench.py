@@ -46,8 +46,9 @@ def bench(
     temperature: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Temperatures, comma-separated (default: 0, greedy).", rich_help_panel=W)] = None,
     prompts: Annotated[Optional[List[str]], typer.Option(
-        metavar="SUITE", help="builtin:NAME (code-writing, code-editing, chat, summarization, all) or a "
-                              "Spec-Bench question.jsonl; repeatable (default: builtin:all).",
+        metavar="SUITE", help="builtin:NAME (code-writing, code-editing, chat, summarization, all; and infill, "
+                              "fill-in-the-middle for code models) or a Spec-Bench question.jsonl; repeatable "
+                              "(default: builtin:all).",
         rich_help_panel=W)] = None,
     categories: Annotated[Optional[List[str]], typer.Option(
         metavar="LIST", help="Only these categories, comma-separated.", rich_help_panel=W)] = None,

@@ -11,7 +11,8 @@ import typer
 
 from ..engine import Piece, Summary
 from ..errors import SpecgenError
-from ..fileio import read_stream
+from ..fileio import read_regular, read_stream
+from ..formats.infill import Infill, infill_tokens
 from ..settings import check_count, check_given
 from ..build import topology
 from ..llama.chat_template import chat_tokens, messages_for
@@ -21,18 +22,31 @@ from .messages import decoded
 from .options import EngineFlags, engine_command, load
 
 
-def read_prompt(arg: str | None) -> str:
-    """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`."""
+def read_prompt(arg: str | None, exact: bool = False) -> str:
+    """stdin (when piped) first, then the argument: `cat app.py | specgen run "add type hints"`.
+
+    *exact* (the code before an infill's cursor) joins them as they are, every blank and line break kept.
+    """
     parts = []
     if not sys.stdin.isatty():  # a closed stdin reads as /dev/null (see main)
         piped = decoded(read_stream(sys.stdin, "stdin"), "stdin")
-        if piped.strip():
-            parts.append(piped.rstrip("\n"))
+        if piped.strip() or exact and piped:
+            parts.append(piped if exact else piped.rstrip("\n"))
     if arg:
         parts.append(decoded(arg, "the prompt"))
-    if not parts:
+    if not parts and not exact:
         raise SpecgenError("no prompt: give one as an argument or pipe it on stdin")
-    return "\n\n".join(parts)
+    return ("" if exact else "\n\n").join(parts)
+
+
+def read_suffix(text: str | None, path: str | None) -> str | None:
+    """The code after the cursor, from --suffix or --suffix-file (not both); None: not an infill."""
+    if text is not None and path is not None:
+        raise SpecgenError("give --suffix or --suffix-file, not both")
+    if path is not None:
+        check_given("--suffix-file", path)
+        return decoded(read_regular(path, "the --suffix-file"), f"--suffix-file {path}")
+    return decoded(text, "--suffix") if text is not None else None
 
 
 @app.command()
@@ -42,6 +56,10 @@ def run(
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 512,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    suffix: Annotated[Optional[str], typer.Option(help="Fill in the middle: the code after the cursor (the prompt "
+                                                  "is the code before it, taken as is).")] = None,
+    suffix_file: Annotated[Optional[str], typer.Option(help="Fill in the middle, with the code after the cursor "
+                                                       "read from this file.")] = None,
     stop: Annotated[Optional[List[str]], typer.Option(help="Stop when this string appears (repeatable).")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-generation "
                                              "(fixed-length runs for timing).")] = False,
@@ -56,11 +74,21 @@ def run(
     for name, value in (("--system", system), *(("--stop", s) for s in stop or ())):
         check_given(name, value)
     sampling = flags.sampling()
-    text_in = read_prompt(prompt)
+    after = read_suffix(suffix, suffix_file)
+    if after is not None and (system is not None or raw):
+        raise SpecgenError(f"{'--system' if system is not None else '--raw'} does not apply to an infill "
+                           "(--suffix): the prompt is the code before the cursor")
+    text_in = read_prompt(prompt, exact=after is not None)
+    if after is not None and not (text_in or after):
+        raise SpecgenError("the code before the cursor (the prompt) and after it (--suffix) are both empty: "
+                           "nothing to fill in around")
     system = decoded(system, "--system") if system is not None else None
     opts = flags.engine_options()
     engine = load(opts)
-    tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)
+    if after is not None:
+        tokens = infill_tokens(engine.target, Infill(text_in, after))
+    else:
+        tokens = chat_tokens(engine.target, messages_for(text_in, system), raw=raw)
     events = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or (),
                              ignore_eos=ignore_eos)
 

@@ -33,8 +33,8 @@ class AutoDrafter:
         self.missed = 0.0
         """Seconds the draft model would have saved, had it been caught up, since it last was."""
 
-    def prefill(self, history: Sequence[int]) -> None:
-        self.ngram.prefill(history)
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
+        self.ngram.prefill(history, sources)
         self.missed = 0.0
         if self.model is not None:
             self.model.defer(history)  # read only if it comes to pay: an edit may be all copies

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..sampling import SamplingParams
+from ..sampling import Dist, SamplingParams
 
 
 KeepGoing = Callable[[Sequence[float]], bool]
@@ -23,7 +23,7 @@ KeepGoing = Callable[[Sequence[float]], bool]
 @dataclass
 class Draft:
     tokens: list[int] = field(default_factory=list)
-    q: list[np.ndarray] | None = None
+    q: list[Dist] | None = None
     """The distribution each token was sampled from; None for a deterministic drafter."""
     confidence: list[float] = field(default_factory=list)
     """The drafter's own probability for each token (its top-1 prob, or a match score)."""
@@ -58,8 +58,10 @@ class Drafter(Protocol):
         """
         ...
 
-    def prefill(self, history: Sequence[int]) -> None:
-        """Catch up on a new prompt before generation starts (counted as prompt time)."""
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
+        """Catch up on a new prompt before generation starts (counted as prompt time).  *sources* are other
+        token sequences the reply may copy (a text as it reads escaped inside a JSON string); a drafter
+        that copies looks them up as it does the prompt, the others ignore them."""
         ...
 
     def close(self) -> None:
@@ -83,7 +85,7 @@ class NoDrafter:
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
         return Draft()
 
-    def prefill(self, history: Sequence[int]) -> None:
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
         pass
 
     def close(self) -> None:

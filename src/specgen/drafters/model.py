@@ -48,7 +48,7 @@ class ModelDrafter:
         self.cached = list(history)
         return len(history) - keep, time.perf_counter() - t0
 
-    def prefill(self, history: Sequence[int]) -> None:
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
         """Read a new prompt now: drafting with this model alone needs it for the first step anyway."""
         if not history:  # the engine's reset_cache: drop everything
             self.defer([])

@@ -118,6 +118,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+_APART = -1
+"""Ends each copy source: no token equals it, so no match or copy runs from one source into the next."""
+
 _START = (1, 2, 4, 8, 16)  # match lengths at the draft, for continuations
 _AHEAD = (1, 2, 4, 8)  # positions in the draft
 _START_TABLE, _AHEAD_TABLE = _lookup(_START), _lookup(_AHEAD)
@@ -216,15 +219,18 @@ class NgramDrafter:
         prior = np.array([[[cont[_bucket(m + i)], 0.8 * cont[_bucket(m + i)]] for i in _AHEAD] for m in _START])
         self._cont = _Rates(np.stack([prior, prior]))  # [source in reply][match length][position][seam]
         self._prompt_len = 0
+        self._sources: list[int] = []  # texts to copy from besides the history, each ended by _APART
         self._positions = _Positions()
         self._last: _Offer | None = None  # the last draft, to score once the target has spoken
         # The copy the target is following, so that a copy confirmed by a plain step is not rated as a
         # fresh gamble again.
         self._run: _Run | None = None
 
-    def prefill(self, history: Sequence[int]) -> None:
+    def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
+        """A new prompt, and *sources*: other token sequences the reply may copy, priced as the prompt is."""
         self._last = self._run = None
-        self._prompt_len = len(history)
+        self._sources = [t for src in sources for t in (*src, _APART)]
+        self._prompt_len = len(self._sources) + len(history)
         self._first.new_generation()
         self._cont.new_generation()
 
@@ -286,6 +292,9 @@ class NgramDrafter:
 
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
+        if self._sources:
+            # Looked up as text before the prompt: one sequence, so every rule below holds for them alike.
+            history = self._sources + list(history)
         resume = self._learn(history)
         if n_max <= 0 or len(history) < 2:
             return Draft()
@@ -310,6 +319,8 @@ class NgramDrafter:
             if near is not None and near + 1 - resume < self.max_span:
                 start = near + 1
         tokens = [int(t) for t in history[start:min(start + n_max, n)]]
+        if _APART in tokens:
+            tokens = tokens[:tokens.index(_APART)]
         if not tokens:
             return Draft()
         in_reply = int(start > self._prompt_len)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from typing import Iterable
 
 from ..errors import SpecgenError, kind_of, shorten
 
@@ -194,3 +195,18 @@ def _converter_class() -> type:
 
     return Converter
 
+
+
+def in_json_strings(texts: Iterable[str]) -> list[str]:
+    """Each text that JSON writes otherwise, as it reads inside a JSON string.
+
+    A reply that hands a file back as a tool call's argument (or a JSON field) writes every line break as
+    `\\n` and every quote as `\\"`, so it shares no token with the file at any line end; the n-gram drafter
+    copies such a reply from these instead.
+    """
+    out = []
+    for text in texts:
+        escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+        if escaped != text and escaped not in out:
+            out.append(escaped)
+    return out

@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -238,9 +239,26 @@ class Model(_Owned):
             got = self._pieces[token] = buf.raw[:n]
         return got
 
+    def fim_token(self, role: str) -> int | None:
+        """The vocabulary's fill-in-the-middle token for *role* (pre, suf, mid, pad, rep, sep), None where the
+        GGUF names none."""
+        token = int(getattr(self._lib, f"llama_vocab_fim_{role}")(self.vocab))
+        return token if 0 <= token < self.n_vocab else None
+
     def chat_template(self) -> str | None:
         raw = self._lib.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", "replace") if raw else None
+
+
+class DecodeClock:
+    """Seconds spent inside llama.cpp's decode calls, by every context of this process.  What a step takes
+    beyond them is specgen's own work on the host, which a GPU's short steps would wait for."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+decode_clock = DecodeClock()
 
 
 class Context(_Owned):
@@ -298,7 +316,9 @@ class Context(_Owned):
                     b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
                 b.n_tokens = len(chunk)
                 with interrupts.deferred():
+                    t0 = time.perf_counter()
                     rc = self._lib.llama_decode(self.ptr, b)
+                    decode_clock.seconds += time.perf_counter() - t0
                 if rc != 0:
                     raise ModelFault(f"llama_decode failed (code {rc}) at position {self.n_past}")
                 self.n_past += len(chunk)

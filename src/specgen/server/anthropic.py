@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import kind_of
 from ..formats.tools import CallDelta
@@ -168,13 +168,10 @@ def _tools(t: Translation, body: dict) -> None:
 # -- the reply ------------------------------------------------------------------------------------
 
 class AnthropicReply:
-    """One request's `message`, whole or as its stream of events.
+    """One request's `message`, whole or as its stream of events."""
 
-    *pieces* gives a token's bytes, to tell which stop sequence ended the reply.
-    """
-
-    def __init__(self, req: GenRequest, model: str, job: "Job", pieces: Callable[[int], bytes] | None = None):
-        self.req, self.model, self.job, self.pieces = req, model, job, pieces
+    def __init__(self, req: GenRequest, model: str, job: "Job"):
+        self.req, self.model, self.job = req, model, job
         self.id = f"msg_{secrets.token_hex(12)}"
         self._index = -1  # the open content block; -1 before the first
         self._open: str | None = None  # its type
@@ -246,12 +243,7 @@ class AnthropicReply:
             return "model_context_window_exceeded", None
         if why != "stop":
             return ("max_tokens" if end.finish == "length" else "end_turn"), None
-        stops = self.req.stop
-        if len(stops) > 1 and self.pieces is not None:
-            # The engine cut the text at the earliest stop sequence in what it generated.
-            raw = b"".join(self.pieces(t) for t in end.summary.tokens).decode("utf-8", "replace")
-            stops = tuple(sorted((s for s in stops if s in raw), key=raw.find)) or stops
-        return "stop_sequence", stops[0] if stops else None
+        return "stop_sequence", end.summary.stop_string or None
 
 
 def _send(kind: str, **fields: Any) -> bytes:

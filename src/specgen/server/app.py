@@ -13,7 +13,6 @@ import hmac
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Protocol
 
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from ..engine import Engine, Summary
 from ..errors import SpecgenError, shorten, unsendable
 from ..fileio import parse_json
+from ..formats.infill import NoInfill, fim_tokens
 from ..formats.tools import ToolFormat, ToolsError, tool_format
 from ..llama.rpc import on_abort
 from ..sampling import SamplingParams
@@ -37,7 +37,8 @@ from .anthropic import error_body as anthropic_error
 from .openai_api import OpenAIReply
 from .responses import ResponsesReply, parse_responses
 from .reply import Assembler, End, ReplyEvent
-from .schema import APIError, GenRequest, parse_chat, parse_completion
+from .infill import InfillReply
+from .schema import APIError, GenRequest, parse_chat, parse_completion, parse_infill
 from .view import RequestRecord, View
 from .worker import Done, Failed, Job, QueueFull, Worker, retry_after
 
@@ -117,6 +118,7 @@ def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -
         Route("/completions", server.completions, methods=["POST"]),
         Route("/v1/responses", server.responses, methods=["POST"]),
         Route("/responses", server.responses, methods=["POST"]),
+        Route("/infill", server.infill, methods=["POST"]),
         Route(ANTHROPIC, server.messages, methods=["POST"]),
         Route(f"{ANTHROPIC}/count_tokens", server.count_tokens, methods=["POST"]),
     ]
@@ -185,7 +187,7 @@ class _Server:
         if e.status_code == 404:
             err = APIError(404, f"no such route: {request.method} {request.url.path}; this server offers "
                                 "/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages, "
-                                "/v1/models, /health and /metrics",
+                                "/infill, /v1/models, /health and /metrics",
                            code="unknown_url")
         elif e.status_code == 405:
             err = APIError(405, f"{request.method} is not allowed on {request.url.path}",
@@ -224,11 +226,14 @@ class _Server:
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, parse_completion, OpenAIReply)
 
+    async def infill(self, request: Request) -> Response:
+        return await self._generate(request, parse_infill, InfillReply)
+
     async def responses(self, request: Request) -> Response:
         return await self._generate(request, parse_responses, ResponsesReply)
 
     async def messages(self, request: Request) -> Response:
-        return await self._generate(request, parse_anthropic, partial(AnthropicReply, pieces=self.engine.target.piece))
+        return await self._generate(request, parse_anthropic, AnthropicReply)
 
     async def count_tokens(self, request: Request) -> Response:
         self._check_key(request)
@@ -246,6 +251,11 @@ class _Server:
         t0 = time.perf_counter()
         self._check_key(request)
         req = self._with_tools(parse(await self._read_json(request), self.config.sampling))
+        if req.infill is not None:
+            try:
+                fim_tokens(self.engine.target)
+            except NoInfill as e:
+                raise APIError(400, str(e), code="infill_unsupported") from None
         if req.drafter is not None and req.drafter not in self.engine.drafters:
             raise APIError(400, f"drafter {req.drafter!r} is not available; choose one of "
                                 f"{', '.join(sorted(self.engine.drafters))}", param="drafter")

@@ -13,7 +13,8 @@ from typing import Union
 from ..engine import Event, Piece, Step, Summary, TokenLogprob
 from ..formats.tools import CallDelta, ContentDelta, ToolCall, ToolFormat
 
-FINISH = {"eos": "stop", "stop": "stop", "max_tokens": "length", "context": "length"}
+FINISH = {"eos": "stop", "stop": "stop", "block": "stop", "max_tokens": "length", "context": "length",
+          "limit": "length"}
 
 
 @dataclass

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import SpecgenError, is_finite_number, kind_of
+from ..formats.infill import Infill, parse_extra
 from ..formats.structured import JSON_OBJECT_GRAMMAR, SchemaError, schema_grammar
 from ..llama.chat_template import Message
 from ..sampling import SamplingParams
 from ..settings import check_count, parse_draft_max
+from ..textstream import Lines
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs (chat)
@@ -63,9 +65,13 @@ def refused(e: SpecgenError, names: dict[str, str] | None = None) -> APIError:
 @dataclass(frozen=True)
 class GenRequest:
     """One generation, as the worker needs it."""
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "infill"]
     messages: tuple[Message, ...] = ()
     prompt: str = ""
+    infill: Infill | None = None
+    """The code around the cursor, for kind "infill" (/infill, or /v1/completions with a suffix)."""
+    lines: Lines | None = None
+    """An editor's line rules: n_indent, max_lines, t_max_predict_ms."""
     max_tokens: int | None = None
     """None: until end-of-generation or a full context."""
     sampling: SamplingParams = SamplingParams()
@@ -196,10 +202,13 @@ def _stop(body: dict) -> tuple[str, ...]:
 def _common(body: dict, defaults: SamplingParams, kind: str) -> dict:
     _refuse_unsupported(body)
     model = _str(body, "model") or ""
-    max_tokens = _int(body, "max_completion_tokens")
-    name = "max_completion_tokens"
-    if max_tokens is None:
-        max_tokens, name = _int(body, "max_tokens"), "max_tokens"
+    max_tokens, name = None, "max_tokens"
+    for name in ("max_completion_tokens", "max_tokens", "n_predict"):  # n_predict: llama-server's; -1 is no cap
+        max_tokens = _int(body, name)
+        if max_tokens is not None:
+            break
+    if name == "n_predict" and max_tokens == -1:
+        max_tokens = None
     if max_tokens is not None:
         try:
             check_count("max_tokens", max_tokens)
@@ -222,10 +231,22 @@ def _common(body: dict, defaults: SamplingParams, kind: str) -> dict:
         except SpecgenError as e:
             raise refused(e) from None
     return dict(model=model, max_tokens=max_tokens, sampling=sampling_from(body, defaults), stop=_stop(body),
+                lines=_lines(body) if kind != "chat" else None,
                 stream=stream, include_usage=include_usage, drafter=drafter, draft_max=draft_max,
                 ignore_eos=bool(_bool(body, "ignore_eos")),
                 cache_prompt=_bool(body, "cache_prompt") is not False,
                 grammar=_grammar(body), logprobs=_logprobs(body, kind))
+
+
+def _lines(body: dict) -> Lines | None:
+    """llama-server's `n_indent` and `t_max_predict_ms` (0 or less: off), and `max_lines`."""
+    n_indent, max_lines = _int(body, "n_indent"), _int(body, "max_lines")
+    ms = _num(body, "t_max_predict_ms")
+    for name, value in (("n_indent", n_indent), ("max_lines", max_lines)):
+        if value is not None and value < 0:
+            raise bad(f"{name} must be 0 or more, not {value}", param=name)
+    lines = Lines(n_indent or 0, max_lines or 0, max(ms or 0.0, 0.0) / 1e3)
+    return lines if lines.active else None
 
 
 def _grammar(body: dict) -> str | None:
@@ -475,17 +496,40 @@ def parse_completion(body: Any, defaults: SamplingParams) -> GenRequest:
         raise unsupported("a batch of prompts", "prompt")
     if not isinstance(prompt, str):
         raise bad(f"prompt must be a string, not {kind_of(prompt)}", param="prompt")
-    if not prompt:
+    suffix = _str(body, "suffix")
+    if not prompt and not suffix:
         raise bad("prompt must not be empty", param="prompt")
     if body.get("echo"):
         raise unsupported("echo", "echo")
-    if body.get("suffix"):
-        raise unsupported("suffix (fill in the middle)", "suffix")
     best_of = _int(body, "best_of")
     if best_of is not None and best_of != 1:
         raise unsupported("best_of other than 1", "best_of")
+    if suffix is not None:  # OpenAI's way to ask for an infill: the text goes between prompt and suffix
+        return GenRequest(kind="infill", infill=Infill(prompt, suffix), **_common(body, defaults, "completion"))
     return GenRequest(kind="completion", prompt=prompt, **_common(body, defaults, "completion"))
 
 
-__all__ = ["APIError", "GenRequest", "bad", "json_object", "parse_chat", "parse_completion", "parse_messages",
-           "parse_tools", "refused", "sampling_from", "validate_sampling"]
+def parse_infill(body: Any, defaults: SamplingParams) -> GenRequest:
+    """llama-server's /infill: `input_prefix`, `input_suffix`, `input_extra`, `prompt` and /completion's
+    fields."""
+    if not isinstance(body, dict):
+        raise bad(f"the request body must be a JSON object, not {kind_of(body)}")
+    parts = {}
+    for name in ("input_prefix", "input_suffix"):
+        if name not in body:
+            raise bad(f"{name} is required: the code before and after the cursor", param=name)
+        parts[name] = _str(body, name) or ""
+    typed = _str(body, "prompt") or ""
+    try:
+        extra = parse_extra(body.get("input_extra"), "input_extra")
+    except SpecgenError as e:
+        raise bad(str(e), param="input_extra") from None
+    if not (parts["input_prefix"] or parts["input_suffix"] or typed or extra):
+        raise bad("input_prefix, input_suffix, prompt and input_extra are all empty: nothing to fill in around",
+                  param="input_prefix")
+    infill = Infill(parts["input_prefix"], parts["input_suffix"], extra, typed)
+    return GenRequest(kind="infill", infill=infill, **_common(body, defaults, "completion"))
+
+
+__all__ = ["APIError", "GenRequest", "bad", "json_object", "parse_chat", "parse_completion", "parse_infill",
+           "parse_messages", "parse_tools", "refused", "sampling_from", "validate_sampling"]

@@ -22,6 +22,8 @@ from typing import Callable, Union
 
 from ..engine import ContextOverflow, Engine, Event, Summary
 from ..errors import ModelFault, SpecgenError
+from ..formats.infill import infill_tokens
+from ..formats.structured import in_json_strings
 from ..llama.chat_template import chat_tokens
 from ..meter import TurnMeter
 from .schema import APIError, GenRequest
@@ -87,7 +89,7 @@ def context_exceeded(kind: str, prompt_tokens: int, n_ctx: int) -> APIError:
     recognise an overflow by "maximum context length" or `context_length_exceeded` and then trim the
     conversation.  A reply that merely outgrows the context (max_tokens beyond what is left) is not refused:
     it ends with finish_reason "length", as llama-server's does."""
-    what = "prompt" if kind == "completion" else "messages"
+    what = {"chat": "messages", "completion": "prompt", "infill": "input"}[kind]
     return APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your {what} resulted "
                          f"in {prompt_tokens} tokens. Please reduce the length of the {what}, or serve with a "
                          "larger --ctx.", param=what, code="context_length_exceeded", overflow=(prompt_tokens, n_ctx))
@@ -251,7 +253,20 @@ class Worker:
         """The prompt tokens *r* is generated from (the chat template's rendering, tools included)."""
         if r.kind == "chat":
             return chat_tokens(self.engine.target, list(r.messages), tools=list(r.tools) if r.uses_tools else None)
+        if r.infill is not None:
+            # Room for the reply first: an editor's context is cut (other files, then the far ends) to leave it.
+            n_ctx = self.engine.n_ctx
+            return infill_tokens(self.engine.target, r.infill, n_ctx - min(r.max_tokens or n_ctx // 4, n_ctx // 2))
         return chat_tokens(self.engine.target, [{"role": "user", "content": r.prompt}], raw=True)
+
+    def copy_sources(self, r: GenRequest) -> list[list[int]]:
+        """What a reply in JSON (a tool call's arguments, structured output) copies from the conversation: its
+        texts as they read escaped inside a JSON string (formats.structured.in_json_strings)."""
+        if not (r.uses_tools or r.grammar is not None):
+            return []
+        texts = [m["content"] for m in r.messages if isinstance(m.get("content"), str)] or [r.prompt]
+        target = self.engine.target
+        return [target.tokenize(t, add_special=False, parse_special=False) for t in in_json_strings(texts)]
 
     def _generate(self, job: Job, tokens: list[int]) -> tuple[Summary | None, bool]:
         r, eng = job.request, self.engine
@@ -265,7 +280,8 @@ class Worker:
         job.meter = meter = TurnMeter(eng.n_ctx, len(tokens))
         max_tokens = r.max_tokens if r.max_tokens is not None else eng.n_ctx
         events = eng.generate(tokens, max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
-                              ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs)
+                              ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs, lines=r.lines,
+                              sources=self.copy_sources(r))
         try:
             for ev in events:
                 meter.on(ev)
