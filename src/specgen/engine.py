@@ -145,13 +145,22 @@ class Summary:
         return self.draft_seconds / busy if busy > 0 else 0.0
 
     def add(self, step: Step) -> None:
-        """Count one verify step."""
-        self.merge(Summary(steps=1, drafted=step.drafted, accepted=step.accepted, generated_tokens=step.emitted,
-                           draft_seconds=step.draft_seconds, verify_seconds=step.verify_seconds,
-                           host_seconds=step.host,
-                           drafter_steps={step.drafter_used: 1}, draft_lengths={step.drafted: 1},
-                           by_drafter={step.drafter: {"steps": 1, "offered": step.offered, "verified": step.drafted,
-                                                      "accepted": step.accepted}} if step.offered else {}))
+        """Count one verify step (in place: it runs every step, where a GPU's steps are short)."""
+        self.steps += 1
+        self.drafted += step.drafted
+        self.accepted += step.accepted
+        self.generated_tokens += step.emitted
+        self.draft_seconds += step.draft_seconds
+        self.verify_seconds += step.verify_seconds
+        _count(self.drafter_steps, step.drafter_used, 1)
+        _count(self.draft_lengths, step.drafted, 1)
+        for part, seconds in step.host.items():
+            _count(self.host_seconds, part, seconds)
+        if step.offered:
+            mine = self.by_drafter.setdefault(step.drafter, {})
+            for k, v in (("steps", 1), ("offered", step.offered), ("verified", step.drafted),
+                         ("accepted", step.accepted)):
+                _count(mine, k, v)
 
     def merge(self, other: Summary) -> None:
         """Add *other*'s totals to these (the turns of a chat, the turns and runs of a benchmark).
@@ -163,11 +172,11 @@ class Summary:
         for mine, theirs in ((self.drafter_steps, other.drafter_steps), (self.draft_lengths, other.draft_lengths),
                              (self.host_seconds, other.host_seconds)):
             for k, v in theirs.items():
-                mine[k] = mine.get(k, 0) + v
+                _count(mine, k, v)
         for name, counts in other.by_drafter.items():
             mine = self.by_drafter.setdefault(name, {})
             for k, v in counts.items():
-                mine[k] = mine.get(k, 0) + v
+                _count(mine, k, v)
         if other.costs:
             self.costs = dict(other.costs)  # the controller's latest view
 
@@ -203,6 +212,10 @@ class Summary:
         if self.costs:
             out["costs"] = self.costs
         return out
+
+
+def _count(totals: dict, key: object, value: float) -> None:
+    totals[key] = totals.get(key, 0) + value
 
 
 # Every count and time in a Summary adds up; its text, tokens and stop reason do not.
@@ -249,6 +262,7 @@ class Engine:
         self.controller = controller or Controller()
         self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
         self._banned: np.ndarray | None = None
+        self._rows = np.zeros((0, 0), dtype=np.float32)  # the last verify batch's logits, a row per token
         self._first_step = False
 
     def close(self) -> None:
@@ -355,8 +369,9 @@ class Engine:
                 if text.stopped:
                     summary.stop_reason, summary.stop_string = text.reason, text.matched
                     break
-            step.host["text"] = time.perf_counter() - t_text
             summary.add(step)
+            step.host["text"] = time.perf_counter() - t_text
+            _count(summary.host_seconds, "text", step.host["text"])
             yield from pieces
             yield step
             if summary.stop_reason == "eos" or text.stopped:
@@ -388,6 +403,7 @@ class Engine:
         c1, t1 = decode_clock.seconds, time.perf_counter()
         self.ctx.decode([history[-1], *draft.tokens], logits="all")
         c2, t2 = decode_clock.seconds, time.perf_counter()
+        self._rows = self.ctx.logits_rows(len(draft) + 1)
         if self._first_step:
             # A file whose tensor bytes are garbage still loads; its logits are what give it away.
             self._first_step = False
@@ -467,7 +483,7 @@ class Engine:
                             [(int(t), piece(int(t)), float(lp)) for t, lp in zip(ids, logprobs)])
 
     def _row(self, i: int) -> np.ndarray:
-        row = self.ctx.logits_row(i)
+        row = self._rows[i]
         if self._banned is not None:
             row[self._banned] = -np.inf  # llama.cpp's buffer; nobody else reads this row
         return row

@@ -12,9 +12,10 @@ HumanEval-Infilling builds them, plus editors' in-file edits:
 - multi: two to six lines taken out, `n_indent` 4 (the completion ends when it leaves the function);
 - span: a random span of characters of the solution taken out;
 - edit: the function's first parameter renamed in the signature and docstring (the prefix), the cursor at the
-  start of the body, the old body after it (the suffix): the body must be retyped with the new name.
+  start of the body, and the file before the rename as an `input_extra` chunk (as an editor sends text it
+  showed recently): the body must be retyped with the new name.
 
-Every request goes, greedy and `--no-mmap`, through /infill of one `specgen serve` on the pair (request field
+Every request goes, greedy and `--no-mmap` (llama-server: `-lm none`), through /infill of one `specgen serve` on the pair (request field
 `drafter`: none, ngram, auto) and, with --llama-server, of llama-server built from the same vendored llama.cpp,
 plain and with `--spec-type ngram-simple`.  Each task's arms run back to back in a rotating order, every request
 with `cache_prompt: false` (so no arm finds another's prompt cached).  Reported per kind: p50 and p90 latency
@@ -98,7 +99,10 @@ def make_task(problem: dict, kind: str, rng: random.Random) -> dict | None:
         if old is None or old == "values":
             return None
         changed = re.sub(rf"\b{re.escape(old)}\b", "values", prompt)
-        return {"input_prefix": changed, "input_suffix": body, "n_indent": 4}
+        # The file as it was before the rename comes along as another chunk, as an editor sends the text
+        # it showed recently: the body to retype is there, with the old name.
+        return {"input_prefix": changed, "input_suffix": "\n", "n_indent": 4,
+                "input_extra": [{"filename": "before.py", "text": prompt + body}]}
     raise ValueError(kind)
 
 
@@ -107,7 +111,7 @@ class LlamaServer:
 
     def __init__(self, exe: str, args: argparse.Namespace, ngram: bool, log: Path):
         port = _free_port()
-        cmd = [exe, "-m", args.target, "--no-mmap", "--port", str(port), "-c", "4096", "-np", "1",
+        cmd = [exe, "-m", args.target, "-lm", "none", "--port", str(port), "-c", "4096", "-np", "1",
                "--temp", "0"]
         if args.threads:
             cmd += ["-t", str(args.threads)]

@@ -174,7 +174,9 @@ class _Positions:
     def of(self, history: Sequence[int]) -> list[int]:
         """The positions j < len(history) - 1 that hold the history's last token, in order."""
         done, end = len(self.tokens), len(history) - 1
-        if done > end or list(history[:done]) != self.tokens:
+        # Within a generation the history only grows (a new prompt starts a new index): a few positions
+        # tell a continuation from another text, where comparing the whole prefix cost a pass per step.
+        if done > end or any(history[j] != self.tokens[j] for j in {0, done // 2, done - 1} if 0 <= j < done):
             self.tokens, self.at, done = [], {}, 0
         for j in range(done, end):
             t = int(history[j])
@@ -229,6 +231,7 @@ class NgramDrafter:
     def prefill(self, history: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
         """A new prompt, and *sources*: other token sequences the reply may copy, priced as the prompt is."""
         self._last = self._run = None
+        self._positions = _Positions()
         self._sources = [t for src in sources for t in (*src, _APART)]
         self._prompt_len = len(self._sources) + len(history)
         self._first.new_generation()

@@ -261,8 +261,9 @@ class Worker:
 
     def copy_sources(self, r: GenRequest) -> list[list[int]]:
         """What a reply in JSON (a tool call's arguments, structured output) copies from the conversation: its
-        texts as they read escaped inside a JSON string (formats.structured.in_json_strings)."""
-        if not (r.uses_tools or r.grammar is not None):
+        texts as they read escaped inside a JSON string (formats.structured.in_json_strings).  Wherever tools
+        are offered or JSON is asked for: an agent asked for the file as JSON without a schema writes it so too."""
+        if not (r.tools or r.grammar is not None):
             return []
         texts = [m["content"] for m in r.messages if isinstance(m.get("content"), str)] or [r.prompt]
         target = self.engine.target
