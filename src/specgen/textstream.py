@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import SpecgenError
-from .settings import check_count
+from .errors import SpecgenError, is_finite_number, shorten
 
 
 def user_text(data: bytes | str, what: str) -> tuple[str, int]:
@@ -46,12 +45,14 @@ class Lines:
     """Once the reply has run this long, it ends at its next line break.  0: no limit."""
 
     def check(self) -> Lines:
+        """Refuse a rule out of bounds, named as `{field}` (SpecgenError.setting)."""
         for name in ("n_indent", "max_lines"):
             value = getattr(self, name)
-            if value:
-                check_count(name, value)
-        if not (isinstance(self.seconds, (int, float)) and 0 <= self.seconds < float("inf")):
-            raise SpecgenError(f"the time limit must be 0 or more seconds, not {self.seconds!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SpecgenError(f"{{{name}}} must be a whole number, 0 or more (0: no rule), "
+                                   f"not {shorten(value)}")
+        if not (is_finite_number(self.seconds) and self.seconds >= 0):
+            raise SpecgenError(f"the time limit must be 0 or more seconds, not {shorten(self.seconds)}")
         return self
 
     @property

@@ -15,9 +15,15 @@ HumanEval-Infilling builds them, plus editors' in-file edits:
   start of the body, and the file before the rename as an `input_extra` chunk (as an editor sends text it
   showed recently): the body must be retyped with the new name.
 
-Every request goes, greedy and `--no-mmap` (llama-server: `-lm none`), through /infill of one `specgen serve` on the pair (request field
-`drafter`: none, ngram, auto) and, with --llama-server, of llama-server built from the same vendored llama.cpp,
-plain and with `--spec-type ngram-simple`.  Each task's arms run back to back in a rotating order, every request
+llama-server from the source llama-cpp-python vendors (the sdist on PyPI), for --llama-server:
+
+    pip download --no-deps --no-binary :all: llama-cpp-python==VERSION && tar xzf llama_cpp_python-*.tar.gz
+    cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+          -DGGML_NATIVE=ON && cmake --build build --target llama-server      # build/bin/llama-server
+
+Every request goes, greedy and `--no-mmap` (llama-server: `-lm none`), through /infill of one `specgen serve`
+on the pair (request field `drafter`: none, ngram, auto) and, with --llama-server, of llama-server built from
+the same vendored llama.cpp, plain and with `--spec-type ngram-simple`.  Each task's arms run back to back in a rotating order, every request
 with `cache_prompt: false` (so no arm finds another's prompt cached).  Reported per kind: p50 and p90 latency
 per completion (client clock), decode tok/s (the sums of `timings.predicted_n` over `predicted_ms`), and each
 specgen arm's decode speed over plain specgen's.

@@ -70,7 +70,7 @@ def suite_paths(specs: str | Sequence[str]) -> list[Path]:
             name = spec.split(":", 1)[1]
             suites = builtin_suites()
             if name == "all":
-                paths += [path for name, path in suites.items() if name not in FILL_IN]
+                paths += [path for suite, path in suites.items() if suite not in FILL_IN]
             elif name in suites:
                 paths.append(suites[name])
             else:

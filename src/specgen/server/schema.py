@@ -240,12 +240,12 @@ def _common(body: dict, defaults: SamplingParams, kind: str) -> dict:
 
 def _lines(body: dict) -> Lines | None:
     """llama-server's `n_indent` and `t_max_predict_ms` (0 or less: off), and `max_lines`."""
-    n_indent, max_lines = _int(body, "n_indent"), _int(body, "max_lines")
     ms = _num(body, "t_max_predict_ms")
-    for name, value in (("n_indent", n_indent), ("max_lines", max_lines)):
-        if value is not None and value < 0:
-            raise bad(f"{name} must be 0 or more, not {value}", param=name)
-    lines = Lines(n_indent or 0, max_lines or 0, max(ms or 0.0, 0.0) / 1e3)
+    lines = Lines(_int(body, "n_indent") or 0, _int(body, "max_lines") or 0, max(ms or 0.0, 0.0) / 1e3)
+    try:
+        lines.check()
+    except SpecgenError as e:
+        raise refused(e) from None
     return lines if lines.active else None
 
 
