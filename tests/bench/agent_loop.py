@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import string
 import sys
@@ -35,7 +33,7 @@ from pathlib import Path
 
 from openai import APIError, OpenAI
 
-from .harness import HERE, csv_list, interleave, markdown, progress, write_json
+from .harness import HERE, csv_list, interleave, markdown, progress, run_serving, write_json
 from .server_ab import Server
 
 MODELS = Path.home() / ".cache" / "specgen-models"
@@ -312,6 +310,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` must not orphan the server
-    main()
+    run_serving(main)

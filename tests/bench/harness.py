@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -46,6 +48,14 @@ def code_suite(path: Path, names: Sequence[str]) -> Path:
 def specgen_exe() -> str:
     """The `specgen` command of the Python running this script."""
     return str(Path(sys.executable).parent / "specgen")
+
+
+def run_serving(main: Callable[[], None]) -> None:
+    """The entry of a script that starts servers: offline, and SIGTERM (what `timeout` sends) exits through
+    the `finally` blocks that stop them, so none is orphaned."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    main()
 
 
 def csv_list(text: str) -> list[str]:

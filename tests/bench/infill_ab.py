@@ -37,7 +37,6 @@ import gzip
 import json
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,8 @@ from pathlib import Path
 
 import httpx
 
-from .harness import csv_list, markdown, write_json
+from ..rpc_helpers import free_port
+from .harness import csv_list, markdown, run_serving, write_json
 from .server_ab import Server
 
 MODELS = Path.home() / ".cache" / "specgen-models"
@@ -116,7 +116,7 @@ class LlamaServer:
     """llama-server on the target, plain or with its n-gram speculation."""
 
     def __init__(self, exe: str, args: argparse.Namespace, ngram: bool, log: Path):
-        port = _free_port()
+        port = free_port()
         cmd = [exe, "-m", args.target, "-lm", "none", "--port", str(port), "-c", "4096", "-np", "1",
                "--temp", "0"]
         if args.threads:
@@ -146,12 +146,6 @@ class LlamaServer:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def infill(client: httpx.Client, body: dict, n_predict: int, drafter: str | None) -> dict:
@@ -255,4 +249,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_serving(main)

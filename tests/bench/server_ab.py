@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import statistics
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-from .harness import ROOT, csv_list, interleave, markdown, specgen_exe, write_json
+from .harness import ROOT, csv_list, interleave, markdown, run_serving, specgen_exe, write_json
 
 CHANGES = [
     "Rename the function `{f}` to `{f}_v2` everywhere it appears. Output the whole file.",
@@ -261,6 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` must not orphan the servers
-    main()
+    run_serving(main)
