@@ -155,6 +155,8 @@ def predicted_speedup(verify: dict[int, float], per_token: float, host: list[dic
     pair shows on code and prose: the best fixed draft length, with this machine's host time per step and
     without it (the difference is what the host work costs).  Greedy host times; n beyond the measured
     lengths takes the nearest measured one."""
+    from specgen.controller import expected_tokens
+
     greedy = {r["length"]: r["host_ms"] / 1e3 for r in host if r["temperature"] == 0.0}
 
     def host_at(n: int) -> float:
@@ -164,7 +166,7 @@ def predicted_speedup(verify: dict[int, float], per_token: float, host: list[dic
     for alpha in (0.6, 0.7, 0.8, 0.9):
         for with_host in (True, False):
             plain = 1.0 / (verify[1] + (host_at(0) if with_host else 0.0))
-            best = max(((1 - alpha ** (n + 1)) / (1 - alpha)
+            best = max((expected_tokens([alpha] * n, n)
                         / (verify[n + 1] + n * per_token + (host_at(n) if with_host else 0.0)), n)
                        for n in range(1, max(verify)))
             out[f"acceptance {alpha}" + ("" if with_host else ", no host time")] = {
