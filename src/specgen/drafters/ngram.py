@@ -222,6 +222,7 @@ class NgramDrafter:
         self._cont = _Rates(np.stack([prior, prior]))  # [source in reply][match length][position][seam]
         self._prompt_len = 0
         self._sources: list[int] = []  # texts to copy from besides the history, each ended by _APART
+        self._joined: list[int] = []  # the sources, then the history as far as the last draft saw it
         self._positions = _Positions()
         self._last: _Offer | None = None  # the last draft, to score once the target has spoken
         # The copy the target is following, so that a copy confirmed by a plain step is not rated as a
@@ -233,6 +234,7 @@ class NgramDrafter:
         self._last = self._run = None
         self._positions = _Positions()
         self._sources = [t for src in sources for t in (*src, _APART)]
+        self._joined = list(self._sources)
         self._prompt_len = len(self._sources) + len(history)
         self._first.new_generation()
         self._cont.new_generation()
@@ -245,6 +247,17 @@ class NgramDrafter:
 
     def restore(self, learned: object) -> None:
         self._first, self._cont = copy.deepcopy(learned)
+
+    def _joined_with(self, history: Sequence[int]) -> list[int]:
+        """The sources, then *history*: looked up as text before the prompt, one sequence, so every rule of
+        the lookup holds for them alike.  Extended, not rebuilt: within a generation the history only grows,
+        and copying both each step cost a pass over them."""
+        seen = len(self._joined) - len(self._sources)
+        if seen > len(history) or seen and self._joined[-1] != history[seen - 1]:
+            self._joined = self._sources + list(history)
+        else:
+            self._joined += history[seen:]
+        return self._joined
 
     def _seams(self, before: int, tokens: list[int]) -> list[int]:
         """For each token, whether it sits at a seam: it is punctuation, follows a stop, or is the word
@@ -296,8 +309,7 @@ class NgramDrafter:
     def draft(self, history: Sequence[int], n_max: int, params: SamplingParams,
               rng: np.random.Generator, keep_going: KeepGoing | None = None) -> Draft:
         if self._sources:
-            # Looked up as text before the prompt: one sequence, so every rule below holds for them alike.
-            history = self._sources + list(history)
+            history = self._joined_with(history)
         resume = self._learn(history)
         if n_max <= 0 or len(history) < 2:
             return Draft()
