@@ -27,16 +27,17 @@ RAW = f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
 FRESH = {"cache_prompt": False}
 
 
+# The request each test varies: greedy, a fresh cache, a short completion.
+BODY = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 24, "temperature": 0, **FRESH}
+
+
 def infill(server: Server, **body) -> tuple[int, dict]:
-    status, _, raw = server.request("POST", "/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX,
-                                                        "n_predict": 24, "temperature": 0, **FRESH, **body})
+    status, _, raw = server.request("POST", "/infill", {**BODY, **body})
     return status, json.loads(raw)
 
 
 def streamed(server: Server, **body) -> list[dict]:
-    status, headers, raw = server.request("POST", "/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX,
-                                                              "n_predict": 24, "temperature": 0, "stream": True,
-                                                              **FRESH, **body})
+    status, headers, raw = server.request("POST", "/infill", {**BODY, "stream": True, **body})
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = [e for e in raw.decode().split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events), events
