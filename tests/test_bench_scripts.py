@@ -236,6 +236,20 @@ def test_host_time_splits_each_step_into_its_parts(env, target_path, draft_path,
         assert r["host_ms"] > 0 and r["llama_ms"] > 0 and r["steps"] > 0
 
 
+def test_exact_ab_times_both_modes_and_counts_parting_replies(env, target_path, draft_path, suite, tmp_path):
+    out = tmp_path / "exact.json"
+    script(env, "tests.bench.exact_ab", "--target", target_path, "--draft", draft_path, "--prompts", suite,
+           "--category", "copy", "--drafters", "none,ngram", "--tokens", 8, "--rounds", 1, "--heldout", 2,
+           "--heldout-tokens", 8, "--threads", 1, "--json", out)
+    result = json.loads(out.read_text())
+    assert list(result["speed"]) == [f"{p}/{d}" for p in ("code-write", "code-edit", "copy-1") for d in ("none", "ngram")]
+    for ab in result["speed"].values():
+        check_ab(ab, ["exact"], 1)
+    assert result["exact_rows"] >= 1
+    assert result["parting"] == {"prompts": 2, "default": {"ngram": result["parting"]["default"]["ngram"]},
+                                 "exact": {"ngram": 0}}
+
+
 def test_startup_times_every_phase_and_process(env, target_path, draft_path, tmp_path):
     out = tmp_path / "startup.json"
     script(env, "tests.bench.startup", "--target", target_path, "--draft", draft_path, "--rounds", 1,
@@ -287,8 +301,8 @@ def test_bad_arguments_fail_before_any_work(env, name, args, says):
 
 
 def test_every_script_documents_its_arguments(env):
-    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "host_time", "infill_ab", "replay", "rpc_ab",
-                 "server_ab", "startup"):
+    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "exact_ab", "host_time", "infill_ab", "replay",
+                 "rpc_ab", "server_ab", "startup"):
         r = script(env, f"tests.bench.{name}", "--help", timeout=60)
         assert r.stdout.startswith("usage:"), name
         assert f"python -m tests.bench.{name}" in (ROOT / "tests" / "bench" / "README.md").read_text(), name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .llama.backend import Model, ModelOptions, backend_name, supports_gpu_offload
 from .controller import Controller
-from .llama.calibrate import cached_costs
+from .llama.calibrate import cached_costs, cached_exact_rows
 from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import Engine
 from .errors import SpecgenError
@@ -43,6 +43,8 @@ class EngineOptions:
     """llama.cpp RPC workers (HOST:PORT) that hold the target's offloaded layers."""
     draft_rpc: tuple[str, ...] = ()
     """Workers for the draft model; by default it stays on this machine."""
+    exact: bool = False
+    """Decode so that greedy output does not depend on batch shape or cache reuse (Context)."""
 
     def check(self) -> list[str]:
         """Refuse what makes no sense before anything loads; clamp what is merely too large.
@@ -129,7 +131,9 @@ def load_engine(opts: EngineOptions) -> Engine:
     # steps, not from runs with `ngram` at a fixed length (bench, chat's /drafter) drafting far more.
     drafters["auto"] = AutoDrafter(controller, NgramDrafter(piece=target.piece), drafters.get("model"))
     engine = Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
-                    draft_model=draft_model, drafters=drafters)
+                    draft_model=draft_model, drafters=drafters, exact=opts.exact)
+    if opts.exact:
+        engine.ctx.exact_rows = cached_exact_rows(engine.ctx)
     if opts.calibrate and drafter_name != "none":
         model = drafters.get("model")
         verify, per_token = cached_costs(engine.ctx, model.ctx if model else None)

@@ -251,13 +251,16 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
 class Engine:
     def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
                  n_threads: int | None = None, controller: Controller | None = None,
-                 draft_model: Model | None = None, drafters: dict[str, Drafter] | None = None):
+                 draft_model: Model | None = None, drafters: dict[str, Drafter] | None = None,
+                 exact: bool = False):
         self.target = target
         self.draft_model = draft_model
         self.drafter = drafter
         # Every drafter this engine can switch to (chat's /drafter), by name.
         self.drafters: dict[str, Drafter] = {**(drafters or {}), drafter.name: drafter}
-        self.ctx = Context(target, n_ctx, n_threads)
+        self.ctx = Context(target, n_ctx, n_threads, exact=exact)
+        self.exact = exact
+        """Generations decode exactly unless told otherwise (see Context)."""
         self.n_ctx = self.ctx.n_ctx
         self.controller = controller or Controller()
         self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
@@ -308,7 +311,7 @@ class Engine:
                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                  ignore_eos: bool = False, grammar: str | None = None,
                  logprobs: int | None = None, lines: Lines | None = None,
-                 sources: Sequence[Sequence[int]] = ()) -> Iterator[Event]:
+                 sources: Sequence[Sequence[int]] = (), exact: bool | None = None) -> Iterator[Event]:
         """Generate up to *max_tokens* after *prompt*, as a stream of events.
 
         *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
@@ -318,7 +321,9 @@ class Engine:
         on each Step the emitted tokens' logprobs with that many alternatives.
         *lines* ends the reply at a line an editor does not want (outside the block, past a
         line count or a time budget): stop reason "block" or "limit".  *sources* are token
-        sequences besides the prompt that the reply may copy (see Drafter.prefill).
+        sequences besides the prompt that the reply may copy (see Drafter.prefill).  *exact* (None: as
+        the engine was built) makes the reply at temperature 0 the same token for token whatever the
+        drafter and whatever prefix the cache held; it needs an engine built with exact=True.
         """
         check_count("max_tokens", max_tokens)
         sampling.check()
@@ -327,6 +332,7 @@ class Engine:
         if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
                                          and 0 <= logprobs <= MAX_LOGPROBS):
             raise SpecgenError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {logprobs!r}")
+        self.ctx.set_exact(self.exact if exact is None else exact)
         # Freed with this generator (its only reference), however the caller stops reading.
         rules = Grammar(self.target, grammar) if grammar is not None else None
         self._banned = self.target.eog_tokens if ignore_eos else None
@@ -387,7 +393,7 @@ class Engine:
     def _prefill(self, tokens: list[int]) -> int:
         """Decode the prompt (all but its last token), reusing the cached prefix."""
         # ctx.n_past is the truth if an interrupt cut the last generation short.
-        keep = min(common_prefix(self._kv, tokens[:-1]), self.ctx.n_past)
+        keep = self.ctx.reusable(common_prefix(self._kv, tokens[:-1]))
         self.ctx.rollback_to(keep)
         self._kv = self._kv[:keep]
         self.ctx.decode(tokens[keep:-1], logits="none")

@@ -437,6 +437,7 @@ def pair_info(engine: Engine, spec: PairSpec) -> dict:
             "draft": model(engine.draft_model), "backend": describe_backend(engine),
             "threads": engine.ctx.n_threads, "n_ctx": engine.n_ctx, "use_mmap": o.use_mmap,
             "gpu_layers": o.gpu_layers, "draft_gpu_layers": o.draft_gpu_layers, "draft_p_min": o.draft_p_min,
+            "exact_rows": engine.ctx.exact_rows if engine.exact else None,
             "drafters": list(engine.drafters), "topology": topology(engine)}
 
 

@@ -70,6 +70,10 @@ class EngineFlags:
         help="RPC workers for the draft model (default: it stays on this machine).", rich_help_panel=M)] = None
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read weights into memory instead of mapping them.",
                                           rich_help_panel=M)] = False
+    exact: Annotated[bool, typer.Option(
+        "--exact", help="At temperature 0, the same output token for token whatever the drafter, batch shape or "
+                        "cached prefix (KV cache in q8_0, batches cut to the rows this model's kernels compute as "
+                        "a lone row; see README).", rich_help_panel=D)] = False
     temperature: Annotated[float, typer.Option(help="0 is greedy (exactly the target's argmax).",
                                                rich_help_panel=S)] = 0.0
     top_k: Annotated[int, typer.Option(rich_help_panel=S)] = 40
@@ -126,7 +130,7 @@ class EngineFlags:
             target=target, draft=draft, drafter=drafter, draft_max=draft_max,
             draft_p_min=self.draft_p_min, n_ctx=DEFAULT_CTX if self.ctx is None else self.ctx, threads=self.threads,
             gpu_layers=self.gpu_layers, draft_gpu_layers=self.draft_gpu_layers, use_mmap=not self.no_mmap,
-            rpc=rpc, draft_rpc=draft_rpc)
+            rpc=rpc, draft_rpc=draft_rpc, exact=self.exact)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,

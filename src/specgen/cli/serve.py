@@ -60,7 +60,8 @@ def serve(
                               api_key=key, queue=queue, sampling=sampling)
         names = " + ".join([Path(opts.target).stem] + ([Path(opts.draft).stem] if config.draft else []))
         ctx = f"ctx {engine.n_ctx}" + (f" ({sized.why})" if sized is not None else "")
-        about = f"{names}, drafter {engine.drafter.name}, {ctx}, {describe_backend(engine)}"
+        exact = f", exact ({engine.ctx.exact_rows} rows a call)" if engine.exact else ""
+        about = f"{names}, drafter {engine.drafter.name}, {ctx}{exact}, {describe_backend(engine)}"
         serve_forever(engine, config, host, port, view, about)
     finally:
         engine.close()

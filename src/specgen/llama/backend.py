@@ -280,10 +280,28 @@ class DecodeClock:
 decode_clock = DecodeClock()
 
 
-class Context(_Owned):
-    """One llama.cpp context (KV cache) for a model, sequence 0 only."""
+EXACT_CHUNK = 64
+"""In exact mode a prompt is decoded in chunks aligned to multiples of this many positions, and a cached
+prefix is reused only up to such a multiple: a token's KV entries are then computed in a batch of the same
+shape whatever the cache held before (64-token chunks cost 2-8% of prompt speed against 512 on a 2-core CPU,
+and each reuse recomputes at most 63 tokens)."""
 
-    def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None, n_batch: int = 512):
+
+class Context(_Owned):
+    """One llama.cpp context (KV cache) for a model, sequence 0 only.
+
+    *exact* makes decoding independent of batch shape, as far as this build allows: llama.cpp's CPU kernels
+    pick a path by the number of rows in a call (repacked weights take a 4-row GEMM from 4 rows up and a GEMV
+    below; K-quant weights without repacking a tiled kernel from 8 rows up; flash attention over an f16 cache
+    a KV-split path for one row past 512 cells and a tiled one from 64 rows), and each path rounds its sums
+    in its own order.  So an exact context keeps its cache in q8_0 (flash attention then computes every row
+    alone, the same way), cuts every batch that returns logits into calls of at most `exact_rows` rows (the
+    most that this model's kernels compute exactly as a lone row: `calibrate.cached_exact_rows` measures it)
+    and decodes prompts in EXACT_CHUNK-aligned chunks.
+    """
+
+    def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None, n_batch: int = 512,
+                 exact: bool = False):
         lib = self._lib = model._lib
         self.model = model
         cp = lib.llama_context_default_params()
@@ -294,6 +312,10 @@ class Context(_Owned):
         cp.n_threads = cp.n_threads_batch = threads
         self.n_threads = threads
         cp.no_perf = True
+        self.exact_capable = exact
+        if exact:
+            cp.type_k = cp.type_v = lib.GGML_TYPE_Q8_0
+            cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
         with interrupts.deferred():
             self.ptr = lib.llama_init_from_model(model.ptr, cp)
         if not self.ptr:
@@ -305,11 +327,47 @@ class Context(_Owned):
         self._n_vocab = model.n_vocab
         self.n_past = 0  # tokens whose KV entries are in the cache
         self._rows_offset = 0
+        self.exact = exact
+        """Decode exactly now (an exact-capable context may decode a request the fast way)."""
+        self.exact_rows = 1
+        """The most rows an exact call may hold; 1 (always safe) until measured."""
+        self.aligned = 0
+        """Positions below this (a multiple of EXACT_CHUNK) were decoded by exact prompt passes in whole
+        aligned chunks: the only cached entries an exact prefill may reuse."""
+        self._gathered: np.ndarray | None = None  # an exact verify's rows, gathered from its calls
+        self._gathered_rows = 0
 
     def _free(self) -> None:
         if hasattr(self, "_batch"):
             self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self.ptr)
+
+    def set_exact(self, exact: bool) -> None:
+        if exact and not self.exact_capable:
+            raise SpecgenError("exact decoding needs a context created for it (its KV cache in q8_0): start "
+                               "with --exact")
+        self.exact = exact
+
+    def reusable(self, n: int) -> int:
+        """How much of a cached prefix of *n* matching tokens the next prompt pass may keep."""
+        n = min(n, self.n_past)
+        return min(n, self.aligned) // EXACT_CHUNK * EXACT_CHUNK if self.exact else n
+
+    def _calls(self, n: int, logits: str) -> list[int]:
+        """Sizes of the llama_decode calls that decode *n* tokens from n_past."""
+        if n <= 0:
+            return []
+        if not self.exact:
+            step = self.n_batch
+        elif logits == "all":
+            step = self.exact_rows
+        else:  # a prompt pass: chunks that start and end on multiples of EXACT_CHUNK, but for the last
+            first = -self.n_past % EXACT_CHUNK or EXACT_CHUNK
+            sizes = [min(first, n)]
+            while sum(sizes) < n:
+                sizes.append(min(EXACT_CHUNK, n - sum(sizes)))
+            return sizes
+        return [min(step, n - s) for s in range(0, n, step)]
 
     def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
         """Append *tokens* at positions n_past.. to the KV cache.
@@ -323,9 +381,15 @@ class Context(_Owned):
             raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
         start_past = self.n_past
         b = self._batch
+        calls = self._calls(len(tokens), logits)
+        gather = logits == "all" and len(calls) > 1
+        if gather and (self._gathered is None or len(self._gathered) < len(tokens)):
+            self._gathered = np.empty((len(tokens), self._n_vocab), dtype=np.float32)
+        self._gathered_rows = 0
         try:
-            for start in range(0, len(tokens), self.n_batch):
-                chunk = tokens[start:start + self.n_batch]
+            start = 0
+            for size in calls:
+                chunk = tokens[start:start + size]
                 last_chunk = start + len(chunk) == len(tokens)
                 for i, tok in enumerate(chunk):
                     b.token[i] = tok
@@ -340,20 +404,32 @@ class Context(_Owned):
                     decode_clock.seconds += time.perf_counter() - t0
                 if rc != 0:
                     raise ModelFault(f"llama_decode failed (code {rc}) at position {self.n_past}")
+                if gather:
+                    self._gathered[start:start + size] = np.ctypeslib.as_array(
+                        self._lib.llama_get_logits(self.ptr), shape=(size, self._n_vocab))
                 self.n_past += len(chunk)
                 self._rows_offset = start
+                start += size
         except BaseException:
             self.rollback_to(start_past)
             raise
+        self._gathered_rows = len(tokens) if gather else 0
+        if self.exact and logits != "all" and start_past == self.aligned:
+            self.aligned = self.n_past // EXACT_CHUNK * EXACT_CHUNK
 
     def logits_row(self, i: int) -> np.ndarray:
         """Row i of the last decode call's logits (-1: its last row), as a view into llama.cpp's buffer."""
+        if self._gathered_rows:
+            return self._gathered[i if i >= 0 else self._gathered_rows + i]
         ptr = self._lib.llama_get_logits_ith(self.ptr, i if i < 0 else i - self._rows_offset)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     def logits_rows(self, n: int) -> np.ndarray:
         """The rows of a decode call of at most n_batch tokens, all with logits: one (n, vocabulary) view
-        into llama.cpp's buffer, where a row at a time costs a call through ctypes each."""
+        into llama.cpp's buffer (or the copy an exact decode gathered from its calls), where a row at a time
+        costs a call through ctypes each."""
+        if self._gathered_rows:
+            return self._gathered[:n]
         assert self._rows_offset == 0 and n <= self.n_batch
         return np.ctypeslib.as_array(self._lib.llama_get_logits(self.ptr), shape=(n, self._n_vocab))
 
@@ -361,6 +437,7 @@ class Context(_Owned):
         """Drop KV entries at positions >= n (rejected draft tokens, an edited history)."""
         self._lib.llama_memory_seq_rm(self._mem, 0, n, -1)
         self.n_past = min(self.n_past, n)
+        self.aligned = min(self.aligned, n // EXACT_CHUNK * EXACT_CHUNK)
 
 
 def default_threads() -> int:

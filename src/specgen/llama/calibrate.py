@@ -6,7 +6,8 @@ are cheap on a GPU.  So at load we time one decode of n tokens for a few n
 (a few seconds for a 1.5B model on a CPU, far less on a GPU) and cache the
 result under the user's cache directory, keyed by the model file, the
 llama.cpp build, the settings that change speed and the RPC workers the
-model's layers live on.
+model's layers live on.  For --exact, likewise, how many rows one decode call may hold and still compute
+each row to the bit as it is computed alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..errors import is_finite_number
 from ..fileio import cache_dir, read_json_cache, write_json_cache
@@ -27,6 +30,7 @@ SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
 PREFIX = 64  # verify costs are taken at a realistic, not empty, context
 REPEATS = 3
 METHOD = 2  # how curves are measured: a change re-measures the ones cached by an older way
+EXACT_PROBE_ROWS = 16  # the widest exact call tried
 
 
 def cache_file() -> Path:
@@ -39,6 +43,8 @@ def _key(ctx: Context, what: str) -> str:
              ctx.n_threads, system_info(), __version__]
     if ctx.model.rpc:  # a curve measured over the network is never a local one, nor the other way round
         ident.append(list(ctx.model.rpc))
+    if ctx.exact:  # an exact context splits its batches: a curve of its own
+        ident.append(["exact", ctx.exact_rows if what != "exact-rows" else EXACT_PROBE_ROWS])
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
@@ -89,6 +95,46 @@ def measure_draft(ctx: Context, *, prefix: int = PREFIX) -> float:
         times.append(time.perf_counter() - t0)
     ctx.rollback_to(0)
     return statistics.median(times[1:])
+
+
+def measure_exact_rows(ctx: Context, *, most: int = EXACT_PROBE_ROWS, prefix: int = 32) -> int:
+    """The most rows a decode call may hold on this exact context and still give each row the logits, to the
+    bit, that it gets decoded alone: which kernels llama.cpp picks depends on the row count, so this is
+    measured, not known.  1 where even two rows part (every call then decodes one row: exact, but a draft
+    costs as much as the tokens it saves)."""
+    assert ctx.exact
+    toks = _filler(ctx, prefix + most)
+    ctx.rollback_to(0)
+    ctx.decode(toks[:prefix], logits="none")
+    alone = []
+    for t in toks[prefix:]:
+        ctx.decode([t], logits="all")
+        alone.append(ctx.logits_row(0).copy())
+    best, saved = 1, ctx.exact_rows
+    try:
+        for rows in range(2, most + 1):
+            ctx.exact_rows = rows  # the calls a verify of `most` rows makes: full ones and the rest
+            ctx.rollback_to(prefix)
+            ctx.decode(toks[prefix:], logits="all")
+            if not np.array_equal(ctx.logits_rows(most), np.stack(alone)):
+                break
+            best = rows
+    finally:
+        ctx.exact_rows = saved
+        ctx.rollback_to(0)
+    return best
+
+
+def cached_exact_rows(ctx: Context) -> int:
+    """`measure_exact_rows`, measured once per model file, build and machine."""
+    path = cache_file()
+    cache = read_json_cache(path, _valid) or {}
+    key = _key(ctx, "exact-rows")
+    got = cache.get(key)
+    if not (isinstance(got, int) and not isinstance(got, bool) and 1 <= got <= EXACT_PROBE_ROWS):
+        got = cache[key] = measure_exact_rows(ctx)
+        write_json_cache(path, cache)
+    return got
 
 
 def _seconds(x: Any) -> bool:

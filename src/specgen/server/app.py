@@ -171,7 +171,8 @@ class _Server:
     def _model(self) -> dict:
         c, eng = self.config, self.engine
         meta = {"target": str(c.target), "draft": str(c.draft) if c.draft else None,
-                "drafter": self.worker.default_drafter, "drafters": sorted(eng.drafters), "n_ctx": eng.n_ctx}
+                "drafter": self.worker.default_drafter, "drafters": sorted(eng.drafters), "n_ctx": eng.n_ctx,
+                "exact": eng.exact}
         return {"id": c.model_id, "object": "model", "created": self.created, "owned_by": "specgen", "meta": meta}
 
     # -- errors ---------------------------------------------------------------------------------
@@ -256,6 +257,9 @@ class _Server:
                 fim_tokens(self.engine.target)
             except NoInfill as e:
                 raise APIError(400, str(e), code="infill_unsupported") from None
+        if req.exact and not self.engine.ctx.exact_capable:
+            raise APIError(400, "exact decoding was asked for, but this server was started without --exact",
+                           param="exact")
         if req.drafter is not None and req.drafter not in self.engine.drafters:
             raise APIError(400, f"drafter {req.drafter!r} is not available; choose one of "
                                 f"{', '.join(sorted(self.engine.drafters))}", param="drafter")

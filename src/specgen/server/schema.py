@@ -84,6 +84,8 @@ class GenRequest:
     """'server': the server's setting; None: sized each step; n: a fixed cap."""
     ignore_eos: bool = False
     cache_prompt: bool = True
+    exact: bool | None = None
+    """None: as the server was started (--exact); True needs a server started so."""
     model: str = ""
     tools: tuple[dict, ...] = ()
     """OpenAI chat tools ({"type": "function", "function": {name, description?, parameters?}})."""
@@ -234,7 +236,7 @@ def _common(body: dict, defaults: SamplingParams, kind: str) -> dict:
                 lines=_lines(body) if kind != "chat" else None,
                 stream=stream, include_usage=include_usage, drafter=drafter, draft_max=draft_max,
                 ignore_eos=bool(_bool(body, "ignore_eos")),
-                cache_prompt=_bool(body, "cache_prompt") is not False,
+                cache_prompt=_bool(body, "cache_prompt") is not False, exact=_bool(body, "exact"),
                 grammar=_grammar(body), logprobs=_logprobs(body, kind))
 
 

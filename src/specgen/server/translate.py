@@ -9,7 +9,8 @@ from typing import Any
 from ..sampling import SamplingParams
 from .schema import APIError, GenRequest, parse_chat
 
-EXTENSIONS = ("drafter", "draft_max", "top_k", "min_p", "repeat_penalty", "seed", "ignore_eos", "cache_prompt")
+EXTENSIONS = ("drafter", "draft_max", "top_k", "min_p", "repeat_penalty", "seed", "ignore_eos", "cache_prompt",
+              "exact")
 """Fields every API takes as the chat API does: specgen's own, and llama-server's sampling extras."""
 
 

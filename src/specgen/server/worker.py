@@ -282,7 +282,7 @@ class Worker:
         max_tokens = r.max_tokens if r.max_tokens is not None else eng.n_ctx
         events = eng.generate(tokens, max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
                               ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs, lines=r.lines,
-                              sources=self.copy_sources(r))
+                              sources=self.copy_sources(r), exact=r.exact)
         try:
             for ev in events:
                 meter.on(ev)
