@@ -121,12 +121,9 @@ def engines(target_path, draft_path):
 @pytest.fixture(scope="module")
 def coder(coder_path, tmp_path_factory):
     """`specgen serve` on the Qwen2.5-Coder 0.5B model with a key: what the tool and agent API tests talk to."""
-    from server_helpers import KEY, start_server, stop_server
+    from server_helpers import KEY, serving
 
     log = tmp_path_factory.mktemp("serve-coder") / "server.log"
-    s = start_server(log, "--target", str(coder_path), "--ctx", "2048", "--drafter", "auto",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
+    with serving(log, "--target", str(coder_path), "--ctx", "2048", "--drafter", "auto",
+                 env={"SPECGEN_API_KEY": KEY}) as s:
         yield s
-    finally:
-        stop_server(s.proc)

@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import openai
@@ -80,6 +82,16 @@ def start_server(log: Path, *args: str, env: dict | None = None) -> Server:
         time.sleep(0.1)
     stop_server(proc)
     raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+@contextmanager
+def serving(log: Path, *args: str, env: dict | None = None) -> Iterator[Server]:
+    """A server for the block (a fixture's yield): `start_server`, stopped however the block ends."""
+    s = start_server(log, *args, env=env)
+    try:
+        yield s
+    finally:
+        stop_server(s.proc)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

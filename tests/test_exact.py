@@ -16,7 +16,7 @@ from specgen.llama.backend import EXACT_CHUNK
 from specgen.llama.chat_template import chat_tokens, messages_for
 
 from engine_helpers import run
-from server_helpers import KEY, start_server, stop_server
+from server_helpers import KEY, serving
 
 N_TOKENS = 48
 MODULE = (Path(__file__).parent / "bench" / "inventory.py").read_text().splitlines()
@@ -138,12 +138,9 @@ def test_exact_needs_an_exact_engine(exact_engine, target_path):
 @pytest.fixture(scope="module")
 def exact_server(target_path, draft_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-exact") / "server.log"
-    s = start_server(log, "--target", str(target_path), "--draft", str(draft_path), "--ctx", "1024", "--exact",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
+    with serving(log, "--target", str(target_path), "--draft", str(draft_path), "--ctx", "1024", "--exact",
+                 env={"SPECGEN_API_KEY": KEY}) as s:
         yield s
-    finally:
-        stop_server(s.proc)
 
 
 def test_exact_server_reply_is_the_same_whatever_the_cache_held(exact_server):
@@ -179,9 +176,6 @@ def test_exact_asked_of_a_server_started_without_it(server_without_exact):
 @pytest.fixture(scope="module")
 def server_without_exact(target_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-fast") / "server.log"
-    s = start_server(log, "--target", str(target_path), "--ctx", "1024", "--drafter", "ngram",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
+    with serving(log, "--target", str(target_path), "--ctx", "1024", "--drafter", "ngram",
+                 env={"SPECGEN_API_KEY": KEY}) as s:
         yield s
-    finally:
-        stop_server(s.proc)

@@ -19,19 +19,16 @@ import pytest
 
 from cli_helpers import one_line_error
 
-from server_helpers import EXE, KEY, Server, start_server, stop_server
+from server_helpers import EXE, KEY, Server, serving, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def server(target_path, draft_path, tmp_path_factory):
     """The tiny pair with a key and a small context (so an over-long prompt is cheap to send)."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    s = start_server(log, "--target", str(target_path), "--draft", str(draft_path), "--ctx", "1024",
-                     env={"SPECGEN_API_KEY": KEY})
-    try:
+    with serving(log, "--target", str(target_path), "--draft", str(draft_path), "--ctx", "1024",
+                 env={"SPECGEN_API_KEY": KEY}) as s:
         yield s
-    finally:
-        stop_server(s.proc)
 
 
 def ask(client: openai.OpenAI, prompt: str, **kw) -> str:
@@ -405,11 +402,8 @@ def wait_for(pred, what: str, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def queue_server(target_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "queue.log"
-    s = start_server(log, "--target", str(target_path), "--queue", "1")
-    try:
+    with serving(log, "--target", str(target_path), "--queue", "1") as s:
         yield s
-    finally:
-        stop_server(s.proc)
 
 
 def health(server: Server) -> dict:
