@@ -67,6 +67,25 @@ def test_exact_greedy_output_equals_plain_on_every_builtin_bench_prompt(exact_en
     assert all(n > 0 for n in drafted.values()), drafted
 
 
+def test_exact_verify_cut_into_calls_gives_the_plain_reply(exact_engine):
+    """Where a model's kernels change path within a draft's width (3 rows for the 1.5B coder here), verify
+    batches are decoded in several calls and their rows gathered; the tiny model needs no cut, so force one."""
+    eng = exact_engine
+    measured = eng.ctx.exact_rows
+    prompt = chat_tokens(eng.target, messages_for(LONG))
+    try:
+        use(eng, "none")
+        plain, _ = run(eng, prompt, max_tokens=N_TOKENS)
+        eng.ctx.exact_rows = 2
+        use(eng, "ngram")
+        spec, _ = run(eng, prompt, max_tokens=N_TOKENS)
+    finally:
+        eng.ctx.exact_rows = measured
+        use(eng, "auto")
+    assert max(spec.draft_lengths, default=0) >= 2, "no verify batch needed a second call"
+    assert spec.tokens == plain.tokens
+
+
 def test_exact_reply_does_not_depend_on_the_cached_prefix(exact_engine):
     """The same prompt after caches holding other prefixes of it (a shorter one, one that parts mid-chunk,
     the prompt itself with its reply) gives the same reply as from an empty cache."""
