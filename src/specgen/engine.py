@@ -259,14 +259,17 @@ class Engine:
         # Every drafter this engine can switch to (chat's /drafter), by name.
         self.drafters: dict[str, Drafter] = {**(drafters or {}), drafter.name: drafter}
         self.ctx = Context(target, n_ctx, n_threads, exact=exact)
-        self.exact = exact
-        """Generations decode exactly unless told otherwise (see Context)."""
         self.n_ctx = self.ctx.n_ctx
         self.controller = controller or Controller()
         self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
         self._banned: np.ndarray | None = None
         self._rows = np.zeros((0, 0), dtype=np.float32)  # the last verify batch's logits, a row per token
         self._first_step = False
+
+    @property
+    def exact(self) -> bool:
+        """Generations decode exactly unless told otherwise (see Context)."""
+        return self.ctx.exact_capable
 
     def close(self) -> None:
         for d in self.drafters.values():

@@ -342,10 +342,14 @@ class Context(_Owned):
             self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self.ptr)
 
-    def set_exact(self, exact: bool) -> None:
+    def check_exact(self, exact: bool) -> None:
+        """Refuse exact decoding on a context not created for it."""
         if exact and not self.exact_capable:
             raise SpecgenError("exact decoding needs a context created for it (its KV cache in q8_0): start "
                                "with --exact")
+
+    def set_exact(self, exact: bool) -> None:
+        self.check_exact(exact)
         self.exact = exact
 
     def reusable(self, n: int) -> int:
@@ -355,19 +359,14 @@ class Context(_Owned):
 
     def _calls(self, n: int, logits: str) -> list[int]:
         """Sizes of the llama_decode calls that decode *n* tokens from n_past."""
-        if n <= 0:
-            return []
-        if not self.exact:
-            step = self.n_batch
-        elif logits == "all":
-            step = self.exact_rows
-        else:  # a prompt pass: chunks that start and end on multiples of EXACT_CHUNK, but for the last
-            first = -self.n_past % EXACT_CHUNK or EXACT_CHUNK
-            sizes = [min(first, n)]
-            while sum(sizes) < n:
-                sizes.append(min(EXACT_CHUNK, n - sum(sizes)))
-            return sizes
-        return [min(step, n - s) for s in range(0, n, step)]
+        start, end = self.n_past, self.n_past + n
+        if self.exact and logits != "all":  # a prompt pass: cut at multiples of EXACT_CHUNK
+            cuts = range(start // EXACT_CHUNK * EXACT_CHUNK + EXACT_CHUNK, end, EXACT_CHUNK)
+        else:
+            step = self.exact_rows if self.exact else self.n_batch
+            cuts = range(start + step, end, step)
+        edges = [start, *cuts, end] if n > 0 else []
+        return [b - a for a, b in zip(edges, edges[1:])]
 
     def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
         """Append *tokens* at positions n_past.. to the KV cache.

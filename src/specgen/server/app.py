@@ -257,9 +257,10 @@ class _Server:
                 fim_tokens(self.engine.target)
             except NoInfill as e:
                 raise APIError(400, str(e), code="infill_unsupported") from None
-        if req.exact and not self.engine.ctx.exact_capable:
-            raise APIError(400, "exact decoding was asked for, but this server was started without --exact",
-                           param="exact")
+        try:
+            self.engine.ctx.check_exact(bool(req.exact))
+        except SpecgenError as e:
+            raise APIError(400, str(e), param="exact") from None
         if req.drafter is not None and req.drafter not in self.engine.drafters:
             raise APIError(400, f"drafter {req.drafter!r} is not available; choose one of "
                                 f"{', '.join(sorted(self.engine.drafters))}", param="drafter")
