@@ -223,6 +223,31 @@ def test_infill_ab_measures_each_kind_on_every_arm(env, coder_path, tmp_path):
         assert all(arm["p50_s"] > 0 and ratio_ok(arm["vs_plain_specgen"]) for arm in kind.values())
 
 
+def test_parallel_ab_runs_every_client_count_on_each_configuration(env, target_path, draft_path, tmp_path):
+    out = tmp_path / "parallel.json"
+    r = script(env, "tests.bench.parallel_ab", "--target", target_path, "--draft", draft_path, "--configs",
+               "specgen-p1,specgen-p4-ngram", "--clients", "1,2", "--seconds", 4, "--max-tokens", 8, "--kinds", "chat",
+               "--ctx", 1024, "--threads", 1, "--json", out, timeout=600)
+    result = json.loads(out.read_text())
+    assert list(result["curve"]["seconds"]) == ["1", "2", "4", "8"] and ratio_ok(result["curve"]["goal_factor"])
+    assert list(result["runs"]) == ["specgen-p1", "specgen-p4-ngram"] and result["skipped"] == []
+    for config, runs in result["runs"].items():
+        assert list(runs) == ["1", "2"], config
+        for clients, got in runs.items():
+            assert got["tok_s"] > 0 and got["seconds"] == 4 and got["ttft_p50_s"] > 0, (config, got)
+            assert got["ttft_p95_s"] >= got["ttft_p50_s"] and got["cut"] <= int(clients)  # one in flight a client
+        assert sum(got["finished"] for got in runs.values()) >= 1
+        # Two clients start from their own places in the rotation: different prompts at the same time.
+        two = result["requests"][config]["2"]
+        assert {q["client"] for q in two} == {0, 1}
+        assert next(q for q in two if q["client"] == 0)["prompt"] != next(q for q in two if q["client"] == 1)["prompt"]
+    goals = result["goals"]
+    assert len(goals) == 4 and all(list(g["configs"]) == ["specgen-p4-ngram"] for g in goals.values())
+    assert ratio_ok(goals["1 client: tok/s / specgen-p1's"]["configs"]["specgen-p4-ngram"]["figure"])
+    assert goals["4 clients: tok/s / specgen-p1's"]["configs"]["specgen-p4-ngram"]["figure"] is None  # no 4 clients
+    assert "| specgen-p4-ngram | 2 |" in r.stdout and "c(n)/c(1)" in r.stdout
+
+
 def test_host_time_splits_each_step_into_its_parts(env, target_path, draft_path, tmp_path):
     out = tmp_path / "host.json"
     script(env, "tests.bench.host_time", "--target", target_path, "--draft", draft_path, "--lengths", "2",
@@ -293,6 +318,8 @@ def test_gpu_check_on_models_at_hand(env, target_path, draft_path, traces, tmp_p
     ("tests.bench.rpc_ab", ["--target", "t", "--draft", "d", "--configs", "model/3"], "unknown configuration"),
     ("tests.bench.server_ab", ["--target", "t", "--lines", "80"], "--lines takes MIN,MAX"),
     ("tests.bench.server_ab", ["--target", "t", "--sections", "edit,typo"], "unknown section 'typo'"),
+    ("tests.bench.parallel_ab", ["--configs", "specgen-p1,bogus"], "unknown configuration 'bogus'"),
+    ("tests.bench.parallel_ab", ["--clients", "1,x"], "--clients takes counts"),
     ("tests.device.gpu_check", ["--out", "x.json"], "--tokenizer is required"),
 ])
 def test_bad_arguments_fail_before_any_work(env, name, args, says):
@@ -301,8 +328,8 @@ def test_bad_arguments_fail_before_any_work(env, name, args, says):
 
 
 def test_every_script_documents_its_arguments(env):
-    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "exact_ab", "host_time", "infill_ab", "replay",
-                 "rpc_ab", "server_ab", "startup"):
+    for name in ("agent_loop", "auto_ab", "cold_ab", "engine_ab", "exact_ab", "host_time", "infill_ab",
+                 "parallel_ab", "replay", "rpc_ab", "server_ab", "startup"):
         r = script(env, f"tests.bench.{name}", "--help", timeout=60)
         assert r.stdout.startswith("usage:"), name
         assert f"python -m tests.bench.{name}" in (ROOT / "tests" / "bench" / "README.md").read_text(), name

@@ -205,31 +205,6 @@ def test_greedy_output_equals_specgen_run(server, target_path, draft_path):
     assert got.usage.completion_tokens == want["stats"]["generated_tokens"]
 
 
-def test_four_concurrent_clients_each_get_their_own_complete_answer(server):
-    prompts = [f"Write one sentence about the number {n}." for n in (3, 17, 42, 99)]
-    results: dict[str, object] = {}
-
-    def one(p: str) -> None:
-        try:
-            results[p] = server.client().chat.completions.create(
-                model="x", messages=[{"role": "user", "content": p}], max_tokens=20, temperature=0)
-        except Exception as e:  # reported by the assertion below
-            results[p] = e
-
-    threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    for p in prompts:
-        r = results[p]
-        assert not isinstance(r, Exception), r
-        alone = server.client().chat.completions.create(
-            model="x", messages=[{"role": "user", "content": p}], max_tokens=20, temperature=0)
-        assert r.choices[0].message.content == alone.choices[0].message.content
-        assert r.usage.completion_tokens == alone.usage.completion_tokens
-
-
 def test_a_growing_conversation_reuses_the_cached_prefix(server):
     client = server.client()
     msgs = [{"role": "system", "content": "You answer in one short sentence."},
@@ -375,7 +350,7 @@ def test_the_server_still_answers_after_all_that(server):
     assert "Traceback" not in server.log.read_text()
 
 
-# -- one engine, a bounded queue, disconnects, Ctrl+C ---------------------------------------------
+# -- one slot, a bounded queue, disconnects, Ctrl+C ------------------------------------------------
 
 LONG = {"model": "x", "messages": [{"role": "user", "content": "Tell me a very long story."}],
         "max_tokens": 3000, "temperature": 0, "stream": True, "ignore_eos": True, "drafter": "none"}
@@ -402,7 +377,7 @@ def wait_for(pred, what: str, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def queue_server(target_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "queue.log"
-    with serving(log, "--target", str(target_path), "--queue", "1") as s:
+    with serving(log, "--target", str(target_path), "--queue", "1", "--parallel", "1") as s:
         yield s
 
 
@@ -466,6 +441,10 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess:
 def test_bad_flags_are_one_line(target_path):
     assert "--port" in one_line_error(serve_cli("--target", str(target_path), "--port", "70000"))
     assert "--queue" in one_line_error(serve_cli("--target", str(target_path), "--queue", "-1"))
+    assert "--parallel" in one_line_error(serve_cli("--target", str(target_path), "--parallel", "0"))
+    assert "--cache-ram" in one_line_error(serve_cli("--target", str(target_path), "--cache-ram", "-1"))
+    line = one_line_error(serve_cli("--target", str(target_path), "--exact", "--parallel", "2"))
+    assert "--exact" in line and "--parallel" in line
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -596,7 +575,8 @@ def test_retry_after_is_the_running_reply_s_tokens_to_come_at_its_rate():
 
 
 def test_queue_0_serves_one_and_refuses_the_next_with_a_retry_after(target_path, tmp_path):
-    s = start_server(tmp_path / "q0.log", "--target", str(target_path), "--queue", "0", "--ctx", "4096")
+    s = start_server(tmp_path / "q0.log", "--target", str(target_path), "--queue", "0", "--ctx", "4096",
+                     "--parallel", "1")
     try:
         assert ask(s.client(), "Say hi.", max_tokens=4)  # an idle server with no queue still serves
         conn, _ = open_stream(s, LONG)

@@ -10,17 +10,18 @@ from pathlib import Path
 from .llama.backend import Model, ModelOptions, backend_name, supports_gpu_offload
 from .controller import Controller
 from .llama.calibrate import cached_costs, cached_exact_rows
-from .drafters import AutoDrafter, Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from .drafters import ModelDrafter, drafter_set
 from .engine import Engine
 from .errors import SpecgenError
 from .llama.gguf import read_gguf
-from .llama.kvcache import ContextFit, fit_context, free_memory
+from .llama.kvcache import ContextFit, fit_context, fit_slots, free_memory
 from .llama.vocab import check_compatible
 from .fileio import human_size
-from .settings import check_draft, check_drafter, check_threads, parse_draft_max, uses_draft_model
+from .settings import (check_draft, check_drafter, check_parallel, check_threads, parse_draft_max,
+                       uses_draft_model)
 
 DEFAULT_CTX = 4096
-"""The context run, chat and bench get unless told; serve sizes its own (`serve_context`)."""
+"""The context run, chat and bench get unless told; serve sizes its own (`serve_layout`)."""
 
 
 @dataclass
@@ -45,6 +46,8 @@ class EngineOptions:
     """Workers for the draft model; by default it stays on this machine."""
     exact: bool = False
     """Decode so that greedy output does not depend on batch shape or cache reuse (Context)."""
+    parallel: int = 1
+    """Sequences the contexts hold, each up to n_ctx tokens: the server's slots."""
 
     def check(self) -> list[str]:
         """Refuse what makes no sense before anything loads; clamp what is merely too large.
@@ -69,6 +72,7 @@ class EngineOptions:
             if layers < -1:
                 raise SpecgenError(f"{{{field}}} must be -1 (all) or 0 or more, not {layers}")
         self.threads, notes = check_threads(self.threads)
+        check_parallel(self.parallel, self.exact)
         return notes
 
     def drafter_name(self) -> str:
@@ -96,14 +100,28 @@ def _pair_warnings(target: Path, draft: Path) -> list[str]:
     return []
 
 
-def serve_context(opts: EngineOptions) -> ContextFit:
-    """The context `serve` takes when --ctx is left out: a server's clients (coding agents) send whole files
-    and long conversations, so the target's trained context, as far as the KV caches fit in the memory they
-    will live in (the local GPUs' when the layers go there) beside the weights; never less than DEFAULT_CTX."""
+DEFAULT_PARALLEL = 4
+"""Slots `serve` opens unless told, as far as they fit: on a CPU, 4 rows cost 1.6-2.9 single rows, so four
+clients decoded together get far more tokens per second than four in turn; beyond that a batch's rows cost
+nearly their number."""
+
+
+def serve_layout(opts: EngineOptions, n_ctx: int | None, parallel: int | None) -> tuple[ContextFit | None, int]:
+    """The context per slot (None: *n_ctx* as given) and the slots `serve` takes, each as given or sized.
+
+    Left out, the context is the target's trained one as far as the KV caches fit in the memory they will
+    live in (the local GPUs' when the layers go there) beside the weights, never less than DEFAULT_CTX: a
+    server's clients (coding agents) send whole files and long conversations.  The slots are then as many
+    of that context as fit, at most DEFAULT_PARALLEL (one for --exact, which keeps one sequence)."""
     target = read_gguf(opts.target)
     drafts = [read_gguf(opts.draft)] if opts.draft is not None and uses_draft_model(opts.drafter_name()) else []
     on_gpu = not opts.rpc and opts.gpu_layers != 0 and supports_gpu_offload()
-    return fit_context(target, drafts, free_memory(on_gpu), DEFAULT_CTX)
+    memory = free_memory(on_gpu)
+    sized = fit_context(target, drafts, memory, DEFAULT_CTX, parallel or 1) if n_ctx is None else None
+    if parallel is None:
+        per_slot = sized.n_ctx if sized is not None else n_ctx
+        parallel = 1 if opts.exact else fit_slots(target, drafts, memory, per_slot, DEFAULT_PARALLEL)
+    return sized, parallel
 
 
 def load_engine(opts: EngineOptions) -> Engine:
@@ -119,19 +137,18 @@ def load_engine(opts: EngineOptions) -> Engine:
     target = Model(opts.target, ModelOptions(opts.gpu_layers, opts.use_mmap, rpc=opts.rpc), info=target_info)
     n_ctx = min(opts.n_ctx, target.n_ctx_train) if target.n_ctx_train > 0 else opts.n_ctx
     controller = Controller(fixed=opts.draft_max)
-    drafters: dict[str, Drafter] = {"none": NoDrafter(), "ngram": NgramDrafter(piece=target.piece)}
-    draft_model = None
+    draft_model = model_drafter = None
     if use_draft:
         draft_model = Model(opts.draft, ModelOptions(opts.draft_gpu_layers, opts.use_mmap,
                                                         rpc=opts.draft_rpc), info=draft_info)
         check_compatible(target, draft_model)
-        drafters["model"] = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
-                                         n_vocab=min(target.n_vocab, draft_model.n_vocab))
-    # auto copies with an n-gram drafter of its own: what it learns about copies comes from its own
-    # steps, not from runs with `ngram` at a fixed length (bench, chat's /drafter) drafting far more.
-    drafters["auto"] = AutoDrafter(controller, NgramDrafter(piece=target.piece), drafters.get("model"))
+        model_drafter = ModelDrafter(draft_model, n_ctx, opts.threads, p_min=opts.draft_p_min,
+                                     n_vocab=min(target.n_vocab, draft_model.n_vocab), n_seq=opts.parallel)
+    drafters = drafter_set(target.piece, controller, model_drafter)
     engine = Engine(target, drafters[drafter_name], n_ctx=n_ctx, n_threads=opts.threads, controller=controller,
-                    draft_model=draft_model, drafters=drafters, exact=opts.exact)
+                    draft_model=draft_model, drafters=drafters, exact=opts.exact, n_seq=opts.parallel)
+    engine.slot_drafters = lambda seq, ctl: drafter_set(target.piece, ctl,
+                                                        model_drafter.for_seq(seq) if model_drafter else None)
     if opts.exact:
         engine.ctx.exact_rows = cached_exact_rows(engine.ctx)
     if opts.calibrate and drafter_name != "none":

@@ -324,6 +324,8 @@ class Controller:
         self.acceptance = AcceptanceModel()
         self.auto_cap = cap
         self.set_fixed(fixed)
+        self.waiting = 1
+        """Sequences whose step waits on this one's drafting: 1, or the slots generating in the same batch."""
         # Per-position acceptance over the session (for display): drafted[i]
         # counts drafts that reached position i, accepted[i] those accepted there.
         self.position_drafted = [0] * self.MAX_CAP
@@ -340,6 +342,15 @@ class Controller:
         self.fixed = None if fixed is None else min(fixed, self.MAX_CAP)
         self.cap = self.fixed if self.fixed is not None else self.auto_cap
 
+    def draft_cost(self, drafter: str) -> float:
+        """Seconds a draft token of *drafter* costs the streams that wait for it: the sequences decoded in the
+        same batch (`waiting`) all wait while this one's drafter runs."""
+        return self.costs.draft_cost(drafter) * self.waiting
+
+    def catch_up_cost(self, drafter: str, behind: int) -> float:
+        """What a model drafter's catch-up costs the streams that wait for it (see draft_cost)."""
+        return self.costs.catch_up_cost(drafter, behind) * self.waiting
+
     def plain(self, spent: float = 0.0) -> Choice:
         return Choice(0, 1.0, spent + self.costs.verify_cost(1))
 
@@ -353,7 +364,7 @@ class Controller:
         confidences are already acceptance estimates (`Draft.calibrated`).
         """
         if spent is None:
-            spent = len(confidence) * self.costs.draft_cost(drafter)
+            spent = len(confidence) * self.draft_cost(drafter)
         if self.fixed is not None:
             n = min(self.fixed, len(confidence))
             return Choice(n, expected_tokens(confidence, n), spent + self.costs.verify_cost(n + 1))
@@ -376,12 +387,43 @@ class Controller:
         best = self.plain(spent)
         if len(survival) < 2:
             return best
-        first, one, t_d = survival[0], self.costs.verify_cost(1), self.costs.draft_cost(drafter)
+        first, one, t_d = survival[0], self.costs.verify_cost(1), self.draft_cost(drafter)
         for n, e in enumerate(_running_expected(survival[1: self.cap + 1]), start=1):
             c = Choice(0, 1.0 + first * e, spent + one + first * (self.costs.verify_cost(n + 1) + n * t_d))
             if c.rate > best.rate:
                 best = c
         return best
+
+    def share_batch(self, drafts: Sequence[tuple[str, Sequence[float], bool]], extra_rows: int = 0,
+                    spent: float = 0.0) -> list[int]:
+        """How many tokens of each draft to verify when several sequences share one batch (a server's slots).
+
+        Each draft is (drafter, confidences, calibrated), already cut to what pays for its sequence alone,
+        and each sequence's own row is in the batch whatever happens, as are *extra_rows* rows of prompts
+        being read.  The lengths maximise the batch's expected tokens per second, the sum of every
+        sequence's expected tokens over c(all rows) (+ *spent*, the drafting already done): the goodput
+        rule.  A draft row competes with other sequences' plain rows for the same batch, so where a wide
+        batch costs nearly its rows (a CPU) drafts shrink as sequences join.  Lengths grow greedily, each
+        time by the run of tokens that raises the rate most.
+        """
+        survival = [self.acceptance.survival(name, conf, calibrated) for name, conf, calibrated in drafts]
+        gains = [[1.0, *_running_expected(s)] for s in survival]  # expected tokens at each length
+        n = [0] * len(drafts)
+        rows, tokens = len(drafts) + extra_rows, float(len(drafts))
+        rate = tokens / (spent + self.costs.verify_cost(rows))
+        while True:
+            best = None
+            for i, g in enumerate(gains):
+                for m in range(n[i] + 1, len(g)):
+                    r = (tokens + g[m] - g[n[i]]) / (spent + self.costs.verify_cost(rows + m - n[i]))
+                    if r > rate and (best is None or r > best[2]):
+                        best = (i, m, r)
+            if best is None:
+                return n
+            i, m, rate = best
+            tokens += gains[i][m] - gains[i][n[i]]
+            rows += m - n[i]
+            n[i] = m
 
     def outlook(self, drafter: str, behind: int = 1) -> Choice:
         """The best draft a costly drafter is expected to offer before it drafts anything (n >= 1).
@@ -391,8 +433,8 @@ class Controller:
         A drafter *behind* the history (the text was copied meanwhile) first
         decodes what it missed, which is charged here too.
         """
-        spent = self.costs.catch_up_cost(drafter, behind)
-        t_d = self.costs.draft_cost(drafter)
+        spent = self.catch_up_cost(drafter, behind)
+        t_d = self.draft_cost(drafter)
         if self.fixed is not None:
             n = max(self.fixed, 1)
             return Choice(n, 1.0 + n, spent + self.costs.verify_cost(n + 1) + n * t_d)
@@ -435,7 +477,7 @@ class Controller:
             return False
         survival = self.acceptance.survival(drafter, confidence)
         best = self.best_length(drafter, confidence)
-        t_d = self.costs.draft_cost(drafter)
+        t_d = self.draft_cost(drafter)
         p_n = 1.0
         for c in survival:
             p_n *= c
@@ -450,8 +492,11 @@ class Controller:
 
     def observe(self, drafter: str, drafted: int, accepted: int, draft_seconds: float,
                 verify_seconds: float, confidence: Sequence[float] = (), caught_up: int = 0,
-                calibrated: bool = False) -> None:
-        self.costs.observe_verify(drafted + 1, verify_seconds)
+                calibrated: bool = False, priced: bool = True) -> None:
+        """One step's verdict.  *priced*: its verify time is the cost of its own batch (not of a batch shared
+        with other sequences, which `CostModel.observe_verify` is then told of once)."""
+        if priced:
+            self.costs.observe_verify(drafted + 1, verify_seconds)
         self.costs.observe_draft(drafter, drafted, draft_seconds, caught_up)
         if drafted and not calibrated:  # a calibrated drafter's confidence is never re-binned: nothing to learn
             self.acceptance.observe(drafter, confidence[:drafted], accepted)

@@ -252,19 +252,19 @@ class Engine:
     def __init__(self, target: Model, drafter: Drafter, *, n_ctx: int = 4096,
                  n_threads: int | None = None, controller: Controller | None = None,
                  draft_model: Model | None = None, drafters: dict[str, Drafter] | None = None,
-                 exact: bool = False):
+                 exact: bool = False, n_seq: int = 1):
         self.target = target
         self.draft_model = draft_model
         self.drafter = drafter
         # Every drafter this engine can switch to (chat's /drafter), by name.
         self.drafters: dict[str, Drafter] = {**(drafters or {}), drafter.name: drafter}
-        self.ctx = Context(target, n_ctx, n_threads, exact=exact)
+        self.ctx = Context(target, n_ctx, n_threads, exact=exact, n_seq=n_seq)
         self.n_ctx = self.ctx.n_ctx
         self.controller = controller or Controller()
-        self._kv: list[int] = []  # tokens whose KV entries are in self.ctx, in order
-        self._banned: np.ndarray | None = None
-        self._rows = np.zeros((0, 0), dtype=np.float32)  # the last verify batch's logits, a row per token
-        self._first_step = False
+        self._kv: list[int] = []  # tokens whose KV entries are in sequence 0 of self.ctx, in order
+        self.slot_drafters: Callable[[int, Controller], dict[str, Drafter]] | None = None
+        """A drafter set of its own for another sequence of the context and its controller (the server's
+        slots; see drafters.drafter_set)."""
 
     @property
     def exact(self) -> bool:
@@ -279,7 +279,7 @@ class Engine:
     def reset_cache(self) -> None:
         """Forget every cached prefix, so the next prompt is decoded in full (a cold start)."""
         self.ctx.rollback_to(0)
-        self._kv = []
+        del self._kv[:]
         for d in self.drafters.values():
             d.prefill([])
 
@@ -310,24 +310,55 @@ class Engine:
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
 
-    def generate(self, prompt: Sequence[int], *, max_tokens: int = 256,
-                 sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
-                 ignore_eos: bool = False, grammar: str | None = None,
-                 logprobs: int | None = None, lines: Lines | None = None,
-                 sources: Sequence[Sequence[int]] = (), exact: bool | None = None) -> Iterator[Event]:
-        """Generate up to *max_tokens* after *prompt*, as a stream of events.
+    def generate(self, prompt: Sequence[int], **options) -> Iterator[Event]:
+        """Generate after *prompt*, as a stream of events: the options are `Generation`'s."""
+        # The generation (its grammar's llama.cpp sampler among it) is freed with this generator, its only
+        # reference, however the caller stops reading.
+        gen = Generation(self, prompt, self._kv, self.drafter, **options)
+        self.ctx.decode(gen.unread, logits="none")
+        yield gen.read(len(gen.unread))
+        while (plan := gen.plan()) is not None:
+            self.ctx.decode(plan.tokens, logits="all", seq=gen.seq)
+            yield from gen.finish(plan, self.ctx.logits_rows(len(plan.tokens)))
+        yield from gen.end()
 
-        *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
-        for benchmarks that need a fixed length.  *grammar* (GBNF, from its rule
-        `root`) constrains every emitted token; the reply ends when it is complete
-        (then even under *ignore_eos*: nothing else may follow).  *logprobs* puts
-        on each Step the emitted tokens' logprobs with that many alternatives.
-        *lines* ends the reply at a line an editor does not want (outside the block, past a
-        line count or a time budget): stop reason "block" or "limit".  *sources* are token
-        sequences besides the prompt that the reply may copy (see Drafter.prefill).  *exact* (None: as
-        the engine was built) makes the reply at temperature 0 the same token for token whatever the
-        drafter and whatever prefix the cache held; it needs an engine built with exact=True.
-        """
+
+@dataclass
+class Plan:
+    """A step's draft, chosen and not yet verified: `tokens` go into the verify batch."""
+    draft: Draft
+    drafter: str
+    tokens: list[int]
+    started: float
+    drafted: float
+    """perf_counter when the step began and when its draft was ready."""
+    clock: tuple[float, float]
+    """decode_clock's seconds at those two moments."""
+
+
+class Generation:
+    """One reply on one sequence of the target's context, a step at a time: whoever drives it decodes what it
+    asks for (`unread`, then each `plan`'s tokens) and hands back the rows (Engine.generate for one, a
+    batch of slots for several).
+
+    *max_tokens* caps the reply.  *ignore_eos* bans end-of-generation tokens (as llama.cpp's --ignore-eos),
+    for benchmarks that need a fixed length.  *grammar* (GBNF, from its rule `root`) constrains every emitted
+    token; the reply ends when it is complete (then even under *ignore_eos*: nothing else may follow).
+    *logprobs* puts on each Step the emitted tokens' logprobs with that many alternatives.  *lines* ends the
+    reply at a line an editor does not want (outside the block, past a line count or a time budget): stop
+    reason "block" or "limit".  *sources* are token sequences besides the prompt that the reply may copy (see
+    Drafter.prefill).  *exact* (None: as the engine was built) makes the reply at temperature 0 the same token
+    for token whatever the drafter and whatever prefix the cache held; it needs an engine built with
+    exact=True.  *cached* lists the tokens whose KV entries sequence *seq* holds; the generation keeps it true.
+    *drafter* and *controller* (by default the engine's) are this sequence's own.
+    """
+
+    def __init__(self, engine: Engine, prompt: Sequence[int], cached: list[int], drafter: Drafter, *,
+                 seq: int = 0, controller: Controller | None = None, max_tokens: int = 256,
+                 sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (), ignore_eos: bool = False,
+                 grammar: str | None = None,
+                 logprobs: int | None = None, lines: Lines | None = None,
+                 sources: Sequence[Sequence[int]] = (), exact: bool | None = None):
         check_count("max_tokens", max_tokens)
         sampling.check()
         if lines is not None:
@@ -335,106 +366,132 @@ class Engine:
         if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
                                          and 0 <= logprobs <= MAX_LOGPROBS):
             raise SpecgenError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, not {logprobs!r}")
-        self.ctx.set_exact(self.exact if exact is None else exact)
-        # Freed with this generator (its only reference), however the caller stops reading.
-        rules = Grammar(self.target, grammar) if grammar is not None else None
-        self._banned = self.target.eog_tokens if ignore_eos else None
-        self._first_step = True
-        tokens = list(prompt)
-        if not tokens:
+        self.engine, self.target, self.ctx = engine, engine.target, engine.ctx
+        self.controller = controller or engine.controller
+        self.ctx.set_exact(engine.exact if exact is None else exact)
+        self.grammar = Grammar(self.target, grammar) if grammar is not None else None
+        self.banned = self.target.eog_tokens if ignore_eos else None
+        self.history = list(prompt)
+        if not self.history:
             raise SpecgenError("empty prompt")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflow(f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
+        if len(self.history) >= engine.n_ctx:
+            raise ContextOverflow(f"prompt is {len(self.history)} tokens but the context holds {engine.n_ctx}; "
                                   "shorten it or raise {n_ctx}")
-        rng = np.random.default_rng(sampling.seed)
-        summary = Summary(prompt_tokens=len(tokens))
+        self.seq, self.cached, self.drafter, self.sources = seq, cached, drafter, sources
+        self.max_tokens, self.sampling, self.logprobs = max_tokens, sampling, logprobs
+        self.rng = np.random.default_rng(sampling.seed)
+        self.summary = Summary(prompt_tokens=len(self.history))
+        self.text = TextStream(stop, lines)
+        self.priced = True
+        """Whether each step's verify time prices the controller's cost curve (not when the batch is shared)."""
+        self.done = False
+        self.ready = False
+        """Whether the prompt has been read (`read` gave the Prefill event), so steps may begin."""
+        self._rows = np.zeros((0, 0), dtype=np.float32)  # the last verify batch's logits, a row per token
+        self._first_step = True
+        self._started = time.perf_counter()
+        # Reuse the cached prefix; ctx.past is the truth if an interrupt cut the last generation short.
+        keep = self.ctx.reusable(common_prefix(cached, self.history[:-1]), seq)
+        self.ctx.rollback_to(keep, seq)
+        del cached[keep:]
+        self.summary.reused_tokens = keep
 
-        t0 = time.perf_counter()
-        summary.reused_tokens = self._prefill(tokens)
-        self.drafter.prefill(tokens, sources)
-        summary.prompt_seconds = time.perf_counter() - t0
-        yield Prefill(len(tokens) - summary.reused_tokens, summary.reused_tokens, summary.prompt_seconds)
+    @property
+    def unread(self) -> list[int]:
+        """Prompt tokens still to decode (all but its last, which the first verify batch holds)."""
+        return self.history[len(self.cached):-1]
 
-        history = tokens
-        text = TextStream(stop, lines)
-        t0 = time.perf_counter()
-        while True:
-            # Never draft past max_tokens or the context: every step emits accepted + 1.
-            room = min(max_tokens - summary.generated_tokens, self.n_ctx - len(history)) - 1
-            if room < 0:
-                summary.stop_reason = "max_tokens" if summary.generated_tokens >= max_tokens else "context"
-                break
-            emitted, step = self._step(history, room, sampling, rng, rules, logprobs)
-            t_text = time.perf_counter()
-            history.extend(emitted)
-            self._kv = history[:-1]
-            pieces = []
-            for i, tok in enumerate(emitted):
-                if self.target.is_eog(tok):
-                    summary.stop_reason = "eos"
-                    break
-                pieces += [Piece(piece, from_draft) for piece, from_draft in text.push(self.target.piece(tok),
-                                                                                        i < step.accepted)]
-                if text.stopped:
-                    summary.stop_reason, summary.stop_string = text.reason, text.matched
-                    break
-            summary.add(step)
-            step.host["text"] = time.perf_counter() - t_text
-            _count(summary.host_seconds, "text", step.host["text"])
-            yield from pieces
-            yield step
-            if summary.stop_reason == "eos" or text.stopped:
-                break
-        for piece, from_draft in text.flush():
-            yield Piece(piece, from_draft)
-        summary.decode_seconds = time.perf_counter() - t0
-        summary.costs = self.controller.explain()
-        summary.text = text.text
-        summary.tokens = history[len(prompt):]
-        yield summary
+    def read(self, n: int) -> Prefill | None:
+        """*n* more prompt tokens are in the cache: the Prefill event once the whole prompt is."""
+        self.cached += self.unread[:n]
+        if self.unread:
+            return None
+        self.ready = True
+        self.drafter.prefill(self.history, self.sources)
+        s = self.summary
+        s.prompt_seconds = time.perf_counter() - self._started
+        self._t_decode = time.perf_counter()
+        return Prefill(s.prompt_tokens - s.reused_tokens, s.reused_tokens, s.prompt_seconds)
 
-    def _prefill(self, tokens: list[int]) -> int:
-        """Decode the prompt (all but its last token), reusing the cached prefix."""
-        # ctx.n_past is the truth if an interrupt cut the last generation short.
-        keep = self.ctx.reusable(common_prefix(self._kv, tokens[:-1]))
-        self.ctx.rollback_to(keep)
-        self._kv = self._kv[:keep]
-        self.ctx.decode(tokens[keep:-1], logits="none")
-        self._kv = tokens[:-1]
-        return keep
-
-    def _step(self, history: list[int], room: int, params: SamplingParams, rng: np.random.Generator,
-              grammar: Grammar | None, logprobs: int | None) -> tuple[list[int], Step]:
-        """Draft, verify in one batch, accept, roll back."""
+    def plan(self) -> Plan | None:
+        """The next step's draft, or None when the reply is over."""
+        # Never draft past max_tokens or the context: every step emits accepted + 1.
+        s = self.summary
+        room = min(self.max_tokens - s.generated_tokens, self.engine.n_ctx - len(self.history)) - 1
+        if self.done or room < 0:
+            if not self.done:
+                s.stop_reason = "max_tokens" if s.generated_tokens >= self.max_tokens else "context"
+                self.done = True
+            return None
         c0, t0 = decode_clock.seconds, time.perf_counter()
-        draft, name = choose_draft(self.drafter, self.controller, history, room, params, rng, self.target.is_eog,
-                                   grammar)
-        c1, t1 = decode_clock.seconds, time.perf_counter()
-        self.ctx.decode([history[-1], *draft.tokens], logits="all")
+        draft, name = choose_draft(self.drafter, self.controller, self.history, room, self.sampling, self.rng,
+                                   self.target.is_eog, self.grammar)
+        return Plan(draft, name, [self.history[-1], *draft.tokens], t0, time.perf_counter(),
+                    (c0, decode_clock.seconds))
+
+    def cut(self, plan: Plan, n: int) -> None:
+        """Verify only the first *n* tokens of the plan's draft (a batch of slots could not afford more)."""
+        d = plan.draft
+        plan.draft = Draft(d.tokens[:n], d.q[:n] if d.q is not None else None, d.confidence[:n],
+                           calibrated=d.calibrated, offered=d.offered, caught_up=d.caught_up)
+        plan.tokens = plan.tokens[:n + 1]
+
+    def finish(self, plan: Plan, rows: np.ndarray) -> list[Event]:
+        """Accept from the verify batch's *rows*, roll back the rest: the step's text pieces and its Step."""
         c2, t2 = decode_clock.seconds, time.perf_counter()
-        self._rows = self.ctx.logits_rows(len(draft) + 1)
+        draft, name, t0, t1 = plan.draft, plan.drafter, plan.started, plan.drafted
+        self._rows = rows
         if self._first_step:
             # A file whose tensor bytes are garbage still loads; its logits are what give it away.
             self._first_step = False
-            if not np.isfinite(self.ctx.logits_row(0)).all():
+            if not np.isfinite(rows[0]).all():
                 raise ModelFault(f"{self.target.path.name}: the model produced invalid numbers (NaN or "
-                                   "infinity); the file may be corrupt, download it again")
+                                 "infinity); the file may be corrupt, download it again")
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
-        accepted, token = self._verify(draft, history, params, rng, grammar)
+        accepted, token = self._verify(draft)
         t3 = time.perf_counter()
-        self.ctx.rollback_to(len(history) + accepted)
+        self.ctx.rollback_to(len(self.history) + accepted, self.seq)
+        self.cached.append(self.history[-1])
+        self.cached += draft.tokens[:accepted]
         emitted = draft.tokens[:accepted] + [token]
         step.accepted, step.verify_seconds = accepted, t3 - t1
         self.controller.observe(name, step.drafted, accepted, step.draft_seconds, step.verify_seconds,
-                                draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated)
+                                draft.confidence, caught_up=draft.caught_up, calibrated=draft.calibrated,
+                                priced=self.priced)
+        (c0, c1) = plan.clock
         step.host = {"draft": (t1 - t0) - (c1 - c0), "batch": (t2 - t1) - (c2 - c1), "verify": t3 - t2,
                      "controller": time.perf_counter() - t3}
-        if logprobs is not None:  # after the timing: a pass over the vocabulary per token, no cost of drafting
-            step.logprobs = [self._logprob(i, tok, logprobs) for i, tok in enumerate(emitted)]
-        return emitted, step
+        if self.logprobs is not None:  # after the timing: a pass over the vocabulary per token, no cost of drafting
+            step.logprobs = [self._logprob(i, tok, self.logprobs) for i, tok in enumerate(emitted)]
+        t_text = time.perf_counter()
+        self.history += emitted
+        s, text, pieces = self.summary, self.text, []
+        for i, tok in enumerate(emitted):
+            if self.target.is_eog(tok):
+                s.stop_reason = "eos"
+                break
+            pieces += [Piece(piece, from_draft) for piece, from_draft in text.push(self.target.piece(tok),
+                                                                                    i < step.accepted)]
+            if text.stopped:
+                s.stop_reason, s.stop_string = text.reason, text.matched
+                break
+        s.add(step)
+        step.host["text"] = time.perf_counter() - t_text
+        _count(s.host_seconds, "text", step.host["text"])
+        self.done = s.stop_reason == "eos" or text.stopped
+        return [*pieces, step]
 
-    def _verify(self, draft: Draft, history: list[int], params: SamplingParams,
-                rng: np.random.Generator, grammar: Grammar | None) -> tuple[int, int]:
+    def end(self) -> list[Event]:
+        """The text held back (a possible stop string's start), then the Summary."""
+        out: list[Event] = [Piece(piece, from_draft) for piece, from_draft in self.text.flush()]
+        s = self.summary
+        s.decode_seconds = time.perf_counter() - self._t_decode
+        s.costs = self.controller.explain()
+        s.text = self.text.text
+        s.tokens = self.history[s.prompt_tokens:]
+        return [*out, s]
+
+    def _verify(self, draft: Draft) -> tuple[int, int]:
         """Rows 0..n of the verify batch judge draft tokens 1..n, row n gives the bonus token.
 
         Greedy: keep a draft token while it is the target's argmax.  Sampling:
@@ -443,6 +500,7 @@ class Engine:
         before it, so the output is exactly plain constrained decoding's; the grammar
         moves past each token as it is emitted, and no further.
         """
+        history, params, rng, grammar = self.history, self.sampling, self.rng, self.grammar
         if params.greedy and grammar is None and not params.looks_back:
             # The common case, in as few steps of Python as it takes: each runs with the caches the
             # verify batch just flushed, at several times its usual cost.
@@ -501,6 +559,6 @@ class Engine:
 
     def _row(self, i: int) -> np.ndarray:
         row = self._rows[i]
-        if self._banned is not None:
-            row[self._banned] = -np.inf  # llama.cpp's buffer; nobody else reads this row
+        if self.banned is not None:
+            row[self.banned] = -np.inf  # llama.cpp's buffer; nobody else reads this row
         return row

@@ -9,7 +9,7 @@ from typing import Mapping
 SETTINGS = ("target", "draft", "drafter", "draft_max", "n_ctx", "draft_p_min", "threads", "gpu_layers",
             "draft_gpu_layers", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
             "repeat_last_n", "frequency_penalty", "presence_penalty", "seed", "limit", "repeat", "pair",
-            "n_indent", "max_lines")
+            "n_indent", "max_lines", "parallel", "exact")
 """The settings an error message may name as `{field}`: EngineOptions and SamplingParams fields, a
 generation's max_tokens and line rules, a benchmark plan's limit and repeat, the pair whose models a
 command loads."""

@@ -76,3 +76,17 @@ def shown_draft_max(n: int | None) -> int | str:
     """A draft length as people read it and as files keep it: the number, or 'auto' (None: the controller
     sizes each draft); `parse_draft_max` reads it back."""
     return "auto" if n is None else n
+
+
+MAX_PARALLEL = 64
+"""Server slots at most: far beyond what a batch of them gains on one machine, and each holds a context."""
+
+
+def check_parallel(n: Any, exact: bool = False) -> int:
+    """Slots the server decodes together: 1 (one request at a time) to MAX_PARALLEL.  Exact decoding keeps
+    one sequence, whose batches never mix with another's."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARALLEL:
+        raise SpecgenError(f"{{parallel}} must be from 1 to {MAX_PARALLEL}, not {shorten(n)}")
+    if exact and n > 1:
+        raise SpecgenError("{exact} decodes one request at a time: leave out {parallel} or give 1")
+    return n

@@ -113,16 +113,22 @@ def make_task(problem: dict, kind: str, rng: random.Random) -> dict | None:
 
 
 class LlamaServer:
-    """llama-server on the target, plain or with its n-gram speculation."""
+    """llama-server on the target (`-lm none`: no mmap, greedy), plain or with speculation of *spec* type
+    (`--spec-type`, e.g. ngram-simple), with *parallel* slots of *ctx* tokens each."""
 
-    def __init__(self, exe: str, args: argparse.Namespace, ngram: bool, log: Path):
+    def __init__(self, exe: str, args: argparse.Namespace, log: Path, spec: str | None = None, parallel: int = 1,
+                 ctx: int = 4096):
         port = free_port()
-        cmd = [exe, "-m", args.target, "-lm", "none", "--port", str(port), "-c", "4096", "-np", "1",
-               "--temp", "0"]
+        cmd = [exe, "-m", args.target, "-lm", "none", "--port", str(port), "-c", str(ctx * parallel),
+               "-np", str(parallel), "--temp", "0"]
+        if parallel > 1:
+            # One pool of cells shared by the slots, each slot capped at ctx: how `specgen serve --parallel`
+            # keeps its cache, so that a batch over several slots is one call in both servers.
+            cmd += ["--kv-unified", "--kv-unified-per-slot", str(ctx)]
         if args.threads:
             cmd += ["-t", str(args.threads)]
-        if ngram:
-            cmd += ["--spec-type", "ngram-simple"]
+        if spec:
+            cmd += ["--spec-type", spec]
         self.log = log
         with open(log, "w") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -202,7 +208,8 @@ def main() -> None:
         clients.update({name: (s.client, name) for name in SPECGEN_ARMS})
         if args.llama_server:
             for name, ngram in zip(LLAMA_ARMS, (False, True)):
-                ls = LlamaServer(args.llama_server, args, ngram, log / f"{name.replace(' ', '-')}.log")
+                ls = LlamaServer(args.llama_server, args, log / f"{name.replace(' ', '-')}.log",
+                                 spec="ngram-simple" if ngram else None)
                 procs.append(ls)
                 clients[name] = (ls.client, None)
         arms = list(clients)

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx
 
@@ -73,12 +74,14 @@ def edit_messages(path: Path, change: str) -> list[dict]:
 
 
 class Server:
-    def __init__(self, args: argparse.Namespace, drafter: str, log: Path):
+    def __init__(self, args: argparse.Namespace, drafter: str, log: Path, extra: Sequence[str] = ()):
+        """`specgen serve` on a free loopback port, --no-mmap, with *extra* options after the usual ones."""
         cmd = [specgen_exe(), "serve", "--port", "0", "--no-mmap", "--target", args.target, "--drafter", drafter]
         if args.draft:
             cmd += ["--draft", args.draft]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        cmd += list(extra)
         self.log = log
         with open(log, "w") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)

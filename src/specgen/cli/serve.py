@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..build import describe_backend, serve_context
+from ..build import DEFAULT_PARALLEL, describe_backend, serve_layout
 from ..errors import SpecgenError
-from ..settings import check_given
+from ..settings import check_given, check_parallel
+from ..slots import DEFAULT_CACHE_MIB
 from . import app
 from .options import EngineFlags, engine_command, load
 
@@ -22,7 +23,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
     api_key: Annotated[Optional[str], typer.Option(
         help="Require 'Authorization: Bearer KEY' (default: $SPECGEN_API_KEY).", show_default=False)] = None,
-    queue: Annotated[int, typer.Option(help="Requests that may wait while one is served; more get 503.")] = 16,
+    queue: Annotated[int, typer.Option(help="Requests that may wait while the slots are busy; more get 503.")] = 16,
+    parallel: Annotated[Optional[int], typer.Option(
+        help=f"Slots: requests decoded together in one batch, each with its own cache of --ctx tokens "
+             f"(default: as many as fit in memory, at most {DEFAULT_PARALLEL}; 1 with --exact).",
+        show_default=False)] = None,
+    cache_ram: Annotated[int, typer.Option(
+        help="MiB of host memory for prompt prefixes pushed out of the slots, put back when their "
+             "conversation returns (0: none).")] = DEFAULT_CACHE_MIB,
     *,
     flags: EngineFlags,
 ) -> None:
@@ -37,6 +45,10 @@ def serve(
         raise SpecgenError(f"--port must be between 0 and 65535, not {port}")
     if queue < 0:
         raise SpecgenError(f"--queue must be 0 or more, not {queue}")
+    if cache_ram < 0:
+        raise SpecgenError(f"--cache-ram must be 0 or more (MiB), not {cache_ram}")
+    if parallel is not None:
+        check_parallel(parallel, flags.exact)
     # An empty --host would listen on every interface, an empty --api-key would let anyone in.
     check_given("--host", host)
     check_given("--api-key", api_key)
@@ -45,7 +57,7 @@ def serve(
         check_api_key(key, "--api-key" if api_key is not None else "SPECGEN_API_KEY")
     sampling = flags.sampling()
     opts = flags.engine_options()
-    sized = serve_context(opts) if flags.ctx is None else None
+    sized, opts.parallel = serve_layout(opts, flags.ctx, parallel)
     if sized is not None:
         opts.n_ctx = sized.n_ctx
     bind(host, port).close()  # a port in use should fail before the models load, not after
@@ -57,9 +69,11 @@ def serve(
     try:
         config = ServerConfig(model_id=flags.pair or Path(opts.target).stem, target=Path(opts.target),
                               draft=Path(opts.draft) if engine.draft_model is not None else None,
-                              api_key=key, queue=queue, sampling=sampling)
+                              api_key=key, queue=queue, sampling=sampling, parallel=opts.parallel,
+                              cache_bytes=cache_ram << 20)
         names = " + ".join([Path(opts.target).stem] + ([Path(opts.draft).stem] if config.draft else []))
         ctx = f"ctx {engine.n_ctx}" + (f" ({sized.why})" if sized is not None else "")
+        ctx += f", {opts.parallel} slot{'s' if opts.parallel != 1 else ''}"
         exact = f", exact ({engine.ctx.exact_rows} rows a call)" if engine.exact else ""
         about = f"{names}, drafter {engine.drafter.name}, {ctx}{exact}, {describe_backend(engine)}"
         serve_forever(engine, config, host, port, view, about)

@@ -59,7 +59,7 @@ class AutoDrafter:
                 ctl.costs.observe_catch_up(name, guess.caught_up, guess.catch_up_seconds)
             if guess.tokens:
                 # Both now carry the time the draft model took.
-                spent = len(guess) * ctl.costs.draft_cost(name)
+                spent = len(guess) * ctl.draft_cost(name)
                 mine = ctl.best_length(name, guess.confidence, spent, calibrated=guess.calibrated)
                 other = (ctl.best_length(self.ngram.name, copy.confidence, spent, calibrated=copy.calibrated)
                          if copy.tokens else None)
@@ -85,7 +85,7 @@ class AutoDrafter:
         if gain <= 0:
             return False
         self.missed += gain
-        return self.missed >= ctl.costs.catch_up_cost(name, self.model.behind(history))
+        return self.missed >= ctl.catch_up_cost(name, self.model.behind(history))
 
     def close(self) -> None:
         self.ngram.close()

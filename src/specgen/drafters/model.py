@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Sequence
 
 import numpy as np
 
-from ..llama.backend import Context, Model
+from ..llama.backend import Context, Model, SeqView
 from ..sampling import SamplingParams, distribution, sample
 from ..tokens import common_prefix
 from .base import Draft, KeepGoing
@@ -17,12 +18,19 @@ class ModelDrafter:
     name = "model"
 
     def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None,
-                 p_min: float = 0.0, n_vocab: int | None = None):
+                 p_min: float = 0.0, n_vocab: int | None = None, n_seq: int = 1):
         self.model = model
-        self.ctx = Context(model, n_ctx, n_threads)
+        self.ctx: Context | SeqView = Context(model, n_ctx, n_threads, n_seq=n_seq)
         self.p_min = p_min
         self.n_vocab = n_vocab or model.n_vocab  # ids shared with the target
         self.cached: list[int] = []  # tokens whose KV is in self.ctx
+
+    def for_seq(self, seq: int) -> ModelDrafter:
+        """A drafter of its own on sequence *seq* of this one's context (a server slot's)."""
+        assert isinstance(self.ctx, Context)
+        other = copy.copy(self)
+        other.ctx, other.cached = self.ctx.view(seq), []
+        return other
 
     def behind(self, history: Sequence[int]) -> int:
         """About how many tokens the next draft must first decode to catch up with *history*."""

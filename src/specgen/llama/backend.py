@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFault, SpecgenError
+from ..settings import check_parallel
 from . import rpc
 from .devices import local_gpus, null_terminated
 from .gguf import GGUFInfo, read_gguf
@@ -288,7 +289,8 @@ and each reuse recomputes at most 63 tokens)."""
 
 
 class Context(_Owned):
-    """One llama.cpp context (KV cache) for a model, sequence 0 only.
+    """One llama.cpp context (KV cache) for a model: *n_seq* sequences (the server's slots), each up to *n_ctx*
+    tokens; the methods' `seq` defaults to the only one a plain context has.
 
     *exact* makes decoding independent of batch shape, as far as this build allows: llama.cpp's CPU kernels
     pick a path by the number of rows in a call (repacked weights take a 4-row GEMM from 4 rows up and a GEMV
@@ -301,18 +303,22 @@ class Context(_Owned):
     """
 
     def __init__(self, model: Model, n_ctx: int, n_threads: int | None = None, n_batch: int = 512,
-                 exact: bool = False):
+                 exact: bool = False, n_seq: int = 1):
         lib = self._lib = model._lib
         self.model = model
         cp = lib.llama_context_default_params()
-        cp.n_ctx = n_ctx
+        # Sequences share one pool of cells (a unified cache): llama.cpp splits a batch over separate ones
+        # into a call per sequence, and a batch is worth having only as one call.
+        cp.n_ctx = n_ctx * n_seq
         cp.n_batch = cp.n_ubatch = self.n_batch = min(n_batch, n_ctx)
-        cp.n_seq_max = 1
+        cp.n_seq_max = self.n_seq = n_seq
+        cp.kv_unified = n_seq > 1
         threads = n_threads or default_threads()
         cp.n_threads = cp.n_threads_batch = threads
         self.n_threads = threads
         cp.no_perf = True
         self.exact_capable = exact
+        check_parallel(n_seq, exact)
         if exact:
             cp.type_k = cp.type_v = lib.GGML_TYPE_Q8_0
             cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -321,11 +327,13 @@ class Context(_Owned):
         if not self.ptr:
             raise SpecgenError(f"{model.path}: could not create a llama.cpp context of {n_ctx} tokens "
                                "(out of memory? try a smaller {n_ctx})")
-        self.n_ctx = int(lib.llama_n_ctx(self.ptr))
+        self.n_ctx = int(lib.llama_n_ctx(self.ptr)) // n_seq
+        """The most tokens one sequence may hold."""
         self._mem = lib.llama_get_memory(self.ptr)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._n_vocab = model.n_vocab
-        self.n_past = 0  # tokens whose KV entries are in the cache
+        self.past = [0] * n_seq
+        """Per sequence: tokens whose KV entries are in the cache (positions 0..past-1)."""
         self._rows_offset = 0
         self.exact = exact
         """Decode exactly now (an exact-capable context may decode a request the fast way)."""
@@ -352,14 +360,23 @@ class Context(_Owned):
         self.check_exact(exact)
         self.exact = exact
 
-    def reusable(self, n: int) -> int:
+    @property
+    def n_past(self) -> int:
+        """Tokens of sequence 0 in the cache (a context of one sequence has no other)."""
+        return self.past[0]
+
+    def view(self, seq: int) -> "SeqView":
+        """Sequence *seq* alone, with a one-sequence context's methods (a slot's draft model)."""
+        return SeqView(self, seq)
+
+    def reusable(self, n: int, seq: int = 0) -> int:
         """How much of a cached prefix of *n* matching tokens the next prompt pass may keep."""
-        n = min(n, self.n_past)
+        n = min(n, self.past[seq])
         return min(n, self.aligned) // EXACT_CHUNK * EXACT_CHUNK if self.exact else n
 
-    def _calls(self, n: int, logits: str) -> list[int]:
-        """Sizes of the llama_decode calls that decode *n* tokens from n_past."""
-        start, end = self.n_past, self.n_past + n
+    def _calls(self, n: int, logits: str, seq: int = 0) -> list[int]:
+        """Sizes of the llama_decode calls that decode *n* tokens from the sequence's end."""
+        start, end = self.past[seq], self.past[seq] + n
         if self.exact and logits != "all":  # a prompt pass: cut at multiples of EXACT_CHUNK
             cuts = range(start // EXACT_CHUNK * EXACT_CHUNK + EXACT_CHUNK, end, EXACT_CHUNK)
         else:
@@ -368,19 +385,39 @@ class Context(_Owned):
         edges = [start, *cuts, end] if n > 0 else []
         return [b - a for a, b in zip(edges, edges[1:])]
 
-    def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
-        """Append *tokens* at positions n_past.. to the KV cache.
+    def _room(self, seq: int, n: int) -> None:
+        if self.past[seq] + n > self.n_ctx:
+            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
+
+    def _fill(self, at: int, seq: int, tokens: Sequence[int], rows: bool, last: bool) -> None:
+        """Put *tokens* of *seq* into the batch from index *at*: all with logits (*rows*), or the last (*last*)."""
+        b, pos = self._batch, self.past[seq]
+        for i, tok in enumerate(tokens):
+            b.token[at + i] = tok
+            b.pos[at + i] = pos + i
+            b.n_seq_id[at + i] = 1
+            b.seq_id[at + i][0] = seq
+            b.logits[at + i] = rows or (last and i == len(tokens) - 1)
+
+    def _run(self) -> None:
+        with interrupts.deferred():
+            t0 = time.perf_counter()
+            rc = self._lib.llama_decode(self.ptr, self._batch)
+            decode_clock.seconds += time.perf_counter() - t0
+        if rc != 0:
+            raise ModelFault(f"llama_decode failed (code {rc})")
+
+    def decode(self, tokens: Sequence[int], logits: str = "last", seq: int = 0) -> None:
+        """Append *tokens* to sequence *seq* in the KV cache, at positions past[seq]...
 
         logits: "all" (one row per token, for verification), "last" or "none".
         Rows are then read with `logits_row(i)`, i counted within this call.
         All or nothing: on any error or interrupt the cache is rolled back to
         where it was, so callers' token bookkeeping stays true.
         """
-        if self.n_past + len(tokens) > self.n_ctx:
-            raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
-        start_past = self.n_past
-        b = self._batch
-        calls = self._calls(len(tokens), logits)
+        self._room(seq, len(tokens))
+        start_past = self.past[seq]
+        calls = self._calls(len(tokens), logits, seq)
         gather = logits == "all" and len(calls) > 1
         if gather and (self._gathered is None or len(self._gathered) < len(tokens)):
             self._gathered = np.empty((len(tokens), self._n_vocab), dtype=np.float32)
@@ -388,33 +425,57 @@ class Context(_Owned):
         try:
             start = 0
             for size in calls:
-                chunk = tokens[start:start + size]
-                last_chunk = start + len(chunk) == len(tokens)
-                for i, tok in enumerate(chunk):
-                    b.token[i] = tok
-                    b.pos[i] = self.n_past + i
-                    b.n_seq_id[i] = 1
-                    b.seq_id[i][0] = 0
-                    b.logits[i] = logits == "all" or (logits == "last" and last_chunk and i == len(chunk) - 1)
-                b.n_tokens = len(chunk)
-                with interrupts.deferred():
-                    t0 = time.perf_counter()
-                    rc = self._lib.llama_decode(self.ptr, b)
-                    decode_clock.seconds += time.perf_counter() - t0
-                if rc != 0:
-                    raise ModelFault(f"llama_decode failed (code {rc}) at position {self.n_past}")
+                last_chunk = start + size == len(tokens)
+                self._fill(0, seq, tokens[start:start + size], logits == "all", logits == "last" and last_chunk)
+                self._batch.n_tokens = size
+                self._run()
                 if gather:
                     self._gathered[start:start + size] = np.ctypeslib.as_array(
                         self._lib.llama_get_logits(self.ptr), shape=(size, self._n_vocab))
-                self.n_past += len(chunk)
+                self.past[seq] += size
                 self._rows_offset = start
                 start += size
         except BaseException:
-            self.rollback_to(start_past)
+            self.rollback_to(start_past, seq)
             raise
         self._gathered_rows = len(tokens) if gather else 0
         if self.exact and logits != "all" and start_past == self.aligned:
-            self.aligned = self.n_past // EXACT_CHUNK * EXACT_CHUNK
+            self.aligned = self.past[0] // EXACT_CHUNK * EXACT_CHUNK
+
+    def decode_batch(self, parts: Sequence[tuple[int, Sequence[int], bool]]) -> list[np.ndarray | None]:
+        """Several sequences' tokens in one llama_decode call: (seq, tokens, rows) each, at most n_batch tokens
+        in all (one part may hold more: it is decoded as `decode` would).  Returns, per part, its rows of logits (a view into llama.cpp's buffer, valid until the next
+        decode) when *rows*, else None.  All or nothing, as `decode`."""
+        if len(parts) == 1:  # one sequence decodes as it would alone (an exact context cuts its calls)
+            seq, tokens, rows = parts[0]
+            self.decode(tokens, "all" if rows else "none", seq)
+            return [self.logits_rows(len(tokens)) if rows else None]
+        total = sum(len(t) for _, t, _ in parts)
+        assert total <= self.n_batch and not self.exact, (total, self.n_batch)
+        at = 0
+        for seq, tokens, rows in parts:
+            self._room(seq, len(tokens))
+            self._fill(at, seq, tokens, rows, False)
+            at += len(tokens)
+        self._batch.n_tokens = total
+        before = list(self.past)
+        self._gathered_rows = self._rows_offset = 0
+        try:
+            self._run()
+        except BaseException:
+            for seq, n in enumerate(before):
+                self.rollback_to(n, seq)
+            raise
+        n_rows = sum(len(t) for _, t, rows in parts if rows)
+        buf = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ptr), shape=(n_rows, self._n_vocab)) \
+            if n_rows else None
+        out: list[np.ndarray | None] = []
+        row = 0
+        for seq, tokens, rows in parts:
+            self.past[seq] += len(tokens)
+            out.append(buf[row:row + len(tokens)] if rows else None)
+            row += len(tokens) if rows else 0
+        return out
 
     def logits_row(self, i: int) -> np.ndarray:
         """Row i of the last decode call's logits (-1: its last row), as a view into llama.cpp's buffer."""
@@ -432,11 +493,55 @@ class Context(_Owned):
         assert self._rows_offset == 0 and n <= self.n_batch
         return np.ctypeslib.as_array(self._lib.llama_get_logits(self.ptr), shape=(n, self._n_vocab))
 
+    def rollback_to(self, n: int, seq: int = 0) -> None:
+        """Drop sequence *seq*'s KV entries at positions >= n (rejected draft tokens, an edited history)."""
+        self._lib.llama_memory_seq_rm(self._mem, seq, n, -1)
+        self.past[seq] = min(self.past[seq], n)
+        if seq == 0:
+            self.aligned = min(self.aligned, n // EXACT_CHUNK * EXACT_CHUNK)
+
+    def save(self, seq: int) -> bytes:
+        """Sequence *seq*'s KV entries as bytes, for `load` into any sequence of this context later."""
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self.ptr, seq)
+        buf = (ctypes.c_uint8 * size)()
+        got = lib.llama_state_seq_get_data(self.ptr, buf, size, seq)
+        return bytes(memoryview(buf)[:got])
+
+    def load(self, seq: int, data: bytes, n_tokens: int) -> bool:
+        """Replace sequence *seq*'s entries with what `save` returned for *n_tokens* tokens; False when llama.cpp
+        refused them (no room), the sequence then empty."""
+        self.rollback_to(0, seq)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not self._lib.llama_state_seq_set_data(self.ptr, buf, len(data), seq):
+            self.rollback_to(0, seq)
+            return False
+        self.past[seq] = n_tokens
+        return True
+
+
+class SeqView:
+    """One sequence of a context, with the methods a one-sequence context offers (a slot's draft model)."""
+
+    def __init__(self, ctx: Context, seq: int):
+        self.ctx, self.seq = ctx, seq
+        self.n_ctx = ctx.n_ctx
+
+    @property
+    def n_past(self) -> int:
+        return self.ctx.past[self.seq]
+
+    def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
+        self.ctx.decode(tokens, logits, self.seq)
+
+    def logits_row(self, i: int) -> np.ndarray:
+        return self.ctx.logits_row(i)
+
     def rollback_to(self, n: int) -> None:
-        """Drop KV entries at positions >= n (rejected draft tokens, an edited history)."""
-        self._lib.llama_memory_seq_rm(self._mem, 0, n, -1)
-        self.n_past = min(self.n_past, n)
-        self.aligned = min(self.aligned, n // EXACT_CHUNK * EXACT_CHUNK)
+        self.ctx.rollback_to(n, self.seq)
+
+    def close(self) -> None:
+        pass  # the context's owner frees it
 
 
 def default_threads() -> int:

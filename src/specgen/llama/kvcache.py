@@ -86,23 +86,43 @@ class ContextFit:
     """Why this length, in a few words for the start-up line."""
 
 
-def fit_context(target: GGUFInfo, drafts: Sequence[GGUFInfo], memory: Memory | None, floor: int) -> ContextFit:
+def _kv_budget(target: GGUFInfo, drafts: Sequence[GGUFInfo], memory: Memory) -> tuple[int, int] | None:
+    """(bytes the KV caches may take, bytes a token takes in all of them), None when a shape is unknown."""
+    costs = [kv_bytes_per_token(m) for m in (target, *drafts)]
+    if None in costs:
+        return None
+    spare = memory.free - sum(m.size for m in (target, *drafts))
+    return int(max(spare, 0) * KV_SHARE), sum(c for c in costs if c is not None)
+
+
+def fit_slots(target: GGUFInfo, drafts: Sequence[GGUFInfo], memory: Memory | None, n_ctx: int, most: int) -> int:
+    """How many sequences of *n_ctx* tokens fit in *memory* beside the weights (each model keeps a KV cache
+    for each), from 1 to *most*; 1 when that cannot be known."""
+    budget = _kv_budget(target, drafts, memory) if memory is not None else None
+    if budget is None:
+        return 1
+    room, per_token = budget
+    return max(1, min(most, room // (per_token * n_ctx)))
+
+
+def fit_context(target: GGUFInfo, drafts: Sequence[GGUFInfo], memory: Memory | None, floor: int,
+                n_seq: int = 1) -> ContextFit:
     """The longest context worth giving by default: the target's trained length, cut to what fits in
     *memory* beside the weights of *target* and *drafts* (every model keeps its own KV cache of that
-    length), never below *floor* (the length the other commands use) nor above the trained length."""
+    length for each of *n_seq* sequences), never below *floor* (the length the other commands use) nor
+    above the trained length."""
     trained = target.metadata.get(f"{target.architecture}.context_length")
     if not isinstance(trained, int) or trained <= 0:
         return ContextFit(floor, f"{target.path.name} does not say its trained context")
     if trained <= floor:
         return ContextFit(trained, "the target's trained context")
-    costs = [kv_bytes_per_token(m) for m in (target, *drafts)]
-    if None in costs:
-        return ContextFit(floor, "the KV cache size of this architecture is unknown")
     if memory is None:
         return ContextFit(floor, "free memory is unknown")
-    per_token = sum(c for c in costs if c is not None)
-    spare = memory.free - sum(m.size for m in (target, *drafts))
-    fits = int(max(spare, 0) * KV_SHARE) // per_token // CTX_STEP * CTX_STEP
+    budget = _kv_budget(target, drafts, memory)
+    if budget is None:
+        return ContextFit(floor, "the KV cache size of this architecture is unknown")
+    room, per_token = budget
+    fits = room // (per_token * n_seq) // CTX_STEP * CTX_STEP
     if fits >= trained:
         return ContextFit(trained, "the target's trained context")
     room = f"{human_size(memory.free)} free {memory.where}, trained for {trained}"
@@ -111,4 +131,4 @@ def fit_context(target: GGUFInfo, drafts: Sequence[GGUFInfo], memory: Memory | N
     return ContextFit(fits, f"what fits in {room}")
 
 
-__all__ = ["ContextFit", "Memory", "fit_context", "free_memory", "kv_bytes_per_token"]
+__all__ = ["ContextFit", "Memory", "fit_context", "fit_slots", "free_memory", "kv_bytes_per_token"]

@@ -41,6 +41,7 @@ from .infill import InfillReply
 from .schema import APIError, GenRequest, parse_chat, parse_completion, parse_infill
 from .view import RequestRecord, View
 from .worker import Done, Failed, Job, QueueFull, Worker, retry_after
+from ..slots import Slot
 
 MAX_BODY = 8 << 20
 """Bytes; far above any prompt a context can hold, far below what would hurt the server."""
@@ -73,6 +74,10 @@ class ServerConfig:
     sampling: SamplingParams = SamplingParams()
     """Defaults for fields a request leaves out (the command's --temperature etc.)."""
     max_body: int = MAX_BODY
+    parallel: int = 1
+    """Slots: requests decoded together (the engine's context must hold as many sequences)."""
+    cache_bytes: int = 0
+    """Host memory for prefixes pushed out of the slots (0: none kept)."""
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -108,6 +113,7 @@ def create_app(engine: Engine, config: ServerConfig, view: View | None = None) -
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/metrics", server.metrics_text, methods=["GET"]),
+        Route("/slots", server.slots, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/models", server.models, methods=["GET"]),
         Route("/v1/models/{model:path}", server.model, methods=["GET"]),
@@ -138,7 +144,8 @@ class _Server:
     def __init__(self, engine: Engine, config: ServerConfig, view: View):
         self.engine, self.config, self.view = engine, config, view
         self.metrics = Metrics()
-        self.worker = Worker(engine, config.queue, on_done=lambda job, s, c: self.metrics.generation(s, c))
+        self.worker = Worker(engine, config.queue, on_done=lambda job, s, c: self.metrics.generation(s, c),
+                             parallel=config.parallel, cache_bytes=config.cache_bytes)
         self.created = int(time.time())
         self.tools: ToolFormat | None = tool_format(engine.target.chat_template())
         view.attach(self.worker, self.metrics, engine)
@@ -151,9 +158,18 @@ class _Server:
 
     async def metrics_text(self, request: Request) -> Response:
         self._check_key(request)
-        text = self.metrics.render(self.worker.waiting, self.worker.current is not None)
+        w = self.worker
+        text = self.metrics.render(w.waiting, len(w.running), w.parallel, w.slots.cache)
         self.metrics.request(_route(request), 200)
         return Response(text, media_type=CONTENT_TYPE)
+
+    async def slots(self, request: Request) -> Response:
+        """Each slot's state, in llama-server's shape (`id`, `is_processing`, `n_ctx`, `next_token`) for the
+        tools that monitor it, with specgen's figures beside."""
+        self._check_key(request)
+        self.metrics.request(_route(request), 200)
+        return JSONResponse([slot_state(slot, self.worker.running.get(slot.id), self.engine.n_ctx)
+                             for slot in self.worker.slots.slots])
 
     async def models(self, request: Request) -> Response:
         self._check_key(request)
@@ -172,7 +188,7 @@ class _Server:
         c, eng = self.config, self.engine
         meta = {"target": str(c.target), "draft": str(c.draft) if c.draft else None,
                 "drafter": self.worker.default_drafter, "drafters": sorted(eng.drafters), "n_ctx": eng.n_ctx,
-                "exact": eng.exact}
+                "exact": eng.exact, "parallel": self.worker.parallel}
         return {"id": c.model_id, "object": "model", "created": self.created, "owned_by": "specgen", "meta": meta}
 
     # -- errors ---------------------------------------------------------------------------------
@@ -188,7 +204,7 @@ class _Server:
         if e.status_code == 404:
             err = APIError(404, f"no such route: {request.method} {request.url.path}; this server offers "
                                 "/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages, "
-                                "/infill, /v1/models, /health and /metrics",
+                                "/infill, /v1/models, /slots, /health and /metrics",
                            code="unknown_url")
         elif e.status_code == 405:
             err = APIError(405, f"{request.method} is not allowed on {request.url.path}",
@@ -391,7 +407,7 @@ class _Server:
                                         error=error, cancelled=cancelled))
 
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/models", "/v1/models/{model:path}", "/models/{model:path}",
+ROUTES = ("/health", "/metrics", "/slots", "/v1/models", "/models", "/v1/models/{model:path}", "/models/{model:path}",
           "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/responses",
           "/responses", ANTHROPIC, f"{ANTHROPIC}/count_tokens")
 
@@ -401,6 +417,21 @@ def _route(request: Request) -> str:
     cannot grow the label set."""
     path = getattr(request.scope.get("route"), "path", request.url.path)
     return path if path in ROUTES else "other"
+
+
+def slot_state(slot: Slot, job: Job | None, n_ctx: int) -> dict:
+    """One slot as /slots shows it."""
+    m = job.meter if job is not None else None
+    s = m.summary if m is not None else None
+    out = {"id": slot.id, "is_processing": slot.gen is not None, "state": slot.state, "n_ctx": n_ctx,
+           "cached_tokens": len(slot.cached), "task_id": job.id if job else None,
+           "drafter": job.drafter if job else None,
+           "next_token": [{"n_decoded": s.generated_tokens if s else 0, "has_next_token": slot.gen is not None}]}
+    if job is not None and s is not None:
+        out.update(prompt_tokens=s.prompt_tokens, reused_tokens=s.reused_tokens, restored_tokens=slot.restored,
+                   generated_tokens=s.generated_tokens, tokens_per_second=round(m.window_tps, 2),
+                   acceptance_rate=round(s.acceptance_rate, 4))
+    return out
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:

@@ -42,7 +42,7 @@ class InfillReply:
             if not ev.text:
                 return []
             meter = self.job.meter
-            return [sse({"index": 0, "content": ev.text, "tokens": [], "stop": False, "id_slot": 0,
+            return [sse({"index": 0, "content": ev.text, "tokens": [], "stop": False, "id_slot": self.job.slot,
                          "tokens_predicted": meter.summary.generated_tokens if meter else 0,
                          "tokens_evaluated": self.job.prompt_tokens})]
         if isinstance(ev, End):
@@ -64,7 +64,8 @@ class InfillReply:
                     "n_indent": lines.n_indent if lines else 0,
                     "t_max_predict_ms": round(lines.seconds * 1e3) if lines and lines.seconds else -1,
                     "stop": list(self.req.stop)}
-        return {"index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True, "model": self.model,
+        return {"index": 0, "content": content, "tokens": [], "id_slot": self.job.slot, "stop": True,
+                "model": self.model,
                 "tokens_predicted": s.generated_tokens, "tokens_evaluated": s.prompt_tokens,
                 "generation_settings": settings, "prompt": "", "has_new_line": "\n" in s.text,
                 "truncated": s.stop_reason == "context", "stop_type": STOP_TYPE.get(s.stop_reason, "none"),

@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 
 from ..engine import Summary
+from ..slots import PromptCache
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,7 +47,9 @@ class Metrics:
                 self.total.merge(s)
                 self.finished += 1
 
-    def render(self, waiting: int, busy: bool) -> str:
+    def render(self, waiting: int, busy: int, slots: int = 1, cache: PromptCache | None = None) -> str:
+        """The text /metrics serves: *busy* of *slots* slots generating, *waiting* requests queued, and the host
+        prompt cache's size."""
         with self._lock:
             out: list[str] = []
 
@@ -70,7 +73,13 @@ class Metrics:
             metric("requests_cancelled_total", "counter", "Generations stopped because the client left.",
                    [("", self.cancelled)])
             metric("queue_waiting", "gauge", "Requests waiting for the engine.", [("", waiting)])
-            metric("busy", "gauge", "1 while a request is being generated.", [("", int(busy))])
+            metric("busy", "gauge", "1 while a request is being generated.", [("", int(busy > 0))])
+            metric("slots_busy", "gauge", "Slots generating a reply.", [("", busy)])
+            metric("slots", "gauge", "Slots: requests decoded together.", [("", slots)])
+            if cache is not None:
+                metric("prompt_cache_bytes", "gauge", "Host memory held by prefixes saved from the slots.",
+                       [("", cache.used)])
+                metric("prompt_cache_prefixes", "gauge", "Prefixes saved from the slots.", [("", len(cache))])
             out.append("# HELP specgen_request_seconds Generation request latency, arrival to last byte.")
             out.append("# TYPE specgen_request_seconds histogram")
             for le, n in zip(LATENCY_BUCKETS, self._buckets):

@@ -113,24 +113,34 @@ class LiveView(View):
     def __rich__(self) -> Group:
         return Group(self.header, self._now(), self._totals(), self._table())
 
-    def _now(self) -> Text:
+    def _now(self) -> Group:
+        """A line per slot: idle, or the request it serves and how fast; then the queue."""
         w = self.worker
-        job = w.current if w else None
-        waiting = f"   queue {w.waiting}/{w.queue_size}" if w else ""
-        if job is None or job.meter is None:
-            return Text(f"idle{waiting}", style="dim")
-        m = job.meter
-        s = m.summary
-        t = Text(f"serving #{job.id} ", style="bold")
-        t.append(f"{s.generated_tokens} tokens  {m.window_tps:.1f} tok/s (avg {m.avg_tps:.1f})")
-        if s.drafted:
-            t.append(f"  acceptance {s.acceptance_rate:.0%}")
-        step = m.last_step
-        if step is not None:
-            t.append(f"  drafter {step.drafter_used}, draft length {step.drafted}")
-        t.append(f"  prompt {m.summary.prompt_tokens} ({m.summary.reused_tokens} cached)", style="dim")
-        t.append(waiting, style="dim")
-        return t
+        if w is None:
+            return Group(Text("idle", style="dim"))
+        lines = []
+        for slot in w.slots.slots:
+            job = w.running.get(slot.id)
+            head = f"slot {slot.id} " if w.parallel > 1 else ""
+            if job is None or job.meter is None:
+                lines.append(Text(f"{head}idle ({len(slot.cached)} tokens cached)", style="dim"))
+                continue
+            m = job.meter
+            s = m.summary
+            t = Text(f"{head}serving #{job.id} ", style="bold")
+            if slot.state == "prompt":
+                t.append(f"reading the prompt ({len(slot.cached)}/{s.prompt_tokens})")
+            else:
+                t.append(f"{s.generated_tokens} tokens  {m.window_tps:.1f} tok/s (avg {m.avg_tps:.1f})")
+            if s.drafted:
+                t.append(f"  acceptance {s.acceptance_rate:.0%}")
+            step = m.last_step
+            if step is not None:
+                t.append(f"  drafter {step.drafter_used}, draft length {step.drafted}")
+            t.append(f"  prompt {s.prompt_tokens} ({s.reused_tokens} cached)", style="dim")
+            lines.append(t)
+        lines.append(Text(f"queue {w.waiting}/{w.queue_size}", style="dim"))
+        return Group(*lines)
 
     def _totals(self) -> Text:
         if self.metrics is None:

@@ -1,10 +1,9 @@
-"""The one engine thread: requests are served one at a time, in arrival order.
+"""The one engine thread: requests are served in the server's slots, decoded together, in arrival order.
 
 The event loop never touches the engine.  It submits a `Job` and reads the
 job's events from an asyncio queue; the worker thread pushes them there as the
-engine yields them and stops a generation at the next event (within one
-verify step) once the job is cancelled, so a client that hangs up frees the
-engine at once.
+slots yield them and ends a generation after the step (one batch) in which its
+job is cancelled, so a client that hangs up frees its slot at once.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from ..formats.infill import infill_tokens
 from ..formats.structured import in_json_strings
 from ..llama.chat_template import chat_tokens
 from ..meter import TurnMeter
+from ..slots import Outcome, Slots
 from .schema import APIError, GenRequest
 
 
@@ -61,6 +61,8 @@ class Job:
     drafter: str = ""
     meter: TurnMeter | None = None
     """Live figures while it runs (read by the screen)."""
+    slot: int | None = None
+    """The slot serving it, once one does."""
     answered: threading.Event = field(default_factory=threading.Event)
     """Set once the client has its whole response (see `Worker.last_words`)."""
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -132,20 +134,34 @@ def retry_after(job: Job | None, n_ctx: int, done: Summary, finished: int) -> in
 
 
 class Worker:
+    """The engine's thread: up to *parallel* requests decoded together (slots.Slots), the rest waiting in
+    arrival order."""
+
     def __init__(self, engine: Engine, queue_size: int = 16,
-                 on_done: Callable[[Job, Summary | None, bool], None] | None = None):
+                 on_done: Callable[[Job, Summary | None, bool], None] | None = None, parallel: int = 1,
+                 cache_bytes: int = 0):
         self.engine = engine
         self.queue_size = queue_size
         self.on_done = on_done
-        self.current: Job | None = None
+        self.slots = Slots(engine, parallel, cache_bytes)
+        self.running: dict[int, Job] = {}
+        """The job each busy slot serves, by slot id."""
         self._queue: queue.Queue[Job] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="specgen-engine", daemon=True)
-        # Per-request drafter settings are applied for one job and then put back.
         self.default_drafter = engine.drafter.name
-        self._draft_max = engine.controller.fixed
+
+    @property
+    def parallel(self) -> int:
+        return len(self.slots.slots)
+
+    @property
+    def current(self) -> Job | None:
+        """The longest-running job (the one a refused request's Retry-After waits for), None when idle."""
+        jobs = list(self.running.values())
+        return min(jobs, key=lambda j: j.id) if jobs else None
 
     @property
     def waiting(self) -> int:
@@ -155,20 +171,22 @@ class Worker:
         self._thread.start()
 
     def submit(self, request: GenRequest, loop: asyncio.AbstractEventLoop) -> Job:
-        """Queue *request*; QueueFull when `queue_size` requests already wait beside the one being served (so
-        with 0, one is served and none waits)."""
+        """Queue *request*; QueueFull when `queue_size` requests already wait beside those being served (so
+        with 0, the slots serve and none waits)."""
         with self._lock:
             if self._stopping.is_set():
                 raise QueueFull("the server is shutting down")
-            if self._waiting + (self.current is not None) > self.queue_size:
-                raise QueueFull(f"one request is being served and {self._waiting} are waiting")
+            busy = len(self.running)
+            if self._waiting + busy > self.queue_size + self.parallel - 1:
+                raise QueueFull(f"{busy} request{'s are' if busy != 1 else ' is'} being served and "
+                                f"{self._waiting} {'are' if self._waiting != 1 else 'is'} waiting")
             self._waiting += 1
             job = Job(request, loop)
             self._queue.put(job)
         return job
 
     def stop(self) -> None:
-        """Shut down: the running generation ends with an error, waiting jobs are refused.
+        """Shut down: the running generations end with an error, waiting jobs are refused.
 
         Only sets a flag, so a signal handler may call it whatever the main thread was doing.
         """
@@ -181,7 +199,7 @@ class Worker:
         Runs on the thread llama.cpp aborted on, the engine's, while the event loop sends the answers.
         """
         self._stopping.set()
-        jobs = [self.current] if self.current is not None else []
+        jobs = list(self.running.values())
         while True:
             try:
                 jobs.append(self._queue.get_nowait())
@@ -202,52 +220,116 @@ class Worker:
 
     def _run(self) -> None:
         while True:
-            try:
-                job = self._queue.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if self._stopping.is_set():
-                    break
+            if self._stopping.is_set():
+                self._shut_down()
+                break
+            self._admit()
+            if not self.running:
                 continue
+            try:
+                outcomes = self.slots.step()
+            except Exception as e:  # the batch itself failed: every reply in it
+                error = e
+                outcomes = [(slot, error) for slot in self.slots.slots if slot.id in self.running]
+                for slot, _ in outcomes:
+                    self.slots.release(slot)
+            for slot, outcome in outcomes:
+                self._deliver(slot.id, outcome)
+            for sid, job in list(self.running.items()):  # a client that left frees its slot now
+                if job.cancelled:
+                    self.slots.release(self.slots.slots[sid])
+                    self._end(sid, None, True, Done(None, cancelled=True))
+
+    def _admit(self) -> None:
+        """Start waiting jobs in free slots; while nothing runs, wait for one (a while, to see a shutdown)."""
+        while self.slots.free:
+            try:
+                job = self._queue.get_nowait() if self.running else self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                return
             with self._lock:  # both at once: `submit` always counts a job, as waiting or as served
                 self._waiting -= 1
-                self.current = job
-            try:
+                if job.cancelled:  # the client left while waiting
+                    job.push(Done(None, cancelled=True))
+                    continue
                 if self._stopping.is_set():
                     job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
-                elif job.cancelled:  # the client left while waiting
-                    job.push(Done(None, cancelled=True))
-                else:
-                    self._serve(job)
-            finally:
-                self.current = None
+                    continue
+                failed = self._begin(job)
+            if failed is not None:
+                self._finish(job, None, False, failed)
 
-    def _serve(self, job: Job) -> None:
-        summary: Summary | None = None
-        cancelled = False
-        end: Done | Failed
+    def _begin(self, job: Job) -> Failed | None:
+        """Put *job* in a slot, or the error that refuses it."""
+        r = job.request
         try:
             job.started = time.perf_counter()
-            tokens = self.tokens_for(job.request)
+            tokens = self.tokens_for(r)
             job.prompt_tokens = len(tokens)
-            summary, cancelled = self._generate(job, tokens)
-            if summary is None and not cancelled:  # stopped by a shutdown mid-generation
-                raise APIError(503, "the server is shutting down; the reply was cut short", code="shutting_down")
-            end = Done(summary, cancelled)
-        except APIError as e:
-            end = Failed(e)
-        except ContextOverflow:  # the engine's own check: the prompt leaves no room for a reply
-            end = Failed(context_exceeded(job.request.kind, job.prompt_tokens, self.engine.n_ctx))
-        except ModelFault as e:  # the model failed, not the request: whatever was asked, it fails again
-            end = Failed(APIError(500, str(e), code="model_failed"))
-        except SpecgenError as e:  # e.g. a chat template that refuses the conversation
-            end = Failed(APIError(400, str(e)))
-        except Exception as e:  # the worker must outlive any one request
-            traceback.print_exc(file=sys.stderr)
-            end = Failed(APIError(500, f"internal error: {type(e).__name__}"))
+            max_tokens = r.max_tokens if r.max_tokens is not None else self.engine.n_ctx
+            slot = self.slots.start(tokens, drafter=r.drafter, draft_max=r.draft_max, cache_prompt=r.cache_prompt,
+                                    max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
+                                    ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs, lines=r.lines,
+                                    sources=self.copy_sources(r), exact=r.exact)
+        except Exception as e:
+            return Failed(self._error(job, e))
+        assert slot.gen is not None
+        job.drafter = slot.gen.drafter.name
+        job.slot = slot.id
+        job.meter = TurnMeter(self.engine.n_ctx, len(tokens))
+        self.running[slot.id] = job
+        return None
+
+    def _deliver(self, sid: int, outcome: Outcome) -> None:
+        job = self.running.get(sid)
+        if job is None:
+            return
+        if isinstance(outcome, BaseException):
+            self._end(sid, None, False, Failed(self._error(job, outcome)))
+            return
+        for ev in outcome:
+            job.meter.on(ev)
+            job.push(ev)
+            if isinstance(ev, Summary):
+                self._end(sid, ev, False, Done(ev))
+
+    def _end(self, sid: int, summary: Summary | None, cancelled: bool, end: Done | Failed) -> None:
+        job = self.running.pop(sid)
+        self._finish(job, summary, cancelled, end)
+
+    def _finish(self, job: Job, summary: Summary | None, cancelled: bool, end: Done | Failed) -> None:
         # Count the generation before the client can see its end (and read /metrics).
         if self.on_done is not None:
             self.on_done(job, summary, cancelled)
         job.push(end)
+
+    def _shut_down(self) -> None:
+        for sid in list(self.running):
+            self.slots.release(self.slots.slots[sid])
+            self._end(sid, None, False, Failed(APIError(503, "the server is shutting down; the reply was cut short",
+                                                        code="shutting_down")))
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._waiting -= 1
+            job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+
+    def _error(self, job: Job, e: BaseException) -> APIError:
+        """What the client of *job* is told of *e*."""
+        if isinstance(e, APIError):
+            return e
+        if isinstance(e, ContextOverflow):  # the engine's own check: the prompt leaves no room for a reply
+            return context_exceeded(job.request.kind, job.prompt_tokens, self.engine.n_ctx)
+        if isinstance(e, ModelFault):  # the model failed, not the request: whatever was asked, it fails again
+            return APIError(500, str(e), code="model_failed")
+        if isinstance(e, SpecgenError):  # e.g. a chat template that refuses the conversation
+            return APIError(400, str(e))
+        # The worker must outlive any one request.
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        return APIError(500, f"internal error: {type(e).__name__}")
 
     def tokens_for(self, r: GenRequest) -> list[int]:
         """The prompt tokens *r* is generated from (the chat template's rendering, tools included)."""
@@ -268,36 +350,6 @@ class Worker:
         texts = [m["content"] for m in r.messages if isinstance(m.get("content"), str)] or [r.prompt]
         target = self.engine.target
         return [target.tokenize(t, add_special=False, parse_special=False) for t in in_json_strings(texts)]
-
-    def _generate(self, job: Job, tokens: list[int]) -> tuple[Summary | None, bool]:
-        r, eng = job.request, self.engine
-        if r.drafter is not None:
-            eng.set_drafter(r.drafter)
-        if r.draft_max != "server":
-            eng.set_draft_max(r.draft_max)
-        if not r.cache_prompt:
-            eng.reset_cache()
-        job.drafter = eng.drafter.name
-        job.meter = meter = TurnMeter(eng.n_ctx, len(tokens))
-        max_tokens = r.max_tokens if r.max_tokens is not None else eng.n_ctx
-        events = eng.generate(tokens, max_tokens=max_tokens, sampling=r.sampling, stop=r.stop,
-                              ignore_eos=r.ignore_eos, grammar=r.grammar, logprobs=r.logprobs, lines=r.lines,
-                              sources=self.copy_sources(r), exact=r.exact)
-        try:
-            for ev in events:
-                meter.on(ev)
-                job.push(ev)
-                if isinstance(ev, Summary):
-                    return ev, False
-                if self._stopping.is_set():
-                    return None, False
-                if job.cancelled:
-                    return None, True
-            return None, False
-        finally:
-            events.close()
-            eng.set_drafter(self.default_drafter)
-            eng.set_draft_max(self._draft_max)
 
 
 __all__ = ["Done", "Failed", "Job", "JobEvent", "QueueFull", "Worker", "context_exceeded", "retry_after"]

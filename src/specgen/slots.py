@@ -1,0 +1,268 @@
+"""Several replies decoded together: the server's slots.
+
+Each slot is one sequence of the target's context, with its cached prefix, its own drafters and its own
+controller (sharing the machine's costs and what the session has learned of acceptance).  Each step decodes,
+in one batch, every generating slot's verify rows (its plain row, or its draft prefix) and a bounded chunk of
+a newcomer's prompt, so that a long prompt never holds the other streams up for more than a chunk.  The
+slots' draft lengths are chosen together (Controller.share_batch); with one slot generating and no prompt
+being read, a step is exactly Engine.generate's.
+
+A request goes to the free slot whose cache shares the longest prefix with it, else to the one least recently
+used.  A prefix that a new request would overwrite is first saved to host memory (PromptCache) and put back
+into a slot when its conversation returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .controller import Controller
+from .drafters.base import Drafter
+from .engine import Engine, Event, Generation
+from .settings import parse_draft_max
+from .tokens import common_prefix
+
+PREFILL_CHUNK = 64
+"""Prompt tokens read per step while other slots generate.  Their every token waits for the step, and on a
+2-core CPU 64 prompt tokens of a 1.5B model take about as long as 4-6 plain steps; reading the prompt in
+bigger chunks gains only a few percent of prompt speed.  With nobody generating, a step reads a whole batch."""
+
+SIMILARITY = 0.1
+"""A free slot is chosen for the prefix it shares with a prompt when that is at least this share of the
+prompt (llama-server's default); otherwise the least recently used slot is, so that a cache sharing only a
+chat template's opening with the prompt is left for its own conversation."""
+
+DEFAULT_CACHE_MIB = 8192
+"""Host memory the server keeps prefixes in unless told (llama-server's --cache-ram default): a prefix of 4k
+tokens of a 1.5B model takes about 115 MiB, and reading it again takes a CPU tens of seconds."""
+
+MIN_SAVED = 64
+"""Prefixes shorter than this are not worth a place in the host prompt cache (they read in well under a
+second)."""
+
+
+@dataclass
+class Saved:
+    tokens: list[int]
+    data: bytes
+
+
+class PromptCache:
+    """KV prefixes pushed out of the slots, in host memory, at most *limit* bytes; the least recently used go
+    first."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._entries: OrderedDict[int, Saved] = OrderedDict()
+        self._ids = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, tokens: Sequence[int], data: bytes) -> None:
+        if len(data) > self.limit:
+            return
+        for key, e in list(self._entries.items()):
+            if common_prefix(e.tokens, tokens) == len(e.tokens):  # the new one holds all it did
+                self._drop(key)
+        while self.used + len(data) > self.limit:
+            self._drop(next(iter(self._entries)))
+        self._ids += 1
+        self._entries[self._ids] = Saved(list(tokens), data)
+        self.used += len(data)
+
+    def best(self, prompt: Sequence[int]) -> tuple[int, Saved | None]:
+        """The saved prefix sharing the most tokens with *prompt*, and how many (marked recently used)."""
+        found, key = 0, None
+        for k, e in self._entries.items():
+            n = common_prefix(e.tokens, prompt)
+            if n > found:
+                found, key = n, k
+        if key is None:
+            return 0, None
+        self._entries.move_to_end(key)
+        return found, self._entries[key]
+
+    def _drop(self, key: int) -> None:
+        self.used -= len(self._entries.pop(key).data)
+
+
+@dataclass
+class Slot:
+    id: int
+    controller: Controller
+    drafters: dict[str, Drafter]
+    cached: list[int] = field(default_factory=list)
+    """Tokens whose KV entries this slot's sequence holds."""
+    gen: Generation | None = None
+    used: float = 0.0
+    """When it last started a reply (monotonic seconds; 0: never)."""
+    restored: int = 0
+    """Tokens of the current reply's prompt put back from the host prompt cache."""
+
+    @property
+    def state(self) -> str:
+        if self.gen is None:
+            return "idle"
+        return "generating" if self.gen.ready else "prompt"
+
+
+Outcome = list[Event] | BaseException
+"""What a step did for one slot: its events, or the error that ended its reply (the slot is free again)."""
+
+
+class Slots:
+    """*n* slots over one engine whose context holds *n* sequences (EngineOptions.parallel)."""
+
+    def __init__(self, engine: Engine, n: int, cache_bytes: int = 0, chunk: int = PREFILL_CHUNK):
+        assert engine.ctx.n_seq >= n
+        self.engine, self.ctx, self.chunk = engine, engine.ctx, chunk
+        self.cache = PromptCache(cache_bytes)
+        ctl = engine.controller
+        self.slots = [Slot(0, ctl, engine.drafters, engine._kv)]
+        for i in range(1, n):
+            own = Controller(ctl.costs, ctl.fixed, ctl.auto_cap)
+            own.acceptance = ctl.acceptance
+            assert engine.slot_drafters is not None
+            self.slots.append(Slot(i, own, engine.slot_drafters(i, own)))
+        self._order: list[Slot] = []  # slots reading a prompt, first come first read
+        self.draft_max = ctl.fixed  # the server's, which a request may replace for its own reply
+
+    @property
+    def free(self) -> int:
+        return sum(s.gen is None for s in self.slots)
+
+    def start(self, prompt: Sequence[int], drafter: str | None = None, draft_max: int | None | str = "server",
+              cache_prompt: bool = True, **options) -> Slot:
+        """Begin a reply to *prompt* in a free slot (there must be one); *options* are Generation's.
+        *draft_max* "server" keeps the server's setting; *cache_prompt* False reads the prompt afresh."""
+        slot = self._choose(prompt, cache_prompt)
+        name = drafter or self.engine.drafter.name
+        ctl = slot.controller
+        ctl.set_fixed(self.draft_max if draft_max == "server" else parse_draft_max(draft_max))
+        slot.gen = Generation(self.engine, prompt, slot.cached, slot.drafters[name], seq=slot.id, controller=ctl,
+                              **options)
+        slot.used = time.monotonic()
+        self._order.append(slot)
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """End the slot's reply where it is (finished, cancelled or failed); its cache stays for reuse."""
+        slot.gen = None
+        if slot in self._order:
+            self._order.remove(slot)
+
+    def _choose(self, prompt: Sequence[int], cache_prompt: bool) -> Slot:
+        free = [s for s in self.slots if s.gen is None]
+        shared = {s.id: common_prefix(s.cached, prompt) for s in free}
+        slot = max(free, key=lambda s: (shared[s.id], -s.used))
+        if not shared[slot.id] or shared[slot.id] < SIMILARITY * len(prompt):
+            slot = min(free, key=lambda s: s.used)
+        slot.restored = 0
+        keep = shared[slot.id] if cache_prompt else 0
+        found, saved = self.cache.best(prompt) if cache_prompt else (0, None)
+        self._save(slot, keep)
+        if saved is not None and found > keep:
+            if self.ctx.load(slot.id, saved.data, len(saved.tokens)):
+                slot.cached[:] = saved.tokens
+                slot.restored = min(found, len(prompt) - 1)  # the last prompt token is always decoded
+            else:
+                del slot.cached[:]
+        elif not cache_prompt:
+            self.ctx.rollback_to(0, slot.id)
+            del slot.cached[:]
+        return slot
+
+    def _save(self, slot: Slot, keep: int) -> None:
+        """Keep the slot's prefix in the host cache when a reply is about to cut it to *keep* tokens."""
+        n = min(len(slot.cached), self.ctx.past[slot.id])
+        if n - keep >= MIN_SAVED and self.cache.limit:
+            del slot.cached[n:]
+            self.ctx.rollback_to(n, slot.id)
+            self.cache.put(slot.cached, self.ctx.save(slot.id))
+
+    def step(self) -> list[tuple[Slot, Outcome]]:
+        """One batch: every generating slot's verify rows and a chunk of the prompts being read.  Returns, per
+        slot that did something, its events (ending with the Summary when its reply ended, the slot then free)
+        or the error that ended its reply."""
+        out: list[tuple[Slot, Outcome]] = []
+        plans = []
+        generating = [s for s in self.slots if s.gen is not None and s.gen.ready]
+        for slot in generating:
+            slot.controller.waiting = len(generating)
+            try:
+                plan = slot.gen.plan()
+            except Exception as e:
+                out.append(self._failed(slot, e))
+                continue
+            if plan is None:
+                out.append(self._ended(slot, []))
+            else:
+                plans.append((slot, plan))
+        budget = self.ctx.n_batch - sum(len(p.tokens) for _, p in plans)
+        if plans:
+            budget = min(budget, self.chunk)
+        reads = []
+        for slot in self._order:
+            take = slot.gen.unread[:max(budget, 0)]
+            if slot.gen.unread and not take:
+                break  # first come, first read
+            reads.append((slot, take))
+            budget -= len(take)
+        n_read = sum(len(t) for _, t in reads)
+        shared = len(plans) > 1 or bool(plans and n_read)
+        if shared:
+            self._share(plans, n_read)
+        for slot, _ in plans:
+            slot.gen.priced = not shared
+        t0 = time.perf_counter()
+        rows = self.ctx.decode_batch([(s.id, p.tokens, True) for s, p in plans] +
+                                     [(s.id, t, False) for s, t in reads if t]) if plans or n_read else []
+        for (slot, plan), r in zip(plans, rows):
+            try:
+                events = slot.gen.finish(plan, r)
+            except Exception as e:
+                out.append(self._failed(slot, e))
+                continue
+            out.append(self._ended(slot, events) if slot.gen.done else (slot, events))
+        if shared and not n_read:  # prompt rows return no logits: they cost less than the curve's rows
+            n_rows = sum(len(p.tokens) for _, p in plans)
+            self.engine.controller.costs.observe_verify(n_rows, time.perf_counter() - t0)
+        for slot, take in reads:
+            try:
+                ev = slot.gen.read(len(take))
+            except Exception as e:
+                out.append(self._failed(slot, e))
+                continue
+            if ev is not None:
+                self._order.remove(slot)
+                out.append((slot, [ev]))
+        return out
+
+    def _share(self, plans: list, extra_rows: int) -> None:
+        """Cut the drafts to the lengths that pay for the batch as a whole; a length the user fixed (draft_max)
+        is not second-guessed, its rows counted as given."""
+        sized = [(slot, plan) for slot, plan in plans if slot.controller.fixed is None]
+        extra_rows += sum(len(plan.tokens) for slot, plan in plans if slot.controller.fixed is not None)
+        drafts = [(p.drafter, p.draft.confidence, p.draft.calibrated) for _, p in sized]
+        spent = sum(p.drafted - p.started for _, p in plans)
+        for (slot, plan), n in zip(sized, self.engine.controller.share_batch(drafts, extra_rows, spent)):
+            if n < len(plan.draft):
+                slot.gen.cut(plan, n)
+
+    def _ended(self, slot: Slot, events: list[Event]) -> tuple[Slot, Outcome]:
+        gen = slot.gen
+        assert gen is not None
+        self.release(slot)
+        return slot, [*events, *gen.end()]
+
+    def _failed(self, slot: Slot, e: BaseException) -> tuple[Slot, Outcome]:
+        self.release(slot)
+        return slot, e
+
+
+__all__ = ["DEFAULT_CACHE_MIB", "MIN_SAVED", "PREFILL_CHUNK", "PromptCache", "SIMILARITY", "Slot", "Slots"]
