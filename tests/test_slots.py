@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from near_tie import NEAR_TIE, assert_same_or_near_tie
+from near_tie import NEAR_TIE, assert_same_or_near_tie, first_difference
 from server_helpers import KEY, Server, serving
 
 from specgen.controller import Controller, CostModel
@@ -61,11 +61,9 @@ def stream(server: Server, messages: list[dict], max_tokens: int = 40, leave_aft
 def agree(alone: dict, got: dict) -> bool:
     """True when the two replies are the same token for token; False when they part at a near-tie of the
     reply alone; an assertion error anywhere else."""
-    a = [bytes(t.bytes) for t in alone["tokens"]]
-    b = [bytes(t.bytes) for t in got["tokens"]]
-    if a == b:
+    k = first_difference([bytes(t.bytes) for t in alone["tokens"]], [bytes(t.bytes) for t in got["tokens"]])
+    if k is None:
         return True
-    k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
     top = alone["tokens"][k].top_logprobs
     gap = top[0].logprob - top[1].logprob
     assert gap < NEAR_TIE, f"replies parted at token {k} where the target was sure (top-2 gap {gap:.3f})"

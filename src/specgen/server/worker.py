@@ -199,12 +199,7 @@ class Worker:
         Runs on the thread llama.cpp aborted on, the engine's, while the event loop sends the answers.
         """
         self._stopping.set()
-        jobs = list(self.running.values())
-        while True:
-            try:
-                jobs.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        jobs = list(self.running.values()) + self._drain()
         error = APIError(502, f"the server stops: {line}", code="backend_lost")
         for job in jobs:
             job.push(Failed(error))
@@ -247,20 +242,23 @@ class Worker:
                 job = self._queue.get_nowait() if self.running else self._queue.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 return
-            with self._lock:  # both at once: `submit` always counts a job, as waiting or as served
+            if job.cancelled or self._stopping.is_set():  # the client left while waiting, or the server stops
+                with self._lock:
+                    self._waiting -= 1
+                job.push(Done(None, cancelled=True) if job.cancelled else _shutting_down(cut=False))
+                continue
+            # Rendering the prompt and taking a slot run outside the lock, which `submit` waits on: the job
+            # counts as waiting until it counts as served, both changed at once.
+            failed = self._begin(job)
+            with self._lock:
                 self._waiting -= 1
-                if job.cancelled:  # the client left while waiting
-                    job.push(Done(None, cancelled=True))
-                    continue
-                if self._stopping.is_set():
-                    job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
-                    continue
-                failed = self._begin(job)
+                if failed is None:
+                    self.running[job.slot] = job
             if failed is not None:
                 self._finish(job, None, False, failed)
 
     def _begin(self, job: Job) -> Failed | None:
-        """Put *job* in a slot, or the error that refuses it."""
+        """Put *job* in a slot (`job.slot`), or the error that refuses it."""
         r = job.request
         try:
             job.started = time.perf_counter()
@@ -277,7 +275,6 @@ class Worker:
         job.drafter = slot.gen.drafter.name
         job.slot = slot.id
         job.meter = TurnMeter(self.engine.n_ctx, len(tokens))
-        self.running[slot.id] = job
         return None
 
     def _deliver(self, sid: int, outcome: Outcome) -> None:
@@ -306,16 +303,21 @@ class Worker:
     def _shut_down(self) -> None:
         for sid in list(self.running):
             self.slots.release(self.slots.slots[sid])
-            self._end(sid, None, False, Failed(APIError(503, "the server is shutting down; the reply was cut short",
-                                                        code="shutting_down")))
+            self._end(sid, None, False, _shutting_down(cut=True))
+        for job in self._drain():
+            job.push(_shutting_down(cut=False))
+
+    def _drain(self) -> list[Job]:
+        """Take every waiting job off the queue (the server stops)."""
+        jobs = []
         while True:
             try:
-                job = self._queue.get_nowait()
+                jobs.append(self._queue.get_nowait())
             except queue.Empty:
-                return
-            with self._lock:
-                self._waiting -= 1
-            job.push(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                break
+        with self._lock:
+            self._waiting -= len(jobs)
+        return jobs
 
     def _error(self, job: Job, e: BaseException) -> APIError:
         """What the client of *job* is told of *e*."""
@@ -350,6 +352,12 @@ class Worker:
         texts = [m["content"] for m in r.messages if isinstance(m.get("content"), str)] or [r.prompt]
         target = self.engine.target
         return [target.tokenize(t, add_special=False, parse_special=False) for t in in_json_strings(texts)]
+
+
+def _shutting_down(cut: bool) -> Failed:
+    """A job's end when the server stops: *cut* short while generating, or before it started."""
+    return Failed(APIError(503, "the server is shutting down" + ("; the reply was cut short" if cut else ""),
+                           code="shutting_down"))
 
 
 __all__ = ["Done", "Failed", "Job", "JobEvent", "QueueFull", "Worker", "context_exceeded", "retry_after"]
