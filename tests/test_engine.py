@@ -180,6 +180,27 @@ def test_seed_makes_sampling_reproducible(engines):
     assert a.tokens != c.tokens
 
 
+def test_rows_read_through_the_kept_view_are_llama_cpps_rows(engines):
+    """Logits are read through a view kept across decodes: after calls of every shape (a verify, one row, a
+    wider verify that grows llama.cpp's buffer, a prompt pass that returns its last row) each row read is the
+    one llama.cpp gives for that token."""
+    target = engines["ngram"].target
+    lib, ctx = target._lib, Context(target, 256)
+    try:
+        prompt = target.tokenize("The quick brown fox jumps over the lazy dog, again and again and again. " * 3)
+        assert len(prompt) >= 4 + 14
+        ctx.decode(prompt[:4], logits="none")
+        for n, logits in ((9, "all"), (1, "all"), (14, "all"), (5, "last")):
+            ctx.decode(prompt[4:4 + n], logits=logits)
+            mine = ctx.logits_rows(n) if logits == "all" else ctx.logits_row(-1)[None]
+            theirs = [np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx.ptr, i), shape=(target.n_vocab,))
+                      for i in (range(n) if logits == "all" else [n - 1])]
+            assert np.array_equal(mine, np.stack(theirs))
+            ctx.rollback_to(4)
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("drafter", ["model", "ngram"])
 def test_first_token_frequencies_follow_the_target_softmax(engines, target_path, drafter):
     """End to end at temperature 1: the first emitted token (an accepted draft token or

@@ -210,6 +210,25 @@ def test_line_rules_cut_at_line_ends_however_the_text_arrives(step):
     assert _stream("a\n    b\n", Lines(n_indent=4), step) == ("a\n    b\n", "")  # the rule never fired
 
 
+def _per_char(shown: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    return [(c, src) for piece, src in shown for c in piece]
+
+
+@pytest.mark.parametrize("step", [1, 3, 8])
+def test_a_steps_tokens_pushed_at_once_show_what_they_show_one_by_one(step):
+    """The engine pushes each step's tokens together: the same text, the same stop and reason, the same
+    source per character."""
+    tokens = [t.encode() for t in ("    if", " x", ":\n", "        y", " =", " 1", "\n\n", "print", "(y)", "\nEN", "D")]
+    for stop, lines in ((["END"], None), (["(y"], None), ([], Lines(n_indent=4)), ([], Lines(max_lines=2))):
+        one, many = TextStream(stop, lines), TextStream(stop, lines)
+        shown_one = [p for i, t in enumerate(tokens) for p in one.push(t, i % 2 == 0)] + one.flush()
+        shown_many = [p for i in range(0, len(tokens), step)
+                      for p in many.push_all([(t, (i + j) % 2 == 0) for j, t in enumerate(tokens[i:i + step])])]
+        shown_many += many.flush()
+        assert _per_char(shown_many) == _per_char(shown_one)
+        assert (many.text, many.reason, many.matched) == (one.text, one.reason, one.matched)
+
+
 def test_line_rules_are_checked():
     for bad in (Lines(n_indent=-1), Lines(max_lines=-2), Lines(seconds=float("nan"))):
         with pytest.raises(Exception):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from specgen.sampling import Dist, SamplingParams, accept_or_resample, distribution, sample
+from specgen.sampling import Dist, SamplingParams, accept_or_resample, distribution, sample, top_ids
 
 # Upper 0.1% points of chi-square: a correct sampler fails this 1 time in 1000.
 CHI2_999 = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 9: 27.88}
@@ -111,3 +111,21 @@ def test_top_k_by_support_equals_the_full_sort():
         for _ in range(200):  # one uniform each: the sparse and the full row draw the same token
             c = np.cumsum(dense)
             assert sample(got, draws[0]) == int(np.searchsorted(c, draws[1].random() * c[-1], side="right"))
+
+
+def _full_sort_top(row: np.ndarray, k: int) -> list[int]:
+    order = np.lexsort((np.arange(len(row)), -row))
+    return [int(i) for i in order if np.isfinite(row[i])][:k]
+
+
+@pytest.mark.parametrize("high", [50, 10])
+def test_top_k_of_a_peaked_row_that_leaves_the_first_floor_short(high):
+    """A row whose every 64th logit overstates its top (a peaked code row): fewer than k tokens clear the first
+    floor, and the second (50 high tokens) or the widening gaps (10) find the same k as a full sort."""
+    rng = np.random.default_rng(11)
+    row = (rng.standard_normal(4096) - 20).astype(np.float32)
+    row[::64] = np.arange(64, dtype=np.float32)  # the sample's 3rd best (61) has 3 tokens at or above it
+    spots = [i for i in rng.choice(4096, 200, replace=False) if i % 64][:high]
+    row[spots] = rng.uniform(45, 60, len(spots)).astype(np.float32)
+    assert (row >= 61).sum() < 40
+    assert top_ids(row, 40).tolist() == _full_sort_top(row, 40)

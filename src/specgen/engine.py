@@ -450,7 +450,8 @@ class Generation:
         step = Step(name, len(draft), 0, t1 - t0, 0.0, offered=draft.offered)
         accepted, token = self._verify(draft)
         t3 = time.perf_counter()
-        self.ctx.rollback_to(len(self.history) + accepted, self.seq)
+        if accepted < len(draft):  # else nothing to drop, and the call costs tens of microseconds right after a batch
+            self.ctx.rollback_to(len(self.history) + accepted, self.seq)
         self.cached.append(self.history[-1])
         self.cached += draft.tokens[:accepted]
         emitted = draft.tokens[:accepted] + [token]
@@ -465,16 +466,14 @@ class Generation:
             step.logprobs = [self._logprob(i, tok, self.logprobs) for i, tok in enumerate(emitted)]
         t_text = time.perf_counter()
         self.history += emitted
-        s, text, pieces = self.summary, self.text, []
-        for i, tok in enumerate(emitted):
-            if self.target.is_eog(tok):
-                s.stop_reason = "eos"
-                break
-            pieces += [Piece(piece, from_draft) for piece, from_draft in text.push(self.target.piece(tok),
-                                                                                    i < step.accepted)]
-            if text.stopped:
-                s.stop_reason, s.stop_string = text.reason, text.matched
-                break
+        s, text, is_eog, piece = self.summary, self.text, self.target.is_eog, self.target.piece
+        shown = next((i for i, tok in enumerate(emitted) if is_eog(tok)), len(emitted))
+        pieces = [Piece(p, from_draft) for p, from_draft in
+                  text.push_all([(piece(tok), i < step.accepted) for i, tok in enumerate(emitted[:shown])])]
+        if text.stopped:
+            s.stop_reason, s.stop_string = text.reason, text.matched
+        elif shown < len(emitted):
+            s.stop_reason = "eos"
         s.add(step)
         step.host["text"] = time.perf_counter() - t_text
         _count(s.host_seconds, "text", step.host["text"])
@@ -505,10 +504,10 @@ class Generation:
             # The common case, in as few steps of Python as it takes: each runs with the caches the
             # verify batch just flushed, at several times its usual cost.
             for i, x in enumerate(draft.tokens):
-                tok = int(self._row(i).argmax())
+                tok = self._argmax(i)
                 if tok != x:
                     return i, tok
-            return len(draft), int(self._row(len(draft)).argmax())
+            return len(draft), self._argmax(len(draft))
         # Only the penalties look at the past; skip copying it when they are off.
         seen = history + draft.tokens if params.looks_back else []
         for i, x in enumerate(draft.tokens):
@@ -556,6 +555,11 @@ class Generation:
         logprob, ids, logprobs = log_softmax_top(self._row(i), token, n)
         return TokenLogprob(token, piece(token), logprob,
                             [(int(t), piece(int(t)), float(lp)) for t, lp in zip(ids, logprobs)])
+
+    def _argmax(self, i: int) -> int:
+        """Row i's best token, end-of-generation banned: the row is rewritten only where that is the best."""
+        tok = int(self._rows[i].argmax())
+        return int(self._row(i).argmax()) if self.banned is not None and self.target.is_eog(tok) else tok
 
     def _row(self, i: int) -> np.ndarray:
         row = self._rows[i]

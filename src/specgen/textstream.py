@@ -80,11 +80,19 @@ class TextStream:
 
     def push(self, data: bytes, from_draft: bool) -> list[tuple[str, bool]]:
         """Add one token's bytes; return the pieces that are now safe to show."""
+        return self.push_all([(data, from_draft)])
+
+    def push_all(self, tokens: Sequence[tuple[bytes, bool]]) -> list[tuple[str, bool]]:
+        """Add several tokens' bytes (a step's), each with its source; return the pieces now safe to show.
+        The same text as pushing them one at a time: the stop strings and line rules look at the text, not
+        at where tokens begin, and one pass over it per step, not per token, is what a GPU's short steps
+        can afford."""
         if self.stopped:
             return []
-        text = self._decoder.decode(data)
-        if text:
-            self._pending.append((text, from_draft))
+        for data, from_draft in tokens:
+            text = self._decoder.decode(data)
+            if text:
+                self._pending.append((text, from_draft))
         return self._release(final=False)
 
     def flush(self) -> list[tuple[str, bool]]:

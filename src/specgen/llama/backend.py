@@ -45,7 +45,7 @@ class _Interrupts:
         self.depth = 0
         self.pending = False
         self._previous = None
-        self._main = threading.main_thread()
+        self._main = threading.main_thread().ident
         self._installed = False
 
     def _handler(self, signum, frame) -> None:
@@ -60,7 +60,7 @@ class _Interrupts:
         return self
 
     def __enter__(self) -> None:
-        if threading.current_thread() is not self._main:
+        if threading.get_ident() != self._main:
             return  # only the main thread receives signals
         if not self.depth:
             if not self._installed:
@@ -78,7 +78,7 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._handler)
 
     def __exit__(self, *exc: object) -> None:
-        if threading.current_thread() is not self._main:
+        if threading.get_ident() != self._main:
             return
         self.depth -= 1
         if not self.depth and self.pending:
@@ -344,6 +344,9 @@ class Context(_Owned):
         aligned chunks: the only cached entries an exact prefill may reuse."""
         self._gathered: np.ndarray | None = None  # an exact verify's rows, gathered from its calls
         self._gathered_rows = 0
+        self._outputs = 0  # rows of logits the last llama_decode call returned
+        self._logits_at = _address_binding(lib, "llama_get_logits")
+        self._view_at, self._view = 0, np.zeros((0, self._n_vocab), dtype=np.float32)
 
     def _free(self) -> None:
         if hasattr(self, "_batch"):
@@ -428,10 +431,10 @@ class Context(_Owned):
                 last_chunk = start + size == len(tokens)
                 self._fill(0, seq, tokens[start:start + size], logits == "all", logits == "last" and last_chunk)
                 self._batch.n_tokens = size
+                self._outputs = size if logits == "all" else int(logits == "last" and last_chunk)
                 self._run()
                 if gather:
-                    self._gathered[start:start + size] = np.ctypeslib.as_array(
-                        self._lib.llama_get_logits(self.ptr), shape=(size, self._n_vocab))
+                    self._gathered[start:start + size] = self._logits()
                 self.past[seq] += size
                 self._rows_offset = start
                 start += size
@@ -444,8 +447,9 @@ class Context(_Owned):
 
     def decode_batch(self, parts: Sequence[tuple[int, Sequence[int], bool]]) -> list[np.ndarray | None]:
         """Several sequences' tokens in one llama_decode call: (seq, tokens, rows) each, at most n_batch tokens
-        in all (one part may hold more: it is decoded as `decode` would).  Returns, per part, its rows of logits (a view into llama.cpp's buffer, valid until the next
-        decode) when *rows*, else None.  All or nothing, as `decode`."""
+        in all (one part may hold more: it is decoded as `decode` would).  Returns, per part, its rows of
+        logits (a view into llama.cpp's buffer, valid until the next decode) when *rows*, else None.  All or
+        nothing, as `decode`."""
         if len(parts) == 1:  # one sequence decodes as it would alone (an exact context cuts its calls)
             seq, tokens, rows = parts[0]
             self.decode(tokens, "all" if rows else "none", seq)
@@ -458,6 +462,7 @@ class Context(_Owned):
             self._fill(at, seq, tokens, rows, False)
             at += len(tokens)
         self._batch.n_tokens = total
+        self._outputs = sum(len(t) for _, t, rows in parts if rows)
         before = list(self.past)
         self._gathered_rows = self._rows_offset = 0
         try:
@@ -466,9 +471,7 @@ class Context(_Owned):
             for seq, n in enumerate(before):
                 self.rollback_to(n, seq)
             raise
-        n_rows = sum(len(t) for _, t, rows in parts if rows)
-        buf = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ptr), shape=(n_rows, self._n_vocab)) \
-            if n_rows else None
+        buf = self._logits() if self._outputs else None
         out: list[np.ndarray | None] = []
         row = 0
         for seq, tokens, rows in parts:
@@ -477,21 +480,32 @@ class Context(_Owned):
             row += len(tokens) if rows else 0
         return out
 
+    def _logits(self) -> np.ndarray:
+        """The last llama_decode call's rows of logits, a (rows, vocabulary) view into llama.cpp's buffer.
+
+        The view is kept while the buffer stays where it was (llama.cpp moves it only to grow it): building
+        one through ctypes took 60 microseconds right after a decode, a GPU step's whole budget for host work
+        many times over."""
+        at, n = self._logits_at(self.ptr), self._outputs
+        if at != self._view_at or len(self._view) < n:
+            self._view_at = at
+            self._view = np.ctypeslib.as_array((ctypes.c_float * (n * self._n_vocab)).from_address(at)) \
+                .reshape(n, self._n_vocab)
+        return self._view[:n]
+
     def logits_row(self, i: int) -> np.ndarray:
-        """Row i of the last decode call's logits (-1: its last row), as a view into llama.cpp's buffer."""
+        """Row i of the last decode's logits (-1: its last row), as a view into llama.cpp's buffer."""
         if self._gathered_rows:
             return self._gathered[i if i >= 0 else self._gathered_rows + i]
-        ptr = self._lib.llama_get_logits_ith(self.ptr, i if i < 0 else i - self._rows_offset)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return self._logits()[i if i < 0 else i - self._rows_offset]
 
     def logits_rows(self, n: int) -> np.ndarray:
-        """The rows of a decode call of at most n_batch tokens, all with logits: one (n, vocabulary) view
-        into llama.cpp's buffer (or the copy an exact decode gathered from its calls), where a row at a time
-        costs a call through ctypes each."""
+        """The rows of a decode of at most n_batch tokens, all with logits: one (n, vocabulary) view into
+        llama.cpp's buffer (or the copy an exact decode gathered from its calls)."""
         if self._gathered_rows:
             return self._gathered[:n]
-        assert self._rows_offset == 0 and n <= self.n_batch
-        return np.ctypeslib.as_array(self._lib.llama_get_logits(self.ptr), shape=(n, self._n_vocab))
+        assert self._rows_offset == 0 and n == self._outputs, (n, self._outputs)
+        return self._logits()
 
     def rollback_to(self, n: int, seq: int = 0) -> None:
         """Drop sequence *seq*'s KV entries at positions >= n (rejected draft tokens, an edited history)."""
@@ -542,6 +556,15 @@ class SeqView:
 
     def close(self) -> None:
         pass  # the context's owner frees it
+
+
+def _address_binding(lib, name: str):
+    """llama.cpp's *name* (one context argument, a pointer back) bound a second time to return the bare
+    address: the shared binding wraps it in a ctypes pointer, which costs more than the call."""
+    dll = lib.llama_cpp._lib
+    fn = dll._FuncPtr((name, dll))
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_void_p
+    return fn
 
 
 def default_threads() -> int:
