@@ -220,6 +220,30 @@ def test_a_long_prompt_is_read_in_chunks_while_another_reply_goes_on(engine):
         assert_same_or_near_tie(engine.target, prompt, alone[name], got.tokens)
 
 
+def test_the_slots_draft_model_decodes_for_all_of_them_together(engine):
+    """Three slots drafting with the draft model at once (4 tokens a step: the tiny pair would not pay for
+    it): its decodes are shared, fewer llama_decode calls than decodes asked for, and each reply is the one
+    it gets alone, up to near-ties."""
+    prompts = {topic: chat_tokens(engine.target, story(topic)) for topic in TOPICS}
+    options = dict(drafter="model", draft_max=4, max_tokens=24, ignore_eos=True, cache_prompt=False)
+
+    def summaries(slots: Slots, started: dict) -> dict:
+        events, _ = run_slots(slots, {sid: prompts[topic] for sid, topic in started.items()})
+        return {topic: next(e for e in events[sid] if isinstance(e, Summary)) for sid, topic in started.items()}
+
+    alone = {}
+    for topic, prompt in prompts.items():
+        slots = Slots(engine, 3)
+        alone.update(summaries(slots, {slots.start(prompt, **options).id: topic}))
+        assert slots.rounds is not None and slots.rounds.decodes == 0  # one reply drafts as it would alone
+    slots = Slots(engine, 3)
+    together = summaries(slots, {slots.start(prompt, **options).id: topic for topic, prompt in prompts.items()})
+    assert 0 < slots.rounds.calls < slots.rounds.decodes
+    for topic, got in together.items():
+        assert got.drafted > 0 and got.accepted > 0
+        assert_same_or_near_tie(engine.target, prompts[topic], alone[topic].tokens, got.tokens)
+
+
 def test_a_prefix_pushed_out_of_its_slot_comes_back_from_host_memory(engine):
     slots = Slots(engine, 1, cache_bytes=64 << 20)
     one, two = (chat_tokens(engine.target, [{"role": "system", "content": text}, {"role": "user", "content": "Hi."}])

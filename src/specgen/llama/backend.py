@@ -445,24 +445,26 @@ class Context(_Owned):
         if self.exact and logits != "all" and start_past == self.aligned:
             self.aligned = self.past[0] // EXACT_CHUNK * EXACT_CHUNK
 
-    def decode_batch(self, parts: Sequence[tuple[int, Sequence[int], bool]]) -> list[np.ndarray | None]:
-        """Several sequences' tokens in one llama_decode call: (seq, tokens, rows) each, at most n_batch tokens
-        in all (one part may hold more: it is decoded as `decode` would).  Returns, per part, its rows of
-        logits (a view into llama.cpp's buffer, valid until the next decode) when *rows*, else None.  All or
-        nothing, as `decode`."""
+    def decode_batch(self, parts: Sequence[tuple[int, Sequence[int], str]]) -> list[np.ndarray | None]:
+        """Several sequences' tokens in one llama_decode call: (seq, tokens, logits) each, *logits* as
+        `decode` takes it, at most n_batch tokens in all (one part may hold more: it is decoded as `decode`
+        would).  Returns, per part, its rows of logits ("all": one per token, "last": one), a view into
+        llama.cpp's buffer valid until the next decode, or None ("none").  All or nothing, as `decode`."""
         if len(parts) == 1:  # one sequence decodes as it would alone (an exact context cuts its calls)
-            seq, tokens, rows = parts[0]
-            self.decode(tokens, "all" if rows else "none", seq)
-            return [self.logits_rows(len(tokens)) if rows else None]
+            seq, tokens, logits = parts[0]
+            self.decode(tokens, logits, seq)
+            return [self.logits_rows(len(tokens)) if logits == "all" else self._logits() if logits == "last"
+                    else None]
         total = sum(len(t) for _, t, _ in parts)
         assert total <= self.n_batch and not self.exact, (total, self.n_batch)
-        at = 0
-        for seq, tokens, rows in parts:
+        at, counts = 0, []
+        for seq, tokens, logits in parts:
             self._room(seq, len(tokens))
-            self._fill(at, seq, tokens, rows, False)
+            self._fill(at, seq, tokens, logits == "all", logits == "last")
             at += len(tokens)
+            counts.append(len(tokens) if logits == "all" else int(logits == "last" and len(tokens) > 0))
         self._batch.n_tokens = total
-        self._outputs = sum(len(t) for _, t, rows in parts if rows)
+        self._outputs = sum(counts)
         before = list(self.past)
         self._gathered_rows = self._rows_offset = 0
         try:
@@ -474,10 +476,10 @@ class Context(_Owned):
         buf = self._logits() if self._outputs else None
         out: list[np.ndarray | None] = []
         row = 0
-        for seq, tokens, rows in parts:
+        for (seq, tokens, _), count in zip(parts, counts):
             self.past[seq] += len(tokens)
-            out.append(buf[row:row + len(tokens)] if rows else None)
-            row += len(tokens) if rows else 0
+            out.append(buf[row:row + count] if count else None)
+            row += count
         return out
 
     def _logits(self) -> np.ndarray:
