@@ -244,8 +244,7 @@ def choose_draft(drafter: Drafter, ctl: Controller, history: list[int], room: in
         # the controller should size what remains.
         n = grammar.valid_prefix(draft.tokens[:n])
     n = min(n, ctl.best_length(name, draft.confidence[:n], calibrated=draft.calibrated).n)
-    return Draft(draft.tokens[:n], draft.q[:n] if draft.q is not None else None, draft.confidence[:n],
-                 calibrated=draft.calibrated, offered=len(draft), caught_up=draft.caught_up), name
+    return draft.first(n, offered=len(draft)), name
 
 
 class Engine:
@@ -431,9 +430,7 @@ class Generation:
 
     def cut(self, plan: Plan, n: int) -> None:
         """Verify only the first *n* tokens of the plan's draft (a batch of slots could not afford more)."""
-        d = plan.draft
-        plan.draft = Draft(d.tokens[:n], d.q[:n] if d.q is not None else None, d.confidence[:n],
-                           calibrated=d.calibrated, offered=d.offered, caught_up=d.caught_up)
+        plan.draft = plan.draft.first(n)
         plan.tokens = plan.tokens[:n + 1]
 
     def finish(self, plan: Plan, rows: np.ndarray) -> list[Event]:

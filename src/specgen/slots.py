@@ -322,7 +322,7 @@ class DraftRounds:
         each call's result, or what it raised."""
         views = [(d, d.ctx) for d, _ in plans if d is not None]
         for d, ctx in views:
-            d.ctx = _RoundSeq(self, ctx)
+            d.ctx = _RoundSeq(self, ctx.seq if isinstance(ctx, SeqView) else 0)
         self._live = len(plans)
         try:
             futures = [self._pool.submit(self._take_part, fn) for _, fn in plans]
@@ -390,18 +390,13 @@ def _fitting(parts: list, n_batch: int) -> list[list]:
     return groups
 
 
-class _RoundSeq:
+class _RoundSeq(SeqView):
     """A slot's sequence of the draft model while a round runs: decodes wait for the round's batch."""
 
-    def __init__(self, rounds: DraftRounds, inner: Context | SeqView):
-        self.rounds, self.inner = rounds, inner
-        self.seq = inner.seq if isinstance(inner, SeqView) else 0
-        self.n_ctx = inner.n_ctx
+    def __init__(self, rounds: DraftRounds, seq: int):
+        super().__init__(rounds.ctx, seq)
+        self.rounds = rounds
         self._rows: np.ndarray | None = None
-
-    @property
-    def n_past(self) -> int:
-        return self.rounds.ctx.past[self.seq]
 
     def decode(self, tokens: Sequence[int], logits: str = "last") -> None:
         self._rows = self.rounds.decode(self.seq, tokens, logits)
@@ -412,7 +407,7 @@ class _RoundSeq:
 
     def rollback_to(self, n: int) -> None:
         with self.rounds.locked():
-            self.rounds.ctx.rollback_to(n, self.seq)
+            super().rollback_to(n)
 
 
 __all__ = ["DEFAULT_CACHE_MIB", "DraftRounds", "MIN_SAVED", "PREFILL_CHUNK", "PromptCache", "SIMILARITY", "Slot",

@@ -44,6 +44,13 @@ class Draft:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def first(self, n: int, offered: int | None = None) -> "Draft":
+        """Its first *n* tokens, with their distributions and confidences, to verify; *offered* (by default as
+        it was) counts what the drafter proposed.  Built directly: it runs every step."""
+        return Draft(self.tokens[:n], self.q[:n] if self.q is not None else None, self.confidence[:n],
+                     calibrated=self.calibrated, offered=self.offered if offered is None else offered,
+                     caught_up=self.caught_up)
+
 
 class Drafter(Protocol):
     name: str

@@ -392,15 +392,18 @@ class Context(_Owned):
         if self.past[seq] + n > self.n_ctx:
             raise SpecgenError(f"context full ({self.n_ctx} tokens); use a larger {{n_ctx}}")
 
-    def _fill(self, at: int, seq: int, tokens: Sequence[int], rows: bool, last: bool) -> None:
-        """Put *tokens* of *seq* into the batch from index *at*: all with logits (*rows*), or the last (*last*)."""
+    def _fill(self, at: int, seq: int, tokens: Sequence[int], logits: str) -> int:
+        """Put *tokens* of *seq* into the batch from index *at*, with logits as `decode` takes them; returns how
+        many rows of logits they will give."""
         b, pos = self._batch, self.past[seq]
+        rows, last = logits == "all", logits == "last"
         for i, tok in enumerate(tokens):
             b.token[at + i] = tok
             b.pos[at + i] = pos + i
             b.n_seq_id[at + i] = 1
             b.seq_id[at + i][0] = seq
             b.logits[at + i] = rows or (last and i == len(tokens) - 1)
+        return len(tokens) if rows else int(last and len(tokens) > 0)
 
     def _run(self) -> None:
         with interrupts.deferred():
@@ -429,9 +432,10 @@ class Context(_Owned):
             start = 0
             for size in calls:
                 last_chunk = start + size == len(tokens)
-                self._fill(0, seq, tokens[start:start + size], logits == "all", logits == "last" and last_chunk)
+                # A prompt's "last" row is the last chunk's.
+                self._outputs = self._fill(0, seq, tokens[start:start + size],
+                                           logits if last_chunk or logits == "all" else "none")
                 self._batch.n_tokens = size
-                self._outputs = size if logits == "all" else int(logits == "last" and last_chunk)
                 self._run()
                 if gather:
                     self._gathered[start:start + size] = self._logits()
@@ -460,9 +464,8 @@ class Context(_Owned):
         at, counts = 0, []
         for seq, tokens, logits in parts:
             self._room(seq, len(tokens))
-            self._fill(at, seq, tokens, logits == "all", logits == "last")
+            counts.append(self._fill(at, seq, tokens, logits))
             at += len(tokens)
-            counts.append(len(tokens) if logits == "all" else int(logits == "last" and len(tokens) > 0))
         self._batch.n_tokens = total
         self._outputs = sum(counts)
         before = list(self.past)
