@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import one_line_error
@@ -110,6 +111,32 @@ def test_workers_really_compute(target_path, cache_env):
     finally:
         for w in ws:
             w.stop()
+
+
+def test_a_decode_over_rpc_waits_for_the_worker(target_path):
+    """llama_decode returns while an RPC (or GPU) backend still computes, and whatever reads the results next
+    waits for them.  Context.decode waits itself, so the computation is on the decode clock: a step would
+    otherwise count it as host work (reading the rows), and a cost curve timed around decode would hold the
+    launch alone.  Without the wait, reading took 157 ms here and the clock read 5 ms."""
+    from specgen.llama.backend import Context, Model, ModelOptions, decode_clock
+
+    worker = Worker()
+    try:
+        model = Model(target_path, ModelOptions(use_mmap=False, rpc=(worker.endpoint,)))
+        ctx = Context(model, 256, 1)
+        tokens = model.tokenize(PROMPT, add_special=False)
+        before = decode_clock.seconds
+        ctx.decode(tokens, logits="all")
+        decoding = decode_clock.seconds - before
+        t0 = time.perf_counter()
+        rows = ctx.logits_rows(len(tokens))
+        reading = time.perf_counter() - t0
+        assert reading < decoding / 4, (reading, decoding)
+        assert rows.shape == (len(tokens), model.n_vocab) and np.isfinite(rows).all()
+        ctx.close()
+        model.close()
+    finally:
+        worker.stop()
 
 
 def test_killing_a_worker_mid_generation_is_one_clean_line(target_path, cache_env):

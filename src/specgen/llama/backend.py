@@ -409,6 +409,11 @@ class Context(_Owned):
         with interrupts.deferred():
             t0 = time.perf_counter()
             rc = self._lib.llama_decode(self.ptr, self._batch)
+            if rc == 0:
+                # A GPU or RPC backend is still computing when llama_decode returns, and the next call that
+                # reads its results waits for it: wait here, so that time is the decode's on the clock and
+                # not host work (reading the logits) by the step's count.
+                self._lib.llama_synchronize(self.ptr)
             decode_clock.seconds += time.perf_counter() - t0
         if rc != 0:
             raise ModelFault(f"llama_decode failed (code {rc})")

@@ -29,7 +29,9 @@ from .backend import Context, system_info
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17)
 PREFIX = 64  # verify costs are taken at a realistic, not empty, context
 REPEATS = 3
-METHOD = 2  # how curves are measured: a change re-measures the ones cached by an older way
+METHOD = 3
+"""How curves are measured: a change re-measures the ones cached by an older way (3: a decode waits for a GPU or
+RPC backend to finish; 2 timed only the launch there)."""
 EXACT_PROBE_ROWS = 16  # the widest exact call tried
 
 
