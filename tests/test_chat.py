@@ -381,7 +381,7 @@ def test_a_new_turn_decodes_only_new_tokens_in_target_and_draft(engine):
     tokens = chat.tokens_for(text)
     # The draft model's cache already holds the conversation so far, as the target's does.
     assert common_prefix(drafter.cached, tokens) >= history - 2
-    assert common_prefix(engine._kv, tokens) >= history - 1
+    assert common_prefix(engine.cached, tokens) >= history - 1
     pre, _ = run_turn(chat, "And two fish?")
     assert pre.reused >= history - 1 and pre.tokens == len(tokens) - pre.reused
 

@@ -260,7 +260,8 @@ class Engine:
         self.ctx = Context(target, n_ctx, n_threads, exact=exact, n_seq=n_seq)
         self.n_ctx = self.ctx.n_ctx
         self.controller = controller or Controller()
-        self._kv: list[int] = []  # tokens whose KV entries are in sequence 0 of self.ctx, in order
+        self.cached: list[int] = []
+        """Tokens whose KV entries are in sequence 0 of the context, in order (a server's first slot shares it)."""
         self.slot_drafters: Callable[[int, Controller], dict[str, Drafter]] | None = None
         """A drafter set of its own for another sequence of the context and its controller (the server's
         slots; see drafters.drafter_set)."""
@@ -278,7 +279,7 @@ class Engine:
     def reset_cache(self) -> None:
         """Forget every cached prefix, so the next prompt is decoded in full (a cold start)."""
         self.ctx.rollback_to(0)
-        del self._kv[:]
+        del self.cached[:]
         for d in self.drafters.values():
             d.prefill([])
 
@@ -313,7 +314,7 @@ class Engine:
         """Generate after *prompt*, as a stream of events: the options are `Generation`'s."""
         # The generation (its grammar's llama.cpp sampler among it) is freed with this generator, its only
         # reference, however the caller stops reading.
-        gen = Generation(self, prompt, self._kv, self.drafter, **options)
+        gen = Generation(self, prompt, self.cached, self.drafter, **options)
         self.ctx.decode(gen.unread, logits="none")
         yield gen.read(len(gen.unread))
         while (plan := gen.plan()) is not None:

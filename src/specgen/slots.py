@@ -134,7 +134,7 @@ class Slots:
         self.engine, self.ctx, self.chunk = engine, engine.ctx, chunk
         self.cache = PromptCache(cache_bytes)
         ctl = engine.controller
-        self.slots = [Slot(0, ctl, engine.drafters, engine._kv)]
+        self.slots = [Slot(0, ctl, engine.drafters, engine.cached)]
         for i in range(1, n):
             own = Controller(ctl.costs, ctl.fixed, ctl.auto_cap)
             own.acceptance = ctl.acceptance
