@@ -121,6 +121,7 @@ def test_a_decode_over_rpc_waits_for_the_worker(target_path):
     from specgen.llama.backend import Context, Model, ModelOptions, decode_clock
 
     worker = Worker()
+    model = ctx = None
     try:
         model = Model(target_path, ModelOptions(use_mmap=False, rpc=(worker.endpoint,)))
         ctx = Context(model, 256, 1)
@@ -133,9 +134,12 @@ def test_a_decode_over_rpc_waits_for_the_worker(target_path):
         reading = time.perf_counter() - t0
         assert reading < decoding / 4, (reading, decoding)
         assert rows.shape == (len(tokens), model.n_vocab) and np.isfinite(rows).all()
-        ctx.close()
-        model.close()
     finally:
+        # Free what lives on the worker while it still answers, also when an assert failed: freed later, by the
+        # collector, its buffers would be released over a closed connection.
+        for owned in (ctx, model):
+            if owned is not None:
+                owned.close()
         worker.stop()
 
 
