@@ -210,11 +210,28 @@ def test_a_long_prompt_is_read_in_chunks_while_another_reply_goes_on(engine):
     a = slots.start(short, max_tokens=30, ignore_eos=True)
     slots.step()  # a reads its prompt, alone
     b = slots.start(long, max_tokens=30, ignore_eos=True)
-    events, steps = run_slots(slots, {a.id: short, b.id: long})
+    calls = []  # per llama_decode call: the sequences of its rows that return logits, and of those that do not
+    run = engine.ctx._run
+
+    def recording() -> None:
+        batch = engine.ctx._batch
+        rows = [(batch.seq_id[i][0], bool(batch.logits[i])) for i in range(batch.n_tokens)]
+        calls.append(({seq for seq, out in rows if out}, {seq for seq, out in rows if not out}))
+        run()
+
+    engine.ctx._run = recording
+    try:
+        events, steps = run_slots(slots, {a.id: short, b.id: long})
+    finally:
+        del engine.ctx._run
     read_at = next(i for i, st in enumerate(steps) if any(isinstance(e, Prefill) for e in st.get(b.id, [])))
     # b's prompt took a chunk a step, and a emitted tokens in each of those steps.
     assert read_at + 1 >= math.ceil((len(long) - 1) / 32)
     assert all(any(isinstance(e, Step) for e in st.get(a.id, [])) for st in steps[:read_at])
+    # Each chunk went into a call of its own, not into a's verify batch: on a CPU, one call holding both made
+    # llama.cpp's flash attention go over both sequences' cells for every row.
+    assert sum(b.id in reading for _, reading in calls) >= read_at
+    assert not any(verifying and reading for verifying, reading in calls)
     for sid, name, prompt in ((a.id, "short", short), (b.id, "long", long)):
         got = next(e for e in events[sid] if isinstance(e, Summary))
         assert_same_or_near_tie(engine.target, prompt, alone[name], got.tokens)
