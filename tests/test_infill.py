@@ -89,7 +89,10 @@ def test_greedy_infill_with_auto_equals_plain_decoding(coder):
             "n_predict": 48}
     _, plain = infill(coder, drafter="none", **body)
     _, auto = infill(coder, drafter="auto", **body)
-    _, ngram = infill(coder, drafter="ngram", **body)
+    # A fixed length: whether a copy pays is the controller's call, from the rates this server's earlier requests
+    # taught it and a cost curve calibrated whenever this machine last measured one (a full suite's run once
+    # left it drafting nothing here); this test only needs the copy offered.
+    _, ngram = infill(coder, drafter="ngram", draft_max=8, **body)
     assert auto["content"] == plain["content"] == ngram["content"]
     assert plain["specgen"]["steps"] == plain["tokens_predicted"]
     # The copy came from the suffix: the n-gram drafter had nothing else to copy from.
