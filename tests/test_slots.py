@@ -19,6 +19,7 @@ from server_helpers import KEY, Server, serving
 
 from specgen.controller import Controller, CostModel
 from specgen.engine import Prefill, Step, Summary
+from specgen.errors import ModelFault
 from specgen.llama.chat_template import chat_tokens
 from specgen.slots import PromptCache, Slots
 
@@ -235,6 +236,36 @@ def test_a_long_prompt_is_read_in_chunks_while_another_reply_goes_on(engine):
     for sid, name, prompt in ((a.id, "short", short), (b.id, "long", long)):
         got = next(e for e in events[sid] if isinstance(e, Summary))
         assert_same_or_near_tie(engine.target, prompt, alone[name], got.tokens)
+
+
+def test_a_prompt_that_fails_to_read_ends_its_own_reply_only(engine):
+    """The prompt chunk's call fails (llama.cpp refusing it, made to here): the reply being read ends with that
+    error, and the reply generating beside it keeps the step it made and goes on to its end."""
+    short = chat_tokens(engine.target, story("a lighthouse"))
+    long = chat_tokens(engine.target, [{"role": "user", "content": "Summarize this: " + "The tide came in. " * 60}])
+    slots = Slots(engine, 2, chunk=32)
+    for s in slots.slots:
+        engine.ctx.rollback_to(0, s.id)
+        del s.cached[:]
+    a = slots.start(short, max_tokens=12, ignore_eos=True)
+    slots.step()  # a reads its prompt, alone
+    b = slots.start(long, max_tokens=12, ignore_eos=True)
+    decode_batch = engine.ctx.decode_batch
+
+    def refusing(parts):
+        if all(logits == "none" for _, _, logits in parts):
+            raise ModelFault("llama_decode failed (code 1)")
+        return decode_batch(parts)
+
+    engine.ctx.decode_batch = refusing
+    try:
+        did = dict((slot.id, out) for slot, out in slots.step())
+    finally:
+        del engine.ctx.decode_batch
+    assert isinstance(did[b.id], ModelFault) and b.gen is None
+    assert any(isinstance(e, Step) for e in did[a.id])
+    events, _ = run_slots(slots, {a.id: short})
+    assert next(e for e in events[a.id] if isinstance(e, Summary)).generated_tokens == 12
 
 
 def test_the_slots_draft_model_decodes_for_all_of_them_together(engine):

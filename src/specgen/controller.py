@@ -400,9 +400,9 @@ class Controller:
 
         Each draft is (drafter, confidences, calibrated), already cut to what pays for its sequence alone,
         and each sequence's own row is in the batch whatever happens, as are *extra_rows* rows of sequences
-        whose draft lengths are not chosen here (fixed by the user).  The lengths maximise the batch's expected tokens per second, the sum of every
-        sequence's expected tokens over c(all rows) (+ *spent*, the drafting already done): the goodput
-        rule.  A draft row competes with other sequences' plain rows for the same batch, so where a wide
+        whose draft lengths are not chosen here (fixed by the user).  The lengths maximise the batch's expected
+        tokens per second, the sum of every sequence's expected tokens over c(all rows) (+ *spent*, the
+        drafting already done): the goodput rule.  A draft row competes with other sequences' plain rows for the same batch, so where a wide
         batch costs nearly its rows (a CPU) drafts shrink as sequences join.  Lengths grow greedily, each
         time by the run of tokens that raises the rate most.
         """

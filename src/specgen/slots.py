@@ -254,12 +254,20 @@ class Slots:
                 out.append(self._failed(slot, e))
                 continue
             out.append(self._ended(slot, events) if slot.gen.done else (slot, events))
+        failed: Exception | None = None
         if any(t for _, t in reads):
             # A call of its own: in one call with the verify rows, every 64-query tile of llama.cpp's CPU flash
             # attention that holds both covers every sequence's cells (a tile skips only cells masked for all its
-            # rows), and 3 rows + 64 prompt tokens took 1.26 s against 0.81 + 0.09 s in two calls.
-            self.ctx.decode_batch([(s.id, t, "none") for s, t in reads if t])
+            # rows), and 3 rows + 64 prompt tokens took 1.26 s against 0.81 + 0.09 s in two calls.  Its failure
+            # is the prompts' alone: the replies verified above keep their step.
+            try:
+                self.ctx.decode_batch([(s.id, t, "none") for s, t in reads if t])
+            except Exception as e:
+                failed = e
         for slot, take in reads:
+            if take and failed is not None:
+                out.append(self._failed(slot, failed))
+                continue
             try:
                 ev = slot.gen.read(len(take))
             except Exception as e:
