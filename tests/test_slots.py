@@ -239,8 +239,8 @@ def test_a_long_prompt_is_read_in_chunks_while_another_reply_goes_on(engine):
 
 
 def test_a_prompt_that_fails_to_read_ends_its_own_reply_only(engine):
-    """The prompt chunk's call fails (llama.cpp refusing it, made to here): the reply being read ends with that
-    error, and the reply generating beside it keeps the step it made and goes on to its end."""
+    """The prompt chunk's call fails (made to here, as llama.cpp refusing the batch would): the reply being read
+    ends with that error, and the reply generating beside it keeps the step it made and goes on to its end."""
     short = chat_tokens(engine.target, story("a lighthouse"))
     long = chat_tokens(engine.target, [{"role": "user", "content": "Summarize this: " + "The tide came in. " * 60}])
     slots = Slots(engine, 2, chunk=32)
