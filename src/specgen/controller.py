@@ -398,13 +398,13 @@ class Controller:
                     spent: float = 0.0) -> list[int]:
         """How many tokens of each draft to verify when several sequences share one batch (a server's slots).
 
-        Each draft is (drafter, confidences, calibrated), already cut to what pays for its sequence alone,
-        and each sequence's own row is in the batch whatever happens, as are *extra_rows* rows of sequences
-        whose draft lengths are not chosen here (fixed by the user).  The lengths maximise the batch's expected
-        tokens per second, the sum of every sequence's expected tokens over c(all rows) (+ *spent*, the
-        drafting already done): the goodput rule.  A draft row competes with other sequences' plain rows for the same batch, so where a wide
-        batch costs nearly its rows (a CPU) drafts shrink as sequences join.  Lengths grow greedily, each
-        time by the run of tokens that raises the rate most.
+        Each draft is (drafter, confidences, calibrated), already cut to what pays for its sequence alone, and each
+        sequence's own row is in the batch whatever happens, as are *extra_rows* rows of sequences whose draft
+        lengths are not chosen here (fixed by the user).  The lengths maximise the batch's expected tokens per
+        second, the sum of every sequence's expected tokens over c(all rows) (+ *spent*, the drafting already
+        done): the goodput rule.  A draft row competes with other sequences' plain rows for the same batch, so
+        where a wide batch costs nearly its rows (a CPU) drafts shrink as sequences join.  Lengths grow
+        greedily, each time by the run of tokens that raises the rate most.
         """
         survival = [self.acceptance.survival(name, conf, calibrated) for name, conf, calibrated in drafts]
         gains = [[1.0, *_running_expected(s)] for s in survival]  # expected tokens at each length

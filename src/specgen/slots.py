@@ -232,7 +232,7 @@ class Slots:
         budget = min(self.ctx.n_batch, self.chunk) if plans else self.ctx.n_batch
         reads = []
         for slot in self._order:
-            take = slot.gen.unread[:max(budget, 0)]
+            take = slot.gen.unread[:budget]
             if slot.gen.unread and not take:
                 break  # first come, first read
             reads.append((slot, take))
