@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from specgen.sampling import Dist, SamplingParams, accept_or_resample, distribution, sample, top_ids
+from specgen.sampling import (Dist, SamplingParams, accept_or_resample, distribution, distributions, sample,
+                              top_ids)
 
 # Upper 0.1% points of chi-square: a correct sampler fails this 1 time in 1000.
 CHI2_999 = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 9: 27.88}
@@ -129,3 +130,52 @@ def test_top_k_of_a_peaked_row_that_leaves_the_first_floor_short(high):
     row[spots] = rng.uniform(45, 60, len(spots)).astype(np.float32)
     assert (row >= 61).sum() < 40
     assert top_ids(row, 40).tolist() == _full_sort_top(row, 40)
+
+
+def _reference(row: np.ndarray, params: SamplingParams) -> Dist:
+    """The rule by a full sort of the row: top-k (equal logits: lower id first), softmax at the temperature,
+    min-p, then top-p over the top-k's mass."""
+    order = [i for i in np.lexsort((np.arange(len(row)), -row)) if np.isfinite(row[i])]
+    top = np.array(order[:params.top_k or len(order)])
+    e = np.exp(row[top].astype(np.float64) / params.temperature - row[top[0]] / params.temperature)
+    keep = int((e >= params.min_p).sum()) if params.min_p else len(e)
+    mass = np.cumsum(e)
+    keep = max(min(keep, int(np.searchsorted(mass, params.top_p * mass[-1])) + 1), 1)
+    ids = top[:keep]
+    return Dist(np.sort(ids), (e[:keep] / mass[keep - 1])[np.argsort(ids)], len(row))
+
+
+def _rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Rows of the kinds a verify batch holds: peaked (code), flat (many tokens near the top, so the whole
+    top-k is needed), a near tie at the top, tied logits, banned tokens; *n* need not be a multiple of 64."""
+    rows = (rng.standard_normal((6, n)) * 2).astype(np.float32)
+    rows[0, rng.choice(n, 3, replace=False)] = [14.0, 12.5, 11.0]  # peaked
+    rows[1] *= 0.05  # flat: every token within a logit of the top
+    rows[2, [5, n - 1]] = 9.0  # a tie at the top, one of them in the last group
+    rows[3, rng.choice(n, 60, replace=False)] = 8.0  # 60 tied logits: top-k cuts between equals by id
+    rows[4, rng.choice(n, 40, replace=False)] = -np.inf  # banned tokens
+    rows[4, 7] = 10.0
+    rows[5, rng.choice(n, 30, replace=False)] = rng.uniform(4, 6, 30).astype(np.float32)  # a top-p cut weighs the mass
+    return rows
+
+
+@pytest.mark.parametrize("n", [49_984, 50_017])
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=1.5, min_p=0.02),
+    SamplingParams(temperature=1.0, top_k=0, top_p=0.9),
+    SamplingParams(temperature=0.7, min_p=0.0),
+    SamplingParams(temperature=0.7, top_p=1.0),
+    SamplingParams(temperature=0.7, top_k=200, top_p=0.5),
+], ids=lambda p: f"T{p.temperature}-k{p.top_k}-p{p.top_p}-m{p.min_p}")
+def test_a_batch_of_rows_gives_each_row_the_rule_and_what_the_row_alone_gives(n, params):
+    """The verify batch's rows at once: each gets the tokens and numbers of a full sort, and exactly the
+    distribution the row alone gets (so a seed draws the same text whatever was drafted)."""
+    rows = _rows(np.random.default_rng(n), n)
+    batch = distributions(rows, params)
+    for row, got in zip(rows, batch):
+        want = _reference(row, params)
+        assert got.ids.tolist() == want.ids.tolist()
+        assert np.allclose(got.probs, want.probs, rtol=1e-12, atol=0)
+        alone = distribution(row, (), params)
+        assert alone.ids.tolist() == got.ids.tolist() and alone.probs.tolist() == got.probs.tolist()

@@ -19,8 +19,8 @@ from .llama.grammar import Grammar
 from .controller import Controller
 from .drafters.base import Draft, Drafter
 from .errors import ModelFault, SpecgenError
-from .sampling import (SamplingParams, accept_or_resample, best_allowed, distribution, log_softmax_top, only,
-                       penalized, sample)
+from .sampling import (SamplingParams, accept_or_resample, best_allowed, distribution, distributions, log_softmax_top,
+                       only, penalized, sample)
 from .settings import check_count, parse_draft_max
 from .textstream import Lines, TextStream
 from .tokens import common_prefix
@@ -506,6 +506,18 @@ class Generation:
                 if tok != x:
                     return i, tok
             return len(draft), self._argmax(len(draft))
+        if grammar is None and not params.looks_back:
+            # Every row's distribution at once: one pass over the rows finds their supports, where a row at a
+            # time cost several, and the rows after a rejection cost less than those passes saved.
+            rows = self._rows[:len(draft) + 1]
+            if self.banned is not None:
+                rows[:, self.banned] = -np.inf  # llama.cpp's buffer; nobody else reads these rows
+            dists = distributions(rows, params)
+            for i, x in enumerate(draft.tokens):
+                ok, tok = accept_or_resample(dists[i], draft.q[i] if draft.q is not None else None, x, rng)
+                if not ok:
+                    return i, tok
+            return len(draft), sample(dists[len(draft)], rng)
         # Only the penalties look at the past; skip copying it when they are off.
         seen = history + draft.tokens if params.looks_back else []
         for i, x in enumerate(draft.tokens):

@@ -240,25 +240,109 @@ def distribution(logits: np.ndarray, history: Sequence[int], params: SamplingPar
     row = penalized(logits, history, params)
     if n_vocab is not None:
         row = row[:n_vocab]
-    n = row.shape[0]
+    return distributions(row[None], params)[0]
+
+
+def distributions(rows: np.ndarray, params: SamplingParams) -> list[Dist]:
+    """`distribution` of each row of a (rows, vocabulary) array, without penalties: a verify batch's rows at
+    once, so that the pass finding each row's support and the numpy calls after it are shared.
+
+    Top-k keeps the k highest logits (equal logits: lower id first); the softmax at the temperature is taken
+    over them; min-p keeps those at least min_p times as likely as the best, top-p the shortest run (best
+    first) whose share of the top-k's mass reaches top_p; what is kept is renormalized.
+    """
+    n = rows.shape[1]
     if params.greedy:
-        return Dist(np.array([int(np.argmax(row))]), np.ones(1), n)
-    if 0 < params.top_k < n:
-        idx = top_ids(row, params.top_k)  # a pass or two over the row, where sorting all of it takes a millisecond
-    else:
-        idx = np.argsort(-row, kind="stable")
-    z = row[idx].astype(np.float64) / params.temperature
-    probs = np.exp(z - z[0])
-    probs /= probs.sum()
-    keep = len(probs)
+        return [Dist(np.array([int(row.argmax())]), np.ones(1), n) for row in rows]
+    k = params.top_k if 0 < params.top_k < n else n
+    near = _near_top(rows, params, k)
+    out = []
+    for i, row in enumerate(rows):
+        got = _dist(*near[i], params, n) if near is not None else None
+        if got is None:  # the whole top-k is needed: min-p off, a flat row, a top-p cut the bound leaves open
+            ids = top_ids(row, k) if k < n else np.argsort(-row, kind="stable")
+            got = _dist(ids, row[ids], 0, params, n)
+        out.append(got)
+    return out
+
+
+_GROUP = 64
+"""A row is read as this many strides of its vocabulary, and each id's group is its place in the stride: one
+pass of elementwise maxima gives every group's best logit."""
+
+_IN_GROUP = np.arange(_GROUP)
+
+
+def _near_top(rows: np.ndarray, params: SamplingParams, k: int) -> list[tuple[np.ndarray, np.ndarray, int]] | None:
+    """For each row, the tokens min-p could keep, best first: (ids, logits, how many more of the top-k lie
+    below them).
+
+    Min-p keeps nothing below the best logit + temperature x ln(min_p), so those above it, found from the
+    groups whose best logit clears it, are all that any row keeps: a pass over the rows and a look at a few
+    groups, where finding a 150k-token row's whole top-k took several passes.  The rest of the top-k, whose
+    mass only the top-p cut weighs, is counted.  None where that does not hold (min-p off, a row not
+    finite at its top) or does not pay (rows so flat that many groups clear the cut).
+    """
+    n_rows, n = rows.shape
+    groups = n // _GROUP
+    if params.min_p <= 0 or groups < 2 or not rows.flags.c_contiguous:
+        return None
+    stride = groups * _GROUP
+    best = rows[:, :stride].reshape(n_rows, _GROUP, groups).max(axis=1)  # (rows, groups)
+    tail = rows[:, stride:]
+    top = best.max(axis=1)
+    if tail.shape[1]:
+        top = np.maximum(top, tail.max(axis=1))
+    if not np.isfinite(top).all():
+        return None
+    # Below the min-p cut by a margin that float32 logits' rounding cannot cross.
+    floor = top + (params.temperature * float(np.log(params.min_p)) - 1e-3)
+    clear = (best >= floor[:, None]).ravel().nonzero()[0]
+    if len(clear) > 4 * k * n_rows:
+        return None
+    r, g = np.divmod(clear, groups)
+    flat = ((r * n + g)[:, None] + groups * _IN_GROUP).ravel()
+    if tail.shape[1]:
+        r, c = np.divmod((tail >= floor[:, None]).ravel().nonzero()[0], tail.shape[1])
+        flat = np.concatenate([flat, r * n + stride + c])
+    vals = rows.reshape(-1)[flat]
+    row = flat // n
+    ok = vals >= floor[row]
+    flat, vals, row = flat[ok], vals[ok], row[ok]
+    order = np.lexsort((flat, -vals, row))
+    ids, vals = flat[order] - row[order] * n, vals[order]
+    starts = row[order].searchsorted(np.arange(n_rows + 1)).tolist()
+    out = []
+    for i in range(n_rows):
+        a, b = starts[i], min(starts[i + 1], starts[i] + k)
+        out.append((ids[a:b], vals[a:b], k - (b - a)))
+    return out
+
+
+def _dist(ids: np.ndarray, logits: np.ndarray, rest: int, params: SamplingParams, n: int) -> Dist | None:
+    """The distribution from the top-k's best tokens *ids* (best first) with their *logits*, and *rest* more
+    of the top-k left out below min-p's cut; None when the top-p cut depends on the mass of those left out.
+
+    The same numbers for a token whatever was left out, so a row gives the same distribution both ways: the
+    sums run in order, and each kept token's probability is its likelihood over the kept ones' running sum.
+    """
+    z = logits.astype(np.float64) / params.temperature
+    e = np.exp(z - z[0])  # likelihood relative to the best, whose is 1
+    keep = len(e)
     if params.min_p > 0:
-        keep = min(keep, int(np.searchsorted(-probs, -params.min_p * probs[0], side="right")))
+        keep = int(np.count_nonzero(e >= params.min_p))  # e falls: these are the first ones
+    mass = e.cumsum()
     if params.top_p < 1.0:
-        keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
+        # Each token left out is less likely than min_p (relative): the top-k's mass lies between these two.
+        lo, hi = (min(keep, int(mass.searchsorted(params.top_p * total)) + 1)
+                  for total in (mass[-1], mass[-1] + rest * params.min_p))
+        if lo != hi:
+            return None
+        keep = lo
     keep = max(keep, 1)
-    ids, probs = idx[:keep], probs[:keep] / probs[:keep].sum()
-    order = np.argsort(ids)
-    return Dist(ids[order].astype(np.int64), probs[order], n)
+    ids = ids[:keep]
+    order = ids.argsort()
+    return Dist(ids[order].astype(np.int64), e[:keep][order] / mass[keep - 1], n)
 
 
 def sample(p: Dist, rng: np.random.Generator) -> int:
