@@ -24,12 +24,13 @@ class ModelDrafter:
         self.p_min = p_min
         self.n_vocab = n_vocab or model.n_vocab  # ids shared with the target
         self.cached: list[int] = []  # tokens whose KV is in self.ctx
+        self._scratch = np.empty(0, dtype=np.float32)
 
     def for_seq(self, seq: int) -> ModelDrafter:
         """A drafter of its own on sequence *seq* of this one's context (a server slot's)."""
         assert isinstance(self.ctx, Context)
         other = copy.copy(self)
-        other.ctx, other.cached = self.ctx.view(seq), []
+        other.ctx, other.cached, other._scratch = self.ctx.view(seq), [], np.empty(0, dtype=np.float32)
         return other
 
     def behind(self, history: Sequence[int]) -> int:
@@ -80,9 +81,10 @@ class ModelDrafter:
             logits = self.ctx.logits_row(-1)[: self.n_vocab]
             if params.greedy:
                 tok = int(np.argmax(logits))
-                top = _top_prob(logits, tok)  # the controller calibrates it into a survival estimate
+                top = self._top_prob(logits, tok)  # the controller calibrates it into a survival estimate
             else:
-                q = distribution(logits, list(history) + out.tokens, params)
+                # Only the penalties look at the past; skip copying it when they are off.
+                q = distribution(logits, list(history) + out.tokens if params.looks_back else (), params)
                 tok = sample(q, rng)
                 top = float(q.max())
                 out.q.append(q)
@@ -107,7 +109,11 @@ class ModelDrafter:
     def restore(self, learned: object) -> None:
         pass
 
-
-def _top_prob(logits: np.ndarray, top: int) -> float:
-    m = float(logits[top])
-    return 1.0 / float(np.exp(logits - m, dtype=np.float32).sum())
+    def _top_prob(self, logits: np.ndarray, top: int) -> float:
+        """The softmax probability of the row's best token *top*."""
+        # In a buffer kept for it: two fresh 600 KB arrays a drafted token, each faulted in page by page,
+        # cost three times what the arithmetic does.
+        if len(self._scratch) != len(logits):
+            self._scratch = np.empty(len(logits), dtype=np.float32)
+        e = np.subtract(logits, logits[top], out=self._scratch)
+        return 1.0 / float(np.exp(e, out=e).sum())
