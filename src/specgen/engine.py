@@ -509,10 +509,7 @@ class Generation:
         if grammar is None and not params.looks_back:
             # Every row's distribution at once: one pass over the rows finds their supports, where a row at a
             # time cost several, and the rows after a rejection cost less than those passes saved.
-            rows = self._rows[:len(draft) + 1]
-            if self.banned is not None:
-                rows[:, self.banned] = -np.inf  # llama.cpp's buffer; nobody else reads these rows
-            dists = distributions(rows, params)
+            dists = distributions(self._row(slice(len(draft) + 1)), params)
             for i, x in enumerate(draft.tokens):
                 ok, tok = accept_or_resample(dists[i], draft.q[i] if draft.q is not None else None, x, rng)
                 if not ok:
@@ -571,8 +568,9 @@ class Generation:
         tok = int(self._rows[i].argmax())
         return int(self._row(i).argmax()) if self.banned is not None and self.target.is_eog(tok) else tok
 
-    def _row(self, i: int) -> np.ndarray:
+    def _row(self, i: int | slice) -> np.ndarray:
+        """Row i of the verify batch (or the rows of a slice), end-of-generation banned under ignore_eos."""
         row = self._rows[i]
         if self.banned is not None:
-            row[self.banned] = -np.inf  # llama.cpp's buffer; nobody else reads this row
+            row[..., self.banned] = -np.inf  # llama.cpp's buffer; nobody else reads these rows
         return row
