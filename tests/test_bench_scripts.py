@@ -251,14 +251,20 @@ def test_parallel_ab_runs_every_client_count_on_each_configuration(env, target_p
 def test_host_time_splits_each_step_into_its_parts(env, target_path, draft_path, tmp_path):
     out = tmp_path / "host.json"
     script(env, "tests.bench.host_time", "--target", target_path, "--draft", draft_path, "--lengths", "2",
-           "--drafters", "none,ngram,model", "--temperatures", "0,0.7", "--tokens", 8, "--threads", 1,
+           "--drafters", "none,ngram,model,auto", "--temperatures", "0,0.7", "--tokens", 8, "--threads", 1,
            "--json", out)
     results = json.loads(out.read_text())["results"]
     assert [(r["drafter"], r["length"], r["temperature"]) for r in results] == [
-        (d, n, t) for t in (0.0, 0.7) for d, n in (("none", 0), ("ngram", 2), ("model", 2))]
+        (d, n, t) for t in (0.0, 0.7) for d, n in (("none", 0), ("ngram", 2), ("model", 2), ("auto", 2))]
     for r in results:
         assert set(r["parts_ms"]) == {"draft", "batch", "verify", "controller", "text"}
         assert r["host_ms"] > 0 and r["llama_ms"] > 0 and r["steps"] > 0
+        # Every drafter but auto is replayed without decoding (the script stops if a replay parts from its run).
+        again = r["replayed"]
+        if r["drafter"] == "auto":
+            assert again is None
+        else:
+            assert set(again["parts_ms"]) == set(r["parts_ms"]) and again["host_ms"] > 0
 
 
 def test_exact_ab_times_both_modes_and_counts_parting_replies(env, target_path, draft_path, suite, tmp_path):
