@@ -74,6 +74,32 @@ def test_draft_model_gets_rejections_and_acceptances(engines):
     assert 0 < s.accepted < s.drafted
 
 
+def test_a_greedy_draft_rates_each_token_among_its_ten_likeliest(engines):
+    """The draft model proposes its argmax and rates it as llama.cpp rates a draft token: the softmax over the
+    row's 10 likeliest tokens.  --draft-p-min stops a draft at the first token rated below it."""
+    drafter = engines["model"].drafters["model"]
+    prompt = chat_tokens(engines["model"].target, messages_for(PROMPTS[1]))
+    greedy, rng = SamplingParams(), np.random.default_rng(0)
+    history, rates = list(prompt), []
+    for _ in range(6):  # a token at a time, to read the row each came from
+        draft = drafter.draft(history, 1, greedy, rng)
+        row = np.array(drafter.ctx.logits_row(-1)[:drafter.n_vocab], dtype=np.float64)
+        ten = np.lexsort((np.arange(len(row)), -row))[:10]  # a full sort: best first, equals by id
+        assert draft.tokens == [int(ten[0])] == [int(np.argmax(row))]
+        assert draft.confidence == [pytest.approx(1.0 / np.exp(row[ten] - row[ten[0]]).sum(), rel=1e-6)]
+        rates.append(draft.confidence[0])
+        history += draft.tokens
+    assert len(set(rates)) > 1 and all(0.1 <= r < 1.0 for r in rates)  # each at least 1/10 of its ten's mass
+    weakest = rates.index(min(rates))
+    p_min = drafter.p_min
+    try:
+        drafter.p_min = rates[weakest] + 1e-9
+        assert drafter.draft(prompt, 6, greedy, rng).tokens == history[len(prompt):][:weakest]
+    finally:
+        drafter.p_min = p_min
+    engines["model"].reset_cache()
+
+
 def test_bookkeeping_adds_up(engines):
     for name in ("model", "ngram", "none"):
         prompt = chat_tokens(engines[name].target, messages_for(PROMPTS[15]))

@@ -9,8 +9,9 @@ target accepts can be replayed without the target, exactly but for near-ties
 (a verify batch rounds unlike a one-token step and can take the other of two
 all-but-tied tokens): `record` stores,
 per prompt, the target's greedy output and the draft model's top-1 token and
-probability at every output position (one batched pass of the draft model
-over prompt + output), and the text of every token it saw (the n-gram
+its rating (as a greedy draft rates it) at every output position (one
+batched pass of the draft model over prompt + output), and the text of
+every token it saw (the n-gram
 drafter tells seams from words by it; traces without texts replay it as all
 words).  `predict` then runs the real drafters (`NgramDrafter`,
 `AutoDrafter`) and the real `Controller` through `engine.choose_draft`, step
@@ -52,6 +53,7 @@ from specgen.bench.workload import load_questions, select
 from specgen.controller import Controller, CostModel
 from specgen.drafters import AutoDrafter, NgramDrafter, NoDrafter
 from specgen.drafters.base import Draft, KeepGoing
+from specgen.drafters.model import rated
 from specgen.engine import Step, Summary, choose_draft
 from specgen.tokens import common_prefix
 from specgen.sampling import SamplingParams
@@ -111,10 +113,9 @@ def record(args: argparse.Namespace) -> None:
             model_ctx.decode([prompt[-1], *output[:-1]], logits="all")
             top, prob = [], []
             for i in range(len(output)):
-                row = np.asarray(model_ctx.logits_row(i)[:n_vocab], dtype=np.float64)
-                t = int(np.argmax(row))
+                t, p = rated(model_ctx.logits_row(i)[:n_vocab])  # as the draft model rates a greedy draft
                 top.append(t)
-                prob.append(round(1.0 / float(np.exp(row - row[t]).sum()), 5))
+                prob.append(round(p, 5))
             model_ctx.rollback_to(0)
             engine.drafters["model"].cached = []
             out["segments"].append({"id": qid, "turn": ti, "category": cat, "prompt": list(prompt),

@@ -52,7 +52,8 @@ class EngineFlags:
         help="Most draft tokens per step, or 'auto' to size each draft from measured costs "
              "(default: the pair's setting, else auto).", rich_help_panel=D)] = None
     draft_p_min: Annotated[float, typer.Option(
-        help="Stop drafting when the draft model's top probability falls below this.",
+        help="Stop drafting when the draft model's best token has less than this probability among its 10 "
+             "likeliest (as llama.cpp's --draft-p-min).",
         rich_help_panel=D)] = 0.0
     ctx: Annotated[Optional[int], typer.Option(
         help=f"Context size in tokens (default: {DEFAULT_CTX}; for serve, the target's trained context as far as "
