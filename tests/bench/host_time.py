@@ -139,9 +139,13 @@ def replayed(engine, tokens: list[int], temperature: float, n: int) -> tuple[lis
     return real, again
 
 
-def host_figures(steps: list[Step], rows: int) -> dict:
-    """Over the steps that verified *rows* draft rows (all steps when none did): host ms per step, its parts."""
-    at = [s for s in steps if s.drafted == rows] or steps
+def at_length(steps: list[Step], rows: int) -> list[Step]:
+    """The steps that verified *rows* draft rows (all steps when none did): the ones a configuration is read by."""
+    return [s for s in steps if s.drafted == rows] or steps
+
+
+def host_figures(at: list[Step]) -> dict:
+    """Host ms per step over the steps *at*: the median and mean of the total, the mean of each part."""
     host = [sum(s.host.values()) * 1e3 for s in at]
     return {"host_ms": statistics.median(host), "host_ms_mean": statistics.mean(host),
             "parts_ms": {k: statistics.mean(s.host.get(k, 0.0) * 1e3 for s in at) for k in HOST_PARTS}}
@@ -150,19 +154,20 @@ def host_figures(steps: list[Step], rows: int) -> dict:
 def measure(engine, tokens: list[int], drafter: str, length: int, temperature: float, n: int,
             replay: bool = False) -> dict:
     """One configuration's host work per step; with *replay* (not for auto), also as a replay measures it."""
+    rows = length if drafter != "none" else 0
     engine.set_drafter(drafter)
-    engine.set_draft_max(length if drafter != "none" else 0)
+    engine.set_draft_max(rows)
     if replay and drafter != "auto":
         steps, again = replayed(engine, tokens, temperature, n)
     else:
         steps, again = generate(engine, tokens, temperature, n), None
-    rows = length if drafter != "none" else 0
-    at = [s for s in steps if s.drafted == rows] or steps
+    at = at_length(steps, rows)
     llama = [(s.draft_seconds + s.verify_seconds - sum(v for k, v in s.host.items() if k != "text")) * 1e3
              for s in at]
     out = {"drafter": drafter, "length": rows, "temperature": temperature, "steps": len(steps),
-           "steps_at_length": sum(s.drafted == rows for s in steps), **host_figures(steps, rows),
-           "llama_ms": statistics.median(llama), "replayed": host_figures(again, rows) if again else None}
+           "steps_at_length": sum(s.drafted == rows for s in steps), **host_figures(at),
+           "llama_ms": statistics.median(llama),
+           "replayed": host_figures(at_length(again, rows)) if again else None}
     out["gpu_share"] = out["host_ms"] / GPU_STEP_MS
     return out
 
